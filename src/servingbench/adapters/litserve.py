@@ -1,0 +1,93 @@
+"""LitServe (Lightning AI): one LitAPI per model in one LitServer; API-key auth; TLS through uvicorn."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+from servingbench.adapters import _json
+from servingbench.adapters.base import (
+    Adapter, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
+)
+
+SERVER = Path(__file__).parent / "servers" / "litserve_server.py"
+
+
+class LitServeAdapter(Adapter):
+    name = "litserve"
+    distribution = "litserve"
+    capabilities = frozenset({
+        Capability.MULTI_MODEL, Capability.BATCHING, Capability.AUTH, Capability.TLS, Capability.GPU,
+    })
+    options_doc = {
+        "num_api_servers": "uvicorn API server processes in front of the workers (LitServer.run num_api_servers)",
+        "devices": "number of GPUs to use, or 'auto' (LitServer devices)",
+        "timeout_s": "request timeout inside LitServe (default 60)",
+    }
+    docs_claims = {
+        "multi_model": "yes: several LitAPIs with distinct api_path in one LitServer",
+        "batching": "yes: max_batch_size / batch_timeout",
+        "auth": "yes: LIT_SERVER_API_KEY (X-API-Key) or LitAPI.authorize",
+        "tls": "yes: ssl_keyfile/ssl_certfile passed to uvicorn",
+        "gpu": "yes: accelerator='cuda', devices, workers_per_device",
+        "manifest": "no (Python server script)",
+        "response_cache": "no", "model_cache": "no", "grpc": "no", "load_unload": "no",
+    }
+
+    def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
+        cfg = {
+            "host": ctx.host,
+            "port": ctx.ports["http"],
+            "accelerator": "cuda" if deployment.device == "cuda" else "cpu",
+            "workers": deployment.workers,
+            "threads": deployment.threads,
+            "max_batch_size": deployment.max_batch_size,
+            "batch_timeout_ms": deployment.batch_timeout_ms if deployment.max_batch_size > 1 else 0.0,
+            "model_format": deployment.model_format,
+            "models": [
+                {"name": m.name, "dir": str(m.dir), "input_dtype": _input_dtype(m)} for m in deployment.models
+            ],
+            **{k: v for k, v in deployment.options.items()},
+        }
+        if deployment.tls:
+            cfg.update(ssl_keyfile=str(ctx.secrets.server_key), ssl_certfile=str(ctx.secrets.server_cert))
+        (ctx.workdir / "deployment.json").write_text(json.dumps(cfg, indent=2))
+        shutil.copy(SERVER, ctx.workdir / SERVER.name)
+
+    def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
+        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads))
+        headers = {}
+        if deployment.auth and ctx.secrets.token:
+            env["LIT_SERVER_API_KEY"] = ctx.secrets.token  # read by litserve at import time
+            headers = self.auth_headers(ctx.secrets)  # /health is gated too
+        return [LaunchSpec(
+            argv=[ctx.python, str(ctx.workdir / SERVER.name), str(ctx.workdir / "deployment.json")],
+            env=env,
+            cwd=ctx.workdir,
+            ready=ReadyProbe(path="/health", body_contains="ok", headers=headers),
+            # SIGINT to the leader is LitServe's graceful path; SIGTERM to the leader alone orphans workers.
+            stop_signal=signal.SIGINT,
+            signal_group=False,
+            grace_s=10.0,
+            name="litserve",
+        )]
+
+    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
+        return RequestSpec(
+            method="POST",
+            path=f"/predict/{model.name}",
+            body=_json.encode_inputs(batch),
+            headers={"Content-Type": "application/json", **self.auth_headers(secrets)},
+        )
+
+    def decode(self, model, status, body):
+        return _json.decode_outputs(model, status, body, key="outputs")
+
+    def auth_headers(self, secrets: Secrets | None) -> dict[str, str]:
+        return {"X-API-Key": secrets.token} if secrets and secrets.token else {}
+
+
+def _input_dtype(art) -> str:
+    return json.loads(Path(art.meta).read_text())["input"]["dtype"]

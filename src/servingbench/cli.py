@@ -1,0 +1,215 @@
+"""Command line: ``servingbench frameworks|models|validate|run|verify|serve``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark PyTorch model-serving frameworks.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print("[red]error:[/red] ", end="")
+    console.print(message, highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def _check_frameworks(names: list[str]) -> None:
+    from servingbench.adapters import registry
+
+    for n in names:
+        if n not in registry.names():
+            _fail(f"unknown framework {n!r}.{registry.suggest(n, registry.names())}")
+
+
+@app.command()
+def frameworks() -> None:
+    """List adapters: installed version and declared capabilities."""
+    from servingbench.adapters import registry
+
+    t = Table("framework", "version", "capabilities (claims, tested by the feature probes)", "options")
+    for name in registry.names():
+        try:
+            cls = registry.get_class(name)
+            a = cls()
+            t.add_row(name, a.framework_version() or "[red]not installed", ", ".join(sorted(c.value for c in cls.capabilities)),
+                      ", ".join(sorted(cls.options_doc)))
+        except Exception as e:  # noqa: BLE001
+            t.add_row(name, f"[red]broken: {e}", "", "")
+    out.print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the model zoo."""
+    from servingbench.models import list_models
+
+    t = Table("model", "input", "output", "cost", "description")
+    for m in list_models():
+        t.add_row(m.name, f"{m.input.dtype}{list(m.input.shape)}", f"{m.output.dtype}{list(m.output.shape)}", m.cost,
+                  m.description)
+    out.print(t)
+
+
+@app.command()
+def validate(scenario: Path = typer.Argument(..., help="suite YAML file")) -> None:
+    """Validate a suite file without running anything."""
+    from servingbench.scenarios.loader import ScenarioError, load_suite
+
+    try:
+        suite = load_suite(scenario)
+    except ScenarioError as e:
+        console.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(2)
+    from servingbench.harness import plan_cells
+
+    cells = plan_cells(suite)
+    out.print(f"{scenario}: ok - {len(cells)} cell(s), {len(suite.models)} model(s), {len(suite.workloads)} workload(s)")
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="suite YAML file"),
+    frameworks: Optional[List[str]] = typer.Option(None, "--frameworks", "-f", help="run only these frameworks"),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="results root"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this results directory"),
+    report: bool = typer.Option(False, "--report/--no-report", help="write the report at the end"),
+) -> None:
+    """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed."""
+    from servingbench.harness import run_suite
+    from servingbench.results import ResultsError
+    from servingbench.scenarios.loader import ScenarioError, load_suite
+
+    if frameworks:
+        frameworks = [f for item in frameworks for f in item.split(",") if f]
+        _check_frameworks(frameworks)
+    try:
+        suite = load_suite(scenario)
+    except ScenarioError as e:
+        console.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(2)
+    t0 = time.perf_counter()
+    try:
+        outcome = run_suite(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, resume=resume,
+                            progress=lambda msg: console.print(msg, highlight=False))
+    except (ResultsError, ValueError) as e:
+        _fail(str(e))
+        return
+    console.print(f"done in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{c} {s}" for c, s in outcome.statuses.items()))
+    if report and not outcome.interrupted:
+        _write_report(outcome.results.path)
+    out.print(f"results: {outcome.results.path}")
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _write_report(results_path: Path) -> None:
+    try:
+        from servingbench.report import build as report_build
+    except ImportError:
+        console.print("[yellow]report generator not available in this version")
+        return
+    path = report_build.write_report(results_path)
+    out.print(f"report: {path}")
+
+
+@app.command()
+def verify(
+    framework: str = typer.Argument(..., help="framework to check"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo)"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+) -> None:
+    """Contract check: start, ready, outputs match for every model, cold start recorded, clean stop."""
+    import tempfile
+
+    from servingbench.adapters import registry
+    from servingbench.harness import LiveDeployment, make_deployment
+    from servingbench.measure.security import SecretStore
+    from servingbench.models import build_artifacts, get_model, list_models
+    from servingbench.scenarios.schema import DeploymentConfig
+
+    _check_frameworks([framework])
+    adapter = registry.get(framework)
+    adapter.check_available()
+    names = model or [m.name for m in list_models()]
+    arts = [build_artifacts(get_model(n)) for n in names]
+    dep = make_deployment(framework, DeploymentConfig(), arts, device)
+    adapter.validate(dep)
+    with tempfile.TemporaryDirectory(prefix="servingbench-verify-") as tmp, SecretStore() as store:
+        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False))
+        try:
+            with live:
+                t = Table("model", "ok", "max abs err", "tolerance (rtol/atol)")
+                for name, v in live.verification.items():
+                    t.add_row(name, "yes" if v["ok"] else "NO", f"{v['max_abs_err']:.2e}", f"{v['rtol']:g}/{v['atol']:g}")
+                out.print(t)
+                out.print(f"ready {live.ready_s:.2f} s, cold start (spawn -> first correct answer) {live.cold_start_s:.2f} s")
+        except Exception as e:  # noqa: BLE001
+            _fail(f"{framework}: {e}", 1)
+        survivors = [s for r in live.stop_reports for s in r.survivors]
+        held = [p for r in live.stop_reports for p in r.ports_held]
+        graceful = all(r.graceful for r in live.stop_reports)
+        out.print(f"stop: {'graceful' if graceful else 'needed SIGKILL'} in "
+                  f"{sum(r.seconds for r in live.stop_reports):.2f} s, survivors {survivors or 'none'}, ports held {held or 'none'}")
+        if survivors or held:
+            _fail(f"{framework}: unclean stop", 1)
+    out.print(f"[green]{framework}: verify passed")
+
+
+@app.command()
+def serve(
+    framework: str = typer.Argument(...),
+    model: List[str] = typer.Option(["mlp"], "--model", "-m"),
+    device: str = typer.Option("cpu"),
+    auth: bool = typer.Option(False, help="require a per-run token (printed)"),
+) -> None:
+    """Bring one deployment up for debugging; Ctrl-C stops it."""
+    import tempfile
+
+    from servingbench.adapters import registry
+    from servingbench.harness import LiveDeployment, make_deployment
+    from servingbench.measure.security import SecretStore
+    from servingbench.measure.supervisor import terminate_on_signals
+    from servingbench.models import build_artifacts, get_model
+    from servingbench.scenarios.schema import DeploymentConfig
+
+    _check_frameworks([framework])
+    adapter = registry.get(framework)
+    adapter.check_available()
+    arts = [build_artifacts(get_model(n)) for n in model]
+    dep = make_deployment(framework, DeploymentConfig(auth=auth), arts, device)
+    adapter.validate(dep)
+    with tempfile.TemporaryDirectory(prefix="servingbench-serve-") as tmp, SecretStore() as store, terminate_on_signals():
+        secrets = store.make(auth, False)
+        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", secrets)
+        try:
+            with live:
+                for art in arts:
+                    req = adapter.request(get_model(art.name), get_model(art.name).example_inputs(1), secrets)
+                    out.print(f"{art.name}: {req.method} {live.url(req)}")
+                if secrets.token:
+                    out.print(f"token (this session only): {secrets.token}")
+                out.print(f"workdir {tmp}; logs in {tmp}/logs. Ctrl-C to stop.")
+                while True:
+                    live.check_alive()
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,662 @@
+"""Run a suite: for each framework x deployment start the servers, verify, measure every workload, stop, record.
+
+One *cell* is one server lifetime (framework x deployment label).  A cell either finishes ``ok`` with its records,
+or is recorded ``failed`` (reason + server log tail) or ``skipped`` (unsupported / not installed), and the suite
+goes on.  Cells are final once recorded, so ``run --resume`` only runs what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import psutil
+import requests
+
+from servingbench.adapters import registry
+from servingbench.adapters.base import (
+    Adapter,
+    AdapterUnavailable,
+    DecodeError,
+    Deployment,
+    Ports,
+    RunContext,
+    Secrets,
+    UnsupportedDeployment,
+)
+from servingbench.measure import supervisor
+from servingbench.measure.resources import Sampler, tree_memory
+from servingbench.measure.supervisor import ServerError, ServerProcess, StopReport
+from servingbench.results import RunResults
+from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement, OpenLoop, Suite
+
+GENERATOR_BOUND_PCT = 90.0
+
+
+class VerificationError(RuntimeError):
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+# ---- cells and CPU sets ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    framework: str
+    config: DeploymentConfig
+
+    @property
+    def id(self) -> str:
+        return f"{self.framework}/{self.config.label}"
+
+
+def plan_cells(suite: Suite, frameworks: list[str] | None = None) -> list[Cell]:
+    chosen = frameworks or suite.frameworks
+    unknown = [f for f in chosen if f not in suite.frameworks]
+    if unknown:
+        raise ValueError(
+            f"--frameworks {unknown} not in the suite's frameworks {suite.frameworks}"
+        )
+    return [
+        Cell(fw, d)
+        for d in suite.deployments
+        for fw in chosen
+        if d.frameworks is None or fw in d.frameworks
+    ]
+
+
+def parse_cpus(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            cpus.update(range(int(a), int(b) + 1))
+        elif part.strip():
+            cpus.add(int(part))
+    return cpus
+
+
+def cpu_sets(spec: Any) -> tuple[set[int] | None, set[int] | None]:
+    """(server, generator) CPU sets.  ``auto``: the generator gets the last allowed core, the server the rest."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if spec == "none" or spec is None:
+        return None, None
+    if spec == "auto":
+        if len(allowed) < 2:
+            return None, None
+        n_gen = max(1, len(allowed) // 4)
+        return set(allowed[:-n_gen]), set(allowed[-n_gen:])
+    server = parse_cpus(spec.server) if spec.server else None
+    gen = parse_cpus(spec.generator) if spec.generator else None
+    return server, gen
+
+
+# ---- a live deployment -------------------------------------------------------------------------------------------
+def make_deployment(framework: str, cfg: DeploymentConfig, artifacts: list, device: str) -> Deployment:
+    return Deployment(
+        framework=framework,
+        models=artifacts,
+        device=device,  # type: ignore[arg-type]
+        workers=cfg.workers,
+        threads=cfg.threads,
+        max_batch_size=cfg.max_batch_size,
+        batch_timeout_ms=cfg.batch_timeout * 1000.0,
+        model_format=cfg.model_format,
+        cache=cfg.cache,
+        auth=cfg.auth,
+        tls=cfg.tls,
+        protocol=cfg.protocol,
+        options=dict(cfg.options.get(framework, {})),
+        label=cfg.label,
+    )
+
+
+class LiveDeployment:
+    """Prepare, start, wait for and verify a deployment; stop it on exit whatever happened.
+
+    Attributes after ``__enter__``: ``ready_s`` (spawn -> readiness probe), ``cold_start_s`` (spawn -> first
+    correct response), ``verification`` (per model), ``servers``.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        deployment: Deployment,
+        workdir: Path,
+        log_dir: Path,
+        secrets: Secrets,
+        *,
+        server_cpus: set[int] | None = None,
+        startup_timeout: float = 180.0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.adapter = adapter
+        self.deployment = deployment
+        self.workdir = workdir
+        self.log_dir = log_dir
+        self.secrets = secrets
+        self.server_cpus = server_cpus
+        self.startup_timeout = startup_timeout
+        self.marker = uuid.uuid4().hex
+        self.ctx = RunContext(
+            workdir=workdir, ports=Ports(supervisor.free_port), secrets=secrets, host=host, marker=self.marker
+        )
+        self.servers: list[ServerProcess] = []
+        self.ready_s: float | None = None
+        self.cold_start_s: float | None = None
+        self.verification: dict[str, Any] = {}
+        self.stop_reports: list[StopReport] = []
+        self.launch_argv: list[list[str]] = []
+        self._session = requests.Session()
+        self._session.trust_env = False
+        if secrets.ca_cert:
+            self._session.verify = str(secrets.ca_cert)
+        if deployment.tls == "mutual" and secrets.client_cert:
+            self._session.cert = (str(secrets.client_cert), str(secrets.client_key))
+
+    # -- urls ------------------------------------------------------------------------------------------------
+    def base_url(self, port: str = "http") -> str:
+        return f"{self.adapter.scheme(self.deployment)}://127.0.0.1:{self.ctx.ports[port]}"
+
+    def url(self, req) -> str:
+        return req.path if req.path.startswith("http") else self.base_url(req.port) + req.path
+
+    def processes(self) -> list[psutil.Process]:
+        procs: dict[int, psutil.Process] = {}
+        for s in self.servers:
+            for p in s.processes():
+                procs.setdefault(p.pid, p)
+        return list(procs.values())
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    def __enter__(self) -> "LiveDeployment":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.adapter.prepare(self.deployment, self.ctx)
+        specs = self.adapter.launch(self.deployment, self.ctx)
+        ports = self.ctx.ports.assigned()
+        t_spawn = time.perf_counter()
+        for spec in specs:
+            log = self.log_dir / f"{spec.name}.log"
+            server = ServerProcess(spec, marker=self.marker, ports=ports, log_path=log, cpus=self.server_cpus)
+            self.launch_argv.append(list(spec.argv))
+            server.start()
+            self.servers.append(server)
+        deadline = t_spawn + self.startup_timeout
+        for server in self.servers:
+            server.wait_ready(
+                self.base_url(server.spec.ready.port), ca_file=self.secrets.ca_cert, deadline=deadline
+            )
+        self.ready_s = time.perf_counter() - t_spawn
+        # Readiness is a claim; only a correct inference ends the cold start.
+        self.verification = self.verify(deadline=deadline)
+        self.cold_start_s = self.verification.pop("_first_correct_s") - (t_spawn - self.servers[0].t_spawn)
+        if self.server_cpus:
+            for s in self.servers:
+                s.pin(self.server_cpus)
+
+    def stop(self) -> None:
+        for s in reversed(self.servers):
+            if s in supervisor._LIVE:
+                self.stop_reports.append(s.stop())
+        self._session.close()
+
+    # -- requests --------------------------------------------------------------------------------------------
+    def send(self, model_spec, batch: np.ndarray, timeout: float = 60.0) -> tuple[int, bytes, float]:
+        req = self.adapter.request(model_spec, batch, self.secrets)
+        t0 = time.perf_counter()
+        r = self._session.request(req.method, self.url(req), data=req.body, headers=dict(req.headers), timeout=timeout)
+        return r.status_code, r.content, time.perf_counter() - t0
+
+    def infer(self, model_spec, batch: np.ndarray) -> np.ndarray:
+        status, body, _ = self.send(model_spec, batch)
+        return self.adapter.decode(model_spec, status, body)
+
+    def check_alive(self) -> None:
+        for s in self.servers:
+            rc = s.exited()
+            if rc is not None:
+                raise ServerError(f"{s.spec.name} exited with code {rc}", s.log_tail(), kind="crashed")
+
+    def verify(self, deadline: float | None = None) -> dict[str, Any]:
+        """Every model's outputs must equal the reference (the spec's tolerance) at batch 1 and the full batch.
+
+        Until ``deadline``, connection errors and 404/5xx answers are retried (routes may come up after the
+        health probe); a decoded but wrong answer fails at once.
+        """
+        out: dict[str, Any] = {}
+        first_ok: float | None = None
+        for art in self.deployment.models:
+            spec = _spec(art)
+            inputs, expected = art.reference()
+            checks = []
+            for b in sorted({1, len(inputs)}):
+                while True:
+                    self.check_alive()
+                    try:
+                        got = self.infer(spec, inputs[:b])
+                        break
+                    except (requests.RequestException, DecodeError) as e:
+                        if isinstance(e, DecodeError) and e.kind != "status":
+                            raise VerificationError(f"{art.name}: undecodable answer: {e}", {"model": art.name}) from e
+                        if deadline is None or time.perf_counter() > deadline:
+                            raise VerificationError(f"{art.name}: no correct answer before the deadline: {e}",
+                                                    {"model": art.name}) from e
+                        time.sleep(0.2)
+                exp = expected[:b]
+                err = float(np.max(np.abs(got.astype(np.float64) - exp))) if got.shape == exp.shape else None
+                ok = got.shape == exp.shape and bool(np.allclose(got, exp, rtol=spec.rtol, atol=spec.atol))
+                checks.append({"batch": b, "ok": ok, "max_abs_err": err, "shape": list(got.shape)})
+                if not ok:
+                    raise VerificationError(
+                        f"{art.name}: outputs differ from the reference at batch {b} "
+                        f"(max abs err {err}, shape {got.shape} vs {exp.shape}, tolerance rtol={spec.rtol} atol={spec.atol})",
+                        {"model": art.name, "checks": checks},
+                    )
+                if first_ok is None:
+                    first_ok = time.perf_counter() - self.servers[0].t_spawn
+            out[art.name] = {"ok": True, "checks": checks, "rtol": spec.rtol, "atol": spec.atol,
+                             "max_abs_err": max(c["max_abs_err"] for c in checks)}
+        out["_first_correct_s"] = first_ok
+        return out
+
+
+def _spec(art):
+    from servingbench.models import get_model
+
+    meta = json.loads(Path(art.meta).read_text())
+    return get_model(meta["name"], **meta.get("params", {}))
+
+
+# ---- one load point ----------------------------------------------------------------------------------------------
+@dataclass
+class PointPlan:
+    workload: Any
+    load: dict[str, float]
+    measurement: Measurement
+    repeat: int = 0
+    models: list[str] = field(default_factory=list)
+
+
+class InputPool:
+    """Pre-encoded request bodies and in-process expected outputs per (model, batch), built once per cell."""
+
+    def __init__(self, live: LiveDeployment) -> None:
+        self.live = live
+        self._cache: dict[tuple[str, int, int], tuple[list[str], Path, dict]] = {}
+
+    def get(self, art, batch: int, pool: int, workdir: Path) -> tuple[list[str], Path, dict]:
+        key = (art.name, batch, pool)
+        if key not in self._cache:
+            from servingbench.models.runtime import load_runtime
+
+            spec = _spec(art)
+            rt = load_runtime(art.dir, fmt="eager", device="cpu", threads=1)
+            bodies, expected, headers = [], [], {}
+            for i in range(pool):
+                x = spec.example_inputs(batch, seed=1000 + i)
+                req = self.live.adapter.request(spec, x, self.live.secrets)
+                bodies.append(base64.b64encode(req.body).decode())
+                headers = dict(req.headers)
+                expected.append(rt.predict(x))
+                path, method = self.live.url(req), req.method
+            exp_path = workdir / f"expected-{art.name}-b{batch}-p{pool}.npy"
+            np.save(exp_path, np.stack(expected))
+            self._cache[key] = (bodies, exp_path, {"url": path, "method": method, "headers": headers,
+                                                   "rtol": spec.rtol, "atol": spec.atol})
+        return self._cache[key]
+
+
+def run_point(
+    live: LiveDeployment,
+    plan: PointPlan,
+    pool: InputPool,
+    gen_cpus: set[int] | None,
+    workdir: Path,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Run the generator for one load point; return the record's measured part."""
+    w, m = plan.workload, plan.measurement
+    targets = []
+    for name in plan.models:
+        art = live.deployment.model(name)
+        bodies, exp_path, info = pool.get(art, w.batch, w.input_pool, workdir)
+        meta = json.loads(Path(art.meta).read_text())
+        targets.append({
+            "model": name, "model_name": meta["name"], "model_params": meta.get("params", {}),
+            "bodies": bodies, "expected": str(exp_path),
+            "weight": (w.weights or {}).get(name, 1.0), **info,
+        })
+    tag = f"{w.name}-{'-'.join(f'{k}{v:g}' for k, v in plan.load.items())}-r{plan.repeat}"
+    gen_plan = {
+        "framework": live.deployment.framework,
+        "mode": "closed" if isinstance(w, ClosedLoop) else "open",
+        "users": int(plan.load.get("concurrency", 0)),
+        "rate": plan.load.get("rate"),
+        "arrival": getattr(w, "arrival", "poisson"),
+        "max_in_flight": getattr(w, "max_in_flight", 0),
+        "warmup_s": m.warmup,
+        "window_s": m.window,
+        "windows": m.windows,
+        "tolerance": m.tolerance,
+        "max_duration_s": m.max_duration,
+        "timeout_s": m.timeout,
+        "sample_every": m.sample_every,
+        "seed": plan.repeat,
+        "targets": targets,
+        "ca_file": str(live.secrets.ca_cert) if live.secrets.ca_cert else None,
+        "client_cert": str(live.secrets.client_cert) if live.deployment.tls == "mutual" else None,
+        "client_key": str(live.secrets.client_key) if live.deployment.tls == "mutual" else None,
+        "result": str(workdir / f"gen-{tag}.json"),
+    }
+    plan_path = workdir / f"gen-{tag}.plan.json"
+    plan_path.write_text(json.dumps(gen_plan))
+    os.chmod(plan_path, 0o600)  # carries auth headers; deleted below
+    result_path = Path(gen_plan["result"])
+    log_path = log_dir / f"generator-{tag}.log"
+    budget = m.warmup + m.max_duration + 60
+    with open(log_path, "ab") as log, Sampler(live.processes) as sampler:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servingbench.workloads.generator", str(plan_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            if gen_cpus:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(proc.pid, gen_cpus)
+            sampler.attach_generator(proc.pid)
+            deadline = time.perf_counter() + budget
+            while proc.poll() is None:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"load generator did not finish within {budget:.0f} s")
+                live.check_alive()
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            with contextlib.suppress(OSError):
+                plan_path.unlink()
+    if proc.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(
+            f"load generator failed (exit {proc.returncode}): {supervisor.tail(log_path, 15)}"
+        )
+    raw = json.loads(result_path.read_text())
+    result_path.unlink()
+    live.check_alive()
+    return summarize_point(raw, sampler.summary(), m, w.batch)
+
+
+def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1) -> dict[str, Any]:
+    """Metrics from the raw windows (merged histograms, our own window clock), plus validity flags."""
+    from servingbench.measure.stats import LatencyHistogram
+
+    total = LatencyHistogram()
+    per_model: dict[str, LatencyHistogram] = {}
+    count = errors = 0
+    for w in raw["windows"]:
+        total.merge(LatencyHistogram.from_dict(w["histogram"]))
+        for name, h in w["per_model"].items():
+            per_model.setdefault(name, LatencyHistogram()).merge(LatencyHistogram.from_dict(h))
+        count += w["count"]
+        errors += w["errors"]
+    dur = raw["measured_s"]
+    ok = count - errors
+    metrics: dict[str, Any] = {
+        "requests": count,
+        "errors": errors,
+        "error_rate": errors / count if count else None,
+        "duration_s": dur,
+        "throughput_rps": ok / dur if dur else None,
+        "samples_per_s": ok * batch / dur if dur else None,
+        "latency_s": {**total.percentiles(), "mean": total.mean() if total.count else None,
+                      "max": total.max() if total.count else None} if total.count else {},
+        "errors_by_kind": raw["errors_by_kind"],
+        "late_sends": raw.get("late_sends", 0),
+        "max_lateness_s": raw.get("max_lateness_s", 0.0),
+        "window_metric": raw["window_metric"],
+        "per_model_latency_s": {n: h.percentiles() for n, h in per_model.items() if h.count},
+    }
+    gen = raw["generator"]
+    flags = []
+    if dur < m.window * m.windows * 0.95:
+        flags.append("too_short")
+    if count < m.min_requests:
+        flags.append("too_few_requests")
+    if not raw["stable"]:
+        flags.append("unstable")
+    gen_cores = max(1, len(gen.get("cpus") or [1]))
+    if gen["cpu_pct"] >= GENERATOR_BOUND_PCT:  # locust runs on one core per process
+        flags.append("generator_bound")
+    if metrics["error_rate"] and metrics["error_rate"] > 0.001:
+        flags.append("errors")
+    if raw["mode"] == "open" and count and raw.get("late_sends", 0) / count > 0.01:
+        flags.append("late_sends")
+    return {
+        "metrics": metrics,
+        "histogram": total.to_dict(),
+        "windows": [{k: v for k, v in w.items() if k != "per_model"} for w in raw["windows"]],
+        "resources": resources,
+        "generator": {**gen, "cores": gen_cores},
+        "error_examples": raw.get("error_examples", {}),
+        "validity": {"valid": not flags, "flags": flags},
+    }
+
+
+def points(w: Any) -> Iterator[dict[str, float]]:
+    if isinstance(w, ClosedLoop):
+        for c in w.concurrency:
+            yield {"concurrency": c}
+    elif isinstance(w, OpenLoop):
+        for r in w.rates:
+            yield {"rate": r}
+
+
+# ---- the suite ---------------------------------------------------------------------------------------------------
+Progress = Callable[[str], None]
+
+
+def run_cell(
+    cell: Cell,
+    suite: Suite,
+    artifacts: dict[str, Any],
+    results: RunResults,
+    secrets_store,
+    cpus: tuple[set[int] | None, set[int] | None],
+    progress: Progress,
+) -> str:
+    """Run one cell to a final status and record it.  Returns the status."""
+    cid = cell.id
+    safe = cid.replace("/", "-")
+    workdir = results.manifests / safe
+    log_dir = results.logs / safe
+    log_dir.mkdir(parents=True, exist_ok=True)
+    base = {"cell": cid, "framework": cell.framework, "deployment": cell.config.label}
+    try:
+        adapter = registry.get(cell.framework)
+        adapter.check_available()
+        deployment = make_deployment(cell.framework, cell.config, [artifacts[m.name] for m in suite.models],
+                                     suite.device)
+        adapter.validate(deployment)
+    except (AdapterUnavailable, UnsupportedDeployment, ImportError) as e:
+        status = "failed" if isinstance(e, ImportError) else "skipped"
+        results.set_cell(cid, status, reason=str(e), **base)
+        results.append({"type": "cell", "id": f"cell:{cid}", **base, "status": status, "reason": str(e)})
+        progress(f"[yellow]{cid}: {status}: {e}")
+        return status
+    secrets = secrets_store.make(auth=deployment.auth, tls=bool(deployment.tls))
+    results.set_redactions(secrets_store.sensitive_strings())
+    results.set_cell(cid, "running", **base)
+    config = deployment.describe()
+    cell_rec: dict[str, Any] = {"type": "cell", "id": f"cell:{cid}", **base, "config": config,
+                                "framework_version": adapter.framework_version()}
+    t0 = time.perf_counter()
+    live = LiveDeployment(adapter, deployment, workdir, log_dir, secrets, server_cpus=cpus[0],
+                          startup_timeout=suite.startup_timeout)
+    try:
+        progress(f"{cid}: starting")
+        with live:
+            cell_rec.update(
+                ready_s=live.ready_s, cold_start_s=live.cold_start_s, verification=live.verification,
+                memory_idle=tree_memory(live.processes()), argv=live.launch_argv,
+                server_cpus=sorted(cpus[0]) if cpus[0] else None,
+                generator_cpus=sorted(cpus[1]) if cpus[1] else None,
+            )
+            progress(f"{cid}: ready in {live.ready_s:.1f} s, first correct answer at {live.cold_start_s:.1f} s")
+            pool = InputPool(live)
+            for w in suite.workloads:
+                if not isinstance(w, (ClosedLoop, OpenLoop)):
+                    continue  # slo_search and others: measure.slo
+                m = suite.measurement_for(w)
+                models = w.models or [mm.name for mm in suite.models]
+                if not w.weights and len(models) > 1:
+                    groups = [[n] for n in models]  # one model at a time unless mixed traffic is asked for
+                else:
+                    groups = [models]
+                for group in groups:
+                    for load in points(w):
+                        for rep in range(m.repeats):
+                            plan = PointPlan(w, load, m, rep, group)
+                            point = run_point(live, plan, pool, cpus[1], workdir, log_dir)
+                            rec = {
+                                "type": "point", **base,
+                                "id": f"point:{cid}:{w.name}:{'+'.join(group)}:{json.dumps(load)}:{rep}",
+                                "workload": w.name, "kind": w.kind, "models": group,
+                                "model": group[0] if len(group) == 1 else "+".join(group),
+                                "batch": w.batch, "load": load, "repeat": rep, **point,
+                            }
+                            results.append(rec)
+                            mt = point["metrics"]
+                            p99 = mt["latency_s"].get("p99")
+                            progress(
+                                f"{cid} {w.name} {'+'.join(group)} {load} r{rep}: "
+                                f"{mt['throughput_rps'] or 0:.0f} rps, p99 "
+                                f"{(p99 or float('nan')) * 1e3:.1f} ms, errors {mt['errors']}"
+                                + (f" [{', '.join(point['validity']['flags'])}]" if point["validity"]["flags"] else "")
+                            )
+        status = "ok"
+        survivors = [s for r in live.stop_reports for s in r.survivors]
+        if survivors:
+            status = "failed"
+            cell_rec["reason"] = f"processes survived the stop: {survivors}"
+    except KeyboardInterrupt:
+        results.set_cell(cid, "interrupted", **base)
+        raise
+    except Exception as e:  # noqa: BLE001 - a failing framework must not stop the suite
+        status = "failed"
+        cell_rec["reason"] = f"{type(e).__name__}: {e}"
+        cell_rec["log_tail"] = "\n".join(s.log_tail(30) for s in live.servers)
+        if isinstance(e, VerificationError):
+            cell_rec["verification"] = e.details
+        if not isinstance(e, (ServerError, VerificationError)):
+            cell_rec["traceback"] = traceback.format_exc(limit=8)
+        progress(f"[red]{cid}: failed: {str(e).splitlines()[0]}")
+    cell_rec.update(
+        status=status, seconds=time.perf_counter() - t0,
+        stop=[r.__dict__ for r in live.stop_reports],
+    )
+    results.append(cell_rec)
+    results.set_cell(cid, status, reason=cell_rec.get("reason"), cold_start_s=cell_rec.get("cold_start_s"), **base)
+    return status
+
+
+@dataclass
+class SuiteOutcome:
+    results: RunResults
+    statuses: dict[str, str]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [c for c, s in self.statuses.items() if s == "failed"]
+
+
+def build_artifacts_for(suite: Suite) -> dict[str, Any]:
+    from servingbench.models import build_artifacts, get_model
+
+    return {m.name: build_artifacts(get_model(m.name, **m.params)) for m in suite.models}
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    suite_path: Path,
+    out: Path,
+    frameworks: list[str] | None = None,
+    resume: Path | None = None,
+    progress: Progress = print,
+) -> SuiteOutcome:
+    """Run (or resume) a suite into ``out/<run-id>/``.  Ctrl-C / SIGTERM stop the servers and mark the run."""
+    from servingbench.measure.environment import capture
+    from servingbench.measure.security import SecretStore
+    from servingbench.results import new_run_id
+
+    cells = plan_cells(suite, frameworks)
+    cpus = cpu_sets(suite.cpu_sets)
+    statuses: dict[str, str] = {}
+    with SecretStore() as store, supervisor.terminate_on_signals():
+        if resume:
+            results = RunResults.open(resume)
+            done = results.finished_cells()
+            results.update_run(status="running", resumed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        else:
+            meta = {
+                "suite": suite.model_dump(mode="json"),
+                "suite_file": str(suite_path),
+                "suite_text": suite_path.read_text() if suite_path.is_file() else None,
+                "command": sys.argv,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "environment": capture(suite.frameworks),
+                "cpu_sets": {"server": sorted(cpus[0]) if cpus[0] else None,
+                             "generator": sorted(cpus[1]) if cpus[1] else None},
+                "planned_cells": [c.id for c in cells],
+            }
+            results = RunResults.create(out, new_run_id(suite.name), meta)
+            done = set()
+        results.set_redactions(store.sensitive_strings())
+        progress(f"results: {results.path}")
+        try:
+            progress("building model artifacts")
+            artifacts = build_artifacts_for(suite)
+            for cell in cells:
+                if cell.id in done:
+                    statuses[cell.id] = results.read_run()["cells"][cell.id]["status"]
+                    progress(f"{cell.id}: already {statuses[cell.id]} (resume)")
+                    continue
+                statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress)
+        except KeyboardInterrupt:
+            supervisor.stop_all()
+            results.update_run(status="interrupted", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            progress(f"[yellow]interrupted: finished cells are kept; continue with "
+                     f"`servingbench run {suite_path} --resume {results.path}`")
+            return SuiteOutcome(results, statuses, interrupted=True)
+        finally:
+            supervisor.stop_all()
+        failed = [c for c, s in statuses.items() if s == "failed"]
+        results.update_run(status="failed_cells" if failed else "complete",
+                           ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return SuiteOutcome(results, statuses)

@@ -1,0 +1,202 @@
+"""Scenario suites: the YAML users edit, validated strictly (unknown keys, wrong types, impossible values).
+
+Every time value carries a unit (``"250ms"``, ``"10s"``, ``"2m"``): a bare number is rejected, since "50" could be
+seconds or milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|min|m|h)\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """``"250ms"`` -> 0.25 (seconds).  Numbers without a unit are refused with a suggestion."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration with a unit such as '10s' or '50ms', got {value!r}")
+    if isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} has no unit: write '{value}s' or '{value}ms'")
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as '10s', got {value!r}")
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration: use a number and one of {', '.join(_UNITS)} (e.g. '50ms')")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written in YAML with a unit."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Strict):
+    name: str = Field(description="zoo model name (servingbench models)")
+    params: dict[str, Any] = Field(default_factory=dict, description="constructor parameters, e.g. resolution")
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelRef":
+        from servingbench.models import get_model
+
+        get_model(self.name, **self.params)  # raises ValueError with suggestions
+        return self
+
+
+def _model_ref(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
+class Slo(_Strict):
+    p99: Duration = Field(description="latency target for the 99th percentile, e.g. '50ms'")
+    max_error_rate: float = Field(0.001, ge=0, le=1, description="maximum share of failed requests")
+
+
+class Measurement(_Strict):
+    """How each load point is measured (after MLPerf LoadGen's minimum-duration/minimum-count rules)."""
+
+    warmup: Duration = Field(2.0, ge=0, description="discarded load before measuring")
+    window: Duration = Field(2.0, gt=0, description="length of one measurement window")
+    windows: int = Field(3, ge=1, description="consecutive windows that must agree for a point to be stable")
+    tolerance: float = Field(0.10, gt=0, le=1, description="max relative spread of throughput across those windows")
+    max_duration: Duration = Field(30.0, gt=0, description="extend an unstable point up to this long, then flag it")
+    min_requests: int = Field(200, ge=1, description="fewer measured requests flags the point 'too_few_requests'")
+    repeats: int = Field(1, ge=1, le=20, description="run every point this many times; median and spread are kept")
+    sample_every: int = Field(50, ge=1, description="verify every Nth response against the reference outputs")
+    timeout: Duration = Field(30.0, gt=0, description="per-request timeout")
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> "Measurement":
+        if self.window * self.windows > self.max_duration:
+            raise ValueError(
+                f"windows x window ({self.windows} x {self.window:g}s) is longer than max_duration "
+                f"({self.max_duration:g}s): raise max_duration or shorten the window"
+            )
+        return self
+
+
+class _WorkloadBase(_Strict):
+    name: str = Field(description="unique name of the workload in the suite")
+    batch: int = Field(1, ge=1, le=4096, description="samples per request")
+    models: list[str] | None = Field(None, description="subset of the suite's models (default: all)")
+    weights: dict[str, float] | None = Field(None, description="traffic share per model when several are served")
+    input_pool: int = Field(16, ge=1, description="distinct pre-encoded inputs per model, cycled")
+    measurement: Measurement | None = Field(None, description="overrides the suite's measurement settings")
+
+
+class ClosedLoop(_WorkloadBase):
+    """N concurrent users, each sending its next request when the previous one returns."""
+
+    kind: Literal["closed_loop"]
+    concurrency: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(description="load points: concurrent users")
+
+
+class OpenLoop(_WorkloadBase):
+    """Requests at a fixed arrival rate; latency counts from each request's intended send time."""
+
+    kind: Literal["open_loop"]
+    rates: list[Annotated[float, Field(gt=0)]] = Field(description="load points: arrival rates in requests/s")
+    arrival: Literal["poisson", "constant"] = "poisson"
+    max_in_flight: int = Field(256, ge=1, description="generator users available to send (pool size)")
+
+
+class SloSearch(_WorkloadBase):
+    """Search for the highest arrival rate whose p99 and error rate meet the suite's SLO."""
+
+    kind: Literal["slo_search"]
+    start_rate: float = Field(50.0, gt=0)
+    max_rate: float = Field(20_000.0, gt=0)
+    precision: float = Field(0.1, gt=0, lt=1, description="stop when the bracket is this narrow (relative)")
+    max_steps: int = Field(10, ge=1, le=50)
+    arrival: Literal["poisson", "constant"] = "poisson"
+    max_in_flight: int = Field(256, ge=1)
+
+
+Workload = Annotated[Union[ClosedLoop, OpenLoop, SloSearch], Field(discriminator="kind")]
+
+
+class DeploymentConfig(_Strict):
+    label: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    frameworks: list[str] | None = Field(None, description="only for these frameworks (default: all of the suite)")
+    workers: int = Field(1, ge=1, le=64)
+    threads: int = Field(1, ge=1, le=256)
+    max_batch_size: int = Field(1, ge=1, le=4096)
+    batch_timeout: Duration = Field(0.005, ge=0)
+    model_format: Literal["eager", "torchscript"] = "eager"
+    cache: bool = False
+    auth: bool = False
+    tls: Union[bool, Literal["mutual"]] = False
+    protocol: Literal["http", "grpc"] = "http"
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="framework name -> framework-specific knobs"
+    )
+
+
+class CpuSets(_Strict):
+    """Disjoint CPU sets for server and load generator.  ``"auto"``: last core(s) to the generator."""
+
+    server: str | None = None
+    generator: str | None = None
+
+
+class Suite(_Strict):
+    name: str
+    description: str = ""
+    frameworks: list[str] = Field(min_length=1)
+    models: list[Annotated[ModelRef, BeforeValidator(_model_ref)]] = Field(min_length=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    deployments: list[DeploymentConfig] = Field(default_factory=lambda: [DeploymentConfig()])
+    workloads: list[Workload] = Field(default_factory=list)
+    measurement: Measurement = Field(default_factory=Measurement)
+    slo: Slo | None = None
+    cpu_sets: Union[Literal["auto", "none"], CpuSets] = "auto"
+    startup_timeout: Duration = Field(180.0, gt=0)
+    features: list[str] = Field(default_factory=list, description="feature probes to run (servingbench probes)")
+
+    @field_validator("frameworks")
+    @classmethod
+    def _known_frameworks(cls, v: list[str]) -> list[str]:
+        from servingbench.adapters import registry
+
+        known = registry.names()
+        for name in v:
+            if name not in known:
+                raise ValueError(f"unknown framework {name!r}.{registry.suggest(name, known)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"frameworks listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Suite":
+        names = [m.name for m in self.models]
+        seen = set()
+        for w in self.workloads:
+            if w.name in seen:
+                raise ValueError(f"workload name {w.name!r} is used twice")
+            seen.add(w.name)
+            for m in (w.models or []) + list((w.weights or {}).keys()):
+                if m not in names:
+                    raise ValueError(f"workload {w.name!r} names model {m!r}, which is not in the suite's models {names}")
+            if isinstance(w, SloSearch) and self.slo is None:
+                raise ValueError(f"workload {w.name!r} is an slo_search but the suite has no 'slo:' section")
+        labels = [d.label for d in self.deployments]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"deployment labels must be unique, got {labels}")
+        for d in self.deployments:
+            for fw in list(d.options) + list(d.frameworks or []):
+                if fw not in self.frameworks:
+                    raise ValueError(
+                        f"deployment {d.label!r} names framework {fw!r}, which is not in the suite's frameworks"
+                    )
+        if not self.workloads and not self.features:
+            raise ValueError("the suite has neither workloads nor features: nothing to run")
+        return self
+
+    def measurement_for(self, w: _WorkloadBase) -> Measurement:
+        return w.measurement or self.measurement
