@@ -29,3 +29,34 @@ def marked_leftovers(marker: str) -> list:
     from servingbench.measure.supervisor import marked_processes
 
     return marked_processes(marker)
+
+
+def all_marked_pids() -> set[int]:
+    """PIDs of every process carrying a SERVINGBENCH_MARKER (any deployment)."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if b"SERVINGBENCH_MARKER=" in f.read():
+                    pids.add(int(d))
+        except OSError:
+            continue
+    pids.discard(os.getpid())
+    return pids
+
+
+@pytest.fixture
+def no_leftovers():
+    """Fails the test if it leaves any server process behind (processes alive before it are ignored)."""
+    import time
+
+    before = all_marked_pids()
+    yield
+    deadline = time.time() + 10
+    left = all_marked_pids() - before
+    while left and time.time() < deadline:
+        time.sleep(0.2)
+        left = all_marked_pids() - before
+    assert not left, f"server processes left behind: {sorted(left)}"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark PyTorch model-serving frameworks.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
@@ -60,9 +60,22 @@ def models() -> None:
 
 
 @app.command()
-def validate(scenario: Path = typer.Argument(..., help="suite YAML file")) -> None:
+def validate(
+    scenario: Optional[Path] = typer.Argument(None, help="suite YAML file"),
+    schema: bool = typer.Option(False, "--schema", help="print the suite JSON schema (every field, documented)"),
+) -> None:
     """Validate a suite file without running anything."""
     from servingbench.scenarios.loader import ScenarioError, load_suite
+
+    if schema:
+        import json
+
+        from servingbench.scenarios.schema import Suite
+
+        out.print_json(json.dumps(Suite.model_json_schema()))
+        return
+    if scenario is None:
+        _fail("give a suite file, or --schema")
 
     try:
         suite = load_suite(scenario)

@@ -11,9 +11,11 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -40,7 +42,7 @@ from servingbench.measure import supervisor
 from servingbench.measure.resources import Sampler, tree_memory
 from servingbench.measure.supervisor import ServerError, ServerProcess, StopReport
 from servingbench.results import RunResults
-from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement, OpenLoop, Suite
+from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement, OpenLoop, SloSearch, Suite
 
 GENERATOR_BOUND_PCT = 90.0
 
@@ -371,44 +373,59 @@ def run_point(
         "client_key": str(live.secrets.client_key) if live.deployment.tls == "mutual" else None,
         "result": str(workdir / f"gen-{tag}.json"),
     }
-    plan_path = workdir / f"gen-{tag}.plan.json"
+    with Sampler(live.processes) as sampler:
+        raw = run_generator(gen_plan, gen_cpus, workdir / f"gen-{tag}.plan.json", log_dir / f"generator-{tag}.log",
+                            budget=m.warmup + m.max_duration + 60, watch=live.check_alive, sampler=sampler)
+    live.check_alive()
+    return summarize_point(raw, sampler.summary(), m, w.batch)
+
+
+def run_generator(
+    gen_plan: dict,
+    gen_cpus: set[int] | None,
+    plan_path: Path,
+    log_path: Path,
+    *,
+    budget: float,
+    watch: Callable[[], None] | None = None,
+    sampler: Sampler | None = None,
+) -> dict[str, Any]:
+    """Run the locust generator process on ``gen_plan`` (pinned to ``gen_cpus``) and return its raw result."""
     plan_path.write_text(json.dumps(gen_plan))
     os.chmod(plan_path, 0o600)  # carries auth headers; deleted below
     result_path = Path(gen_plan["result"])
-    log_path = log_dir / f"generator-{tag}.log"
-    budget = m.warmup + m.max_duration + 60
-    with open(log_path, "ab") as log, Sampler(live.processes) as sampler:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "servingbench.workloads.generator", str(plan_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        try:
-            if gen_cpus:
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(proc.pid, gen_cpus)
-            sampler.attach_generator(proc.pid)
-            deadline = time.perf_counter() + budget
-            while proc.poll() is None:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"load generator did not finish within {budget:.0f} s")
-                live.check_alive()
-                time.sleep(0.2)
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    try:
+        if gen_cpus:
             with contextlib.suppress(OSError):
-                plan_path.unlink()
+                os.sched_setaffinity(proc.pid, gen_cpus)
+        if sampler is not None:
+            sampler.attach_generator(proc.pid)
+        deadline = time.perf_counter() + budget
+        while proc.poll() is None:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"load generator did not finish within {budget:.0f} s")
+            if watch is not None:
+                watch()
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(OSError):
+            plan_path.unlink()
     if proc.returncode != 0 or not result_path.is_file():
-        raise RuntimeError(
-            f"load generator failed (exit {proc.returncode}): {supervisor.tail(log_path, 15)}"
-        )
+        raise RuntimeError(f"load generator failed (exit {proc.returncode}): {supervisor.tail(log_path, 15)}")
     raw = json.loads(result_path.read_text())
     result_path.unlink()
-    live.check_alive()
-    return summarize_point(raw, sampler.summary(), m, w.batch)
+    return raw
 
 
 def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1) -> dict[str, Any]:
@@ -476,6 +493,59 @@ def points(w: Any) -> Iterator[dict[str, float]]:
             yield {"rate": r}
 
 
+def _groups(w: Any, suite: Suite) -> list[list[str]]:
+    """Model groups a workload measures: one model at a time, unless weights ask for mixed traffic."""
+    models = w.models or [mm.name for mm in suite.models]
+    return [models] if (w.weights and len(models) > 1) else [[n] for n in models]
+
+
+def _point_line(cid: str, wname: str, group: list[str], load: dict, rep: int, point: dict) -> str:
+    mt = point["metrics"]
+    p99 = mt["latency_s"].get("p99")
+    flags = point["validity"]["flags"]
+    return (f"{cid} {wname} {'+'.join(group)} {load} r{rep}: {mt['throughput_rps'] or 0:.0f} rps, "
+            f"p99 {(p99 or float('nan')) * 1e3:.1f} ms, errors {mt['errors']}" + (f" [{', '.join(flags)}]" if flags else ""))
+
+
+def run_slo_search(live, w, m, group, suite, pool, cpus, scratch, log_dir, results, base, progress) -> None:
+    """Highest arrival rate whose p99 <= the SLO and error rate <= its maximum; every probed rate is recorded."""
+    from servingbench.measure.stats import slo_search
+
+    cid = base["cell"]
+    n = 0
+
+    def measure(rate: float) -> tuple[float, float]:
+        nonlocal n
+        load = {"rate": round(rate, 3)}
+        point = run_point(live, PointPlan(w, load, m, 0, group), pool, cpus[1], scratch, log_dir)
+        results.append({
+            "type": "point", **base, "id": f"point:{cid}:{w.name}:{'+'.join(group)}:step{n}",
+            "workload": w.name, "kind": w.kind, "models": group, "model": "+".join(group), "batch": w.batch,
+            "load": load, "repeat": 0, "step": n, **point,
+        })
+        n += 1
+        progress(_point_line(cid, w.name, group, load, 0, point))
+        mt = point["metrics"]
+        p99 = mt["latency_s"].get("p99", float("inf"))
+        # A point the generator could not drive honestly is not a pass.
+        err = mt["error_rate"] if mt["error_rate"] is not None else 1.0
+        if "generator_bound" in point["validity"]["flags"] or "late_sends" in point["validity"]["flags"]:
+            err = max(err, 1.0)
+        return p99, err
+
+    res = slo_search(measure, suite.slo.p99, max_error_rate=suite.slo.max_error_rate, start_rate=w.start_rate,
+                     max_rate=w.max_rate, rel_precision=w.precision, max_steps=w.max_steps)
+    results.append({
+        "type": "slo", **base, "id": f"slo:{cid}:{w.name}:{'+'.join(group)}", "workload": w.name,
+        "models": group, "model": "+".join(group), "batch": w.batch,
+        "slo": {"p99_s": suite.slo.p99, "max_error_rate": suite.slo.max_error_rate},
+        "max_rate": res.max_rate, "reason": res.reason,
+        "points": [p.__dict__ for p in res.points],
+    })
+    progress(f"{cid} {w.name} {'+'.join(group)}: throughput at SLO "
+             f"{'none' if res.max_rate is None else f'{res.max_rate:.0f} rps'} ({res.reason})")
+
+
 # ---- the suite ---------------------------------------------------------------------------------------------------
 Progress = Callable[[str], None]
 
@@ -488,6 +558,7 @@ def run_cell(
     secrets_store,
     cpus: tuple[set[int] | None, set[int] | None],
     progress: Progress,
+    scratch: Path,
 ) -> str:
     """Run one cell to a final status and record it.  Returns the status."""
     cid = cell.id
@@ -529,19 +600,16 @@ def run_cell(
             progress(f"{cid}: ready in {live.ready_s:.1f} s, first correct answer at {live.cold_start_s:.1f} s")
             pool = InputPool(live)
             for w in suite.workloads:
-                if not isinstance(w, (ClosedLoop, OpenLoop)):
-                    continue  # slo_search and others: measure.slo
                 m = suite.measurement_for(w)
-                models = w.models or [mm.name for mm in suite.models]
-                if not w.weights and len(models) > 1:
-                    groups = [[n] for n in models]  # one model at a time unless mixed traffic is asked for
-                else:
-                    groups = [models]
-                for group in groups:
+                if isinstance(w, SloSearch):
+                    for group in _groups(w, suite):
+                        run_slo_search(live, w, m, group, suite, pool, cpus, scratch, log_dir, results, base, progress)
+                    continue
+                for group in _groups(w, suite):
                     for load in points(w):
                         for rep in range(m.repeats):
                             plan = PointPlan(w, load, m, rep, group)
-                            point = run_point(live, plan, pool, cpus[1], workdir, log_dir)
+                            point = run_point(live, plan, pool, cpus[1], scratch, log_dir)
                             rec = {
                                 "type": "point", **base,
                                 "id": f"point:{cid}:{w.name}:{'+'.join(group)}:{json.dumps(load)}:{rep}",
@@ -550,14 +618,7 @@ def run_cell(
                                 "batch": w.batch, "load": load, "repeat": rep, **point,
                             }
                             results.append(rec)
-                            mt = point["metrics"]
-                            p99 = mt["latency_s"].get("p99")
-                            progress(
-                                f"{cid} {w.name} {'+'.join(group)} {load} r{rep}: "
-                                f"{mt['throughput_rps'] or 0:.0f} rps, p99 "
-                                f"{(p99 or float('nan')) * 1e3:.1f} ms, errors {mt['errors']}"
-                                + (f" [{', '.join(point['validity']['flags'])}]" if point["validity"]["flags"] else "")
-                            )
+                            progress(_point_line(cid, w.name, group, load, rep, point))
         status = "ok"
         survivors = [s for r in live.stop_reports for s in r.survivors]
         if survivors:
@@ -639,15 +700,27 @@ def run_suite(
             done = set()
         results.set_redactions(store.sensitive_strings())
         progress(f"results: {results.path}")
+        scratch = Path(tempfile.mkdtemp(prefix="servingbench-scratch-"))
         try:
             progress("building model artifacts")
             artifacts = build_artifacts_for(suite)
+            if "calibration" not in results.read_run():
+                progress("calibrating the load generator against a trivial endpoint")
+                cal = calibrate_generator(cpus, scratch, results.logs)
+                results.update_run(calibration=cal)
+                progress(f"generator ceiling {cal['ceiling_rps']:.0f} rps, latency floor p50 "
+                         f"{cal['floor_p50_s'] * 1e3:.2f} ms")
+            if not results.records("inprocess"):
+                progress("measuring the in-process limit (no server)")
+                for r in inprocess_limits(suite, artifacts, cpus[0], scratch, results.logs):
+                    results.append({"type": "inprocess",
+                                    "id": f"inprocess:{r['model']}:b{r['batch']}:t{r['threads']}:{r['format']}", **r})
             for cell in cells:
                 if cell.id in done:
                     statuses[cell.id] = results.read_run()["cells"][cell.id]["status"]
                     progress(f"{cell.id}: already {statuses[cell.id]} (resume)")
                     continue
-                statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress)
+                statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress, scratch)
         except KeyboardInterrupt:
             supervisor.stop_all()
             results.update_run(status="interrupted", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -656,7 +729,90 @@ def run_suite(
             return SuiteOutcome(results, statuses, interrupted=True)
         finally:
             supervisor.stop_all()
+            shutil.rmtree(scratch, ignore_errors=True)
         failed = [c for c, s in statuses.items() if s == "failed"]
         results.update_run(status="failed_cells" if failed else "complete",
                            ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return SuiteOutcome(results, statuses)
+
+
+# ---- reference measurements: generator calibration and the in-process limit -------------------------------------
+def calibrate_generator(
+    cpus: tuple[set[int] | None, set[int] | None], scratch: Path, log_dir: Path,
+    concurrency: tuple[int, ...] = (1, 16), window_s: float = 1.0,
+) -> dict[str, Any]:
+    """Closed loop against a trivial endpoint: the generator's ceiling (rps) and the latency floor (p50/p99)."""
+    from servingbench.adapters.base import LaunchSpec, ReadyProbe
+    from servingbench.measure.stats import LatencyHistogram
+
+    port = supervisor.free_port()
+    spec = LaunchSpec(
+        argv=[sys.executable, "-m", "servingbench.measure.calibrate", str(port)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=scratch,
+        ready=ReadyProbe(path="/", timeout_s=30), stop_signal=signal.SIGTERM, grace_s=5, name="calibration-endpoint",
+    )
+    server = ServerProcess(spec, marker=uuid.uuid4().hex, ports={"http": port}, log_path=log_dir / "calibration.log",
+                           cpus=cpus[0])
+    out: dict[str, Any] = {"generator_cpus": sorted(cpus[1]) if cpus[1] else None, "points": []}
+    try:
+        server.start()
+        server.wait_ready(f"http://127.0.0.1:{port}")
+        for c in concurrency:
+            plan = {
+                "framework": None, "mode": "closed", "users": c, "warmup_s": 0.5, "window_s": window_s,
+                "windows": 3, "tolerance": 0.1, "max_duration_s": window_s * 5, "timeout_s": 10,
+                "targets": [{"model": "echo", "url": f"http://127.0.0.1:{port}/", "method": "POST",
+                             "headers": {"Content-Type": "application/json"},
+                             "bodies": [base64.b64encode(b'{"inputs": [[0.0]]}').decode()]}],
+                "result": str(scratch / f"calibration-{c}.json"),
+            }
+            raw = run_generator(plan, cpus[1], scratch / f"calibration-{c}.plan.json", log_dir / "calibration-generator.log",
+                                budget=60)
+            h = LatencyHistogram()
+            count = 0
+            for w in raw["windows"]:
+                h.merge(LatencyHistogram.from_dict(w["histogram"]))
+                count += w["count"] - w["errors"]
+            out["points"].append({
+                "concurrency": c, "throughput_rps": count / raw["measured_s"], "latency_s": h.percentiles(),
+                "generator_cpu_pct": raw["generator"]["cpu_pct"], "stable": raw["stable"],
+            })
+    finally:
+        server.stop()
+    first, last = out["points"][0], out["points"][-1]
+    out.update(ceiling_rps=last["throughput_rps"], floor_p50_s=first["latency_s"]["p50"],
+               floor_p99_s=first["latency_s"]["p99"])
+    return out
+
+
+def inprocess_limits(suite: Suite, artifacts: dict[str, Any], cpus: set[int] | None, scratch: Path,
+                     log_dir: Path) -> list[dict[str, Any]]:
+    """For every model x batch x threads x format the suite uses: the model alone, in a process pinned like a server."""
+    batches = sorted({w.batch for w in suite.workloads}) or [1]
+    combos = sorted({(d.threads, d.model_format) for d in suite.deployments})
+    jobs = [
+        {"artifact_dir": str(artifacts[m.name].dir), "batch": b, "threads": t, "fmt": fmt, "device": suite.device,
+         "warmup_s": 0.5, "duration_s": 2.0}
+        for m in suite.models for b in batches for t, fmt in combos
+    ]
+    names = [m.name for m in suite.models for _ in batches for _ in combos]
+    plan = {"jobs": jobs, "result": str(scratch / "inprocess.json")}
+    plan_path = scratch / "inprocess.plan.json"
+    plan_path.write_text(json.dumps(plan))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "inprocess.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "servingbench.measure.inprocess", str(plan_path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(proc.pid, cpus)
+        proc.wait(timeout=60 + 5 * len(jobs))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"in-process measurement failed: {supervisor.tail(log_dir / 'inprocess.log', 15)}")
+    results = json.loads(Path(plan["result"]).read_text())
+    return [{"model": n, **r} for n, r in zip(names, results)]

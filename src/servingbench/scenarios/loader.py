@@ -26,6 +26,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     for part in loc:
         if node is None:
             break
+        if _is_tag(part):
+            continue
         line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             nxt = None

@@ -185,11 +185,12 @@ def run(plan: dict) -> dict:
     from servingbench.adapters import registry
     from servingbench.models import get_model
 
-    adapter = registry.get(plan["framework"])
+    # No framework: calibration against a trivial endpoint, nothing to decode.
+    adapter = registry.get(plan["framework"]) if plan.get("framework") else None
     targets = []
     for t in plan["targets"]:
-        spec = get_model(t["model_name"], **t.get("model_params", {}))
-        targets.append(_Target(t, adapter, spec, plan.get("sample_every", 50)))
+        spec = get_model(t["model_name"], **t.get("model_params", {})) if adapter else None
+        targets.append(_Target(t, adapter, spec, plan.get("sample_every", 50) if adapter else 0))
     weights = np.array([t.get("weight", 1.0) for t in plan["targets"]], dtype=float)
     weights = weights / weights.sum()
     rng = np.random.default_rng(plan.get("seed", 0))
