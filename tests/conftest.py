@@ -31,15 +31,16 @@ def marked_leftovers(marker: str) -> list:
     return marked_processes(marker)
 
 
-def all_marked_pids() -> set[int]:
-    """PIDs of every process carrying a SERVINGBENCH_MARKER (any deployment)."""
+def all_marked_pids(prefix: str = "") -> set[int]:
+    """PIDs of every process whose SERVINGBENCH_MARKER starts with ``prefix``."""
+    needle = f"SERVINGBENCH_MARKER={prefix}".encode()
     pids = set()
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open(f"/proc/{d}/environ", "rb") as f:
-                if b"SERVINGBENCH_MARKER=" in f.read():
+                if needle in f.read():
                     pids.add(int(d))
         except OSError:
             continue
@@ -48,15 +49,17 @@ def all_marked_pids() -> set[int]:
 
 
 @pytest.fixture
-def no_leftovers():
-    """Fails the test if it leaves any server process behind (processes alive before it are ignored)."""
+def no_leftovers(monkeypatch):
+    """Fails the test if any server it caused (directly or through a CLI subprocess) is still alive afterwards."""
     import time
+    import uuid
 
-    before = all_marked_pids()
-    yield
+    prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    monkeypatch.setenv("SERVINGBENCH_MARKER_PREFIX", prefix)
+    yield prefix
     deadline = time.time() + 10
-    left = all_marked_pids() - before
+    left = all_marked_pids(prefix)
     while left and time.time() < deadline:
         time.sleep(0.2)
-        left = all_marked_pids() - before
+        left = all_marked_pids(prefix)
     assert not left, f"server processes left behind: {sorted(left)}"

@@ -13,7 +13,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark PyTorch model-serving frameworks.")
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:

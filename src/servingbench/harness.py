@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -151,7 +150,7 @@ class LiveDeployment:
         self.secrets = secrets
         self.server_cpus = server_cpus
         self.startup_timeout = startup_timeout
-        self.marker = uuid.uuid4().hex
+        self.marker = supervisor.new_marker()
         self.ctx = RunContext(
             workdir=workdir, ports=Ports(supervisor.free_port), secrets=secrets, host=host, marker=self.marker
         )
@@ -751,7 +750,7 @@ def calibrate_generator(
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=scratch,
         ready=ReadyProbe(path="/", timeout_s=30), stop_signal=signal.SIGTERM, grace_s=5, name="calibration-endpoint",
     )
-    server = ServerProcess(spec, marker=uuid.uuid4().hex, ports={"http": port}, log_path=log_dir / "calibration.log",
+    server = ServerProcess(spec, marker=supervisor.new_marker(), ports={"http": port}, log_path=log_dir / "calibration.log",
                            cpus=cpus[0])
     out: dict[str, Any] = {"generator_cpus": sorted(cpus[1]) if cpus[1] else None, "points": []}
     try:

@@ -97,6 +97,13 @@ def _port_owner(port: int) -> str:
     return ""
 
 
+def new_marker() -> str:
+    """A fresh marker value; ``SERVINGBENCH_MARKER_PREFIX`` lets a caller (tests) find every server it caused."""
+    import uuid
+
+    return os.environ.get("SERVINGBENCH_MARKER_PREFIX", "") + uuid.uuid4().hex
+
+
 # ---- process discovery -------------------------------------------------------------------------------------------
 def marked_processes(marker: str) -> list[psutil.Process]:
     """Every live process whose environment carries ``SERVINGBENCH_MARKER=marker``."""
