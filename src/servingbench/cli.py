@@ -220,6 +220,24 @@ def serve(
             console.print("stopping")
 
 
+@app.command()
+def cleanup(kill: bool = typer.Option(False, "--kill", help="kill them (SIGKILL to each process)")) -> None:
+    """List (and with --kill, stop) server processes left behind by a harness that died."""
+    from servingbench.measure.supervisor import _describe, stale_servers
+
+    stale = stale_servers()
+    if not stale:
+        out.print("no stale servingbench servers")
+        return
+    for p, marker in stale:
+        out.print(f"stale: {_describe(p)} (deployment marker {marker[:12]})")
+        if kill:
+            p.kill()
+    if not kill:
+        out.print("run `servingbench cleanup --kill` to stop them")
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -677,6 +677,10 @@ def run_suite(
 
     cells = plan_cells(suite, frameworks)
     cpus = cpu_sets(suite.cpu_sets)
+    stale = supervisor.stale_servers()
+    if stale:
+        progress(f"[yellow]warning: {len(stale)} server process(es) from an earlier run are still alive and will "
+                 "distort measurements; stop them with `servingbench cleanup --kill`")
     statuses: dict[str, str] = {}
     with SecretStore() as store, supervisor.terminate_on_signals():
         if resume:

@@ -6,6 +6,7 @@ Modules are imported lazily, on first use of an adapter, so listing frameworks n
 from __future__ import annotations
 
 import difflib
+import os
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
@@ -19,9 +20,23 @@ class UnknownFramework(KeyError):
         return str(self.args[0])
 
 
-@lru_cache(maxsize=1)
+ENV = "SERVINGBENCH_ADAPTERS"
+
+
 def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """Installed entry points, plus ``SERVINGBENCH_ADAPTERS="name=module:Class,..."`` for unpackaged adapters."""
+    return _load(os.environ.get(ENV, ""))
+
+
+@lru_cache(maxsize=4)
+def _load(extra: str) -> dict[str, EntryPoint]:
+    eps = {ep.name: ep for ep in entry_points(group=GROUP)}
+    for item in filter(None, (x.strip() for x in extra.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or ":" not in value:
+            raise ValueError(f"{ENV}: {item!r} is not of the form name=module:Class")
+        eps[name.strip()] = EntryPoint(name.strip(), value.strip(), GROUP)
+    return eps
 
 
 def names() -> list[str]:

@@ -31,6 +31,7 @@ import psutil
 from servingbench.adapters.base import LaunchSpec
 
 MARKER_ENV = "SERVINGBENCH_MARKER"
+HARNESS_ENV = "SERVINGBENCH_HARNESS_PID"
 LOOPBACK = "127.0.0.1"
 
 
@@ -121,6 +122,23 @@ def marked_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
+def stale_servers() -> list[tuple[psutil.Process, str]]:
+    """Server processes started by a servingbench harness that is no longer running (a crash, a kill -9)."""
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        marker, harness = env.get(MARKER_ENV.encode()), env.get(HARNESS_ENV.encode())
+        if marker is None or harness is None or p.pid == os.getpid():
+            continue
+        if not psutil.pid_exists(int(harness)) or int(harness) == p.pid:
+            out.append((p, marker.decode()))
+    return out
+
+
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     out = []
     for p in procs:
@@ -181,6 +199,7 @@ class ServerProcess:
             require_free(port)
         env = dict(self.spec.env)
         env[MARKER_ENV] = self.marker
+        env[HARNESS_ENV] = str(os.getpid())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
