@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark PyTorch model-serving frameworks.")
 console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=max(140, shutil.get_terminal_size().columns))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -218,6 +219,41 @@ def serve(
                     time.sleep(0.5)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+@app.command()
+def matrix(results_dir: Path = typer.Argument(..., help="a results directory with feature probes")) -> None:
+    """Frameworks x features: the verdicts the probes measured (claims that disagree are marked with !)."""
+    from servingbench.probes import FEATURES
+    from servingbench.results import ResultsError, RunResults
+
+    try:
+        recs = RunResults.open(results_dir).records("probe")
+    except ResultsError as e:
+        _fail(str(e))
+        return
+    if not recs:
+        _fail(f"{results_dir} has no feature probe results (run a suite with 'features:', e.g. scenarios/features.yaml)")
+    cells = {(r["framework"], r["feature"]): r for r in recs}
+    fws = list(dict.fromkeys(r["framework"] for r in recs))
+    feats = [f for f in FEATURES if any(k[1] == f for k in cells)]
+    style = {"supported": "green", "partial": "yellow", "not_supported": "dim", "failed": "red", "not_run": "blue"}
+    short = {"supported": "yes", "partial": "partial", "not_supported": "no", "failed": "FAILED", "not_run": "not run"}
+    t = Table("framework", *feats, title="measured verdicts (! = disagrees with the adapter's declared claim)")
+    for fw in fws:
+        row = []
+        for f in feats:
+            r = cells.get((fw, f))
+            if r is None:
+                row.append("")
+                continue
+            mark = "!" if r.get("disagrees_with_claim") else ""
+            row.append(f"[{style.get(r['verdict'], '')}]{short.get(r['verdict'], r['verdict'])}{mark}")
+        t.add_row(fw, *row)
+    out.print(t)
+    for r in recs:
+        if r.get("reason") or r.get("disagrees_with_claim"):
+            out.print(f"  {r['framework']}/{r['feature']}: {r['verdict']}: {r.get('reason', '')}", highlight=False)
 
 
 @app.command()

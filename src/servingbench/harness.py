@@ -207,8 +207,10 @@ class LiveDeployment:
             self.servers.append(server)
         deadline = t_spawn + self.startup_timeout
         for server in self.servers:
+            mutual = self.deployment.tls == "mutual" and self.secrets.client_cert
             server.wait_ready(
-                self.base_url(server.spec.ready.port), ca_file=self.secrets.ca_cert, deadline=deadline
+                self.base_url(server.spec.ready.port), ca_file=self.secrets.ca_cert, deadline=deadline,
+                client_cert=(self.secrets.client_cert, self.secrets.client_key) if mutual else None,
             )
         self.ready_s = time.perf_counter() - t_spawn
         # Readiness is a claim; only a correct inference ends the cold start.
@@ -644,6 +646,30 @@ def run_cell(
     return status
 
 
+def run_probe_cell(fw: str, name: str, suite: Suite, artifacts: dict[str, Any], results: RunResults, store,
+                   cpus: tuple[set[int] | None, set[int] | None], progress: Progress) -> str:
+    """One feature probe on one framework: verdict records with evidence, or a failed cell with the reason."""
+    from servingbench.probes import ProbeContext, run_probe
+
+    cid = f"{fw}/probe:{name}"
+    safe = cid.replace("/", "-").replace(":", "-")
+    results.set_cell(cid, "running", framework=fw, probe=name)
+    progress(f"{cid}: probing")
+    try:
+        ctx = ProbeContext(fw, artifacts, store, results.manifests / safe, results.logs / safe, cpus[0],
+                           startup_timeout=suite.startup_timeout)
+    except Exception as e:  # noqa: BLE001 - not installed, broken entry point
+        results.set_cell(cid, "failed", framework=fw, probe=name, reason=f"{type(e).__name__}: {e}")
+        return "failed"
+    recs = run_probe(name, ctx)
+    results.set_redactions(store.sensitive_strings())
+    for r in recs:
+        results.append(r)
+        progress(f"{fw} {r['feature']}: {r['verdict']}" + (f" ({r['reason']})" if r["reason"] else ""))
+    results.set_cell(cid, "ok", framework=fw, probe=name, verdicts={r["feature"]: r["verdict"] for r in recs})
+    return "ok"
+
+
 @dataclass
 class SuiteOutcome:
     results: RunResults
@@ -675,7 +701,9 @@ def run_suite(
     from servingbench.measure.security import SecretStore
     from servingbench.results import new_run_id
 
-    cells = plan_cells(suite, frameworks)
+    # Performance cells only when there are workloads; a features-only suite runs just the probes.
+    cells = plan_cells(suite, frameworks) if suite.workloads else []
+    probe_frameworks = list(frameworks or suite.frameworks)
     cpus = cpu_sets(suite.cpu_sets)
     stale = supervisor.stale_servers()
     if stale:
@@ -707,13 +735,13 @@ def run_suite(
         try:
             progress("building model artifacts")
             artifacts = build_artifacts_for(suite)
-            if "calibration" not in results.read_run():
+            if cells and "calibration" not in results.read_run():
                 progress("calibrating the load generator against a trivial endpoint")
                 cal = calibrate_generator(cpus, scratch, results.logs)
                 results.update_run(calibration=cal)
                 progress(f"generator ceiling {cal['ceiling_rps']:.0f} rps, latency floor p50 "
                          f"{cal['floor_p50_s'] * 1e3:.2f} ms")
-            if not results.records("inprocess"):
+            if cells and not results.records("inprocess"):
                 progress("measuring the in-process limit (no server)")
                 for r in inprocess_limits(suite, artifacts, cpus[0], scratch, results.logs):
                     results.append({"type": "inprocess",
@@ -724,6 +752,13 @@ def run_suite(
                     progress(f"{cell.id}: already {statuses[cell.id]} (resume)")
                     continue
                 statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress, scratch)
+            for fw in probe_frameworks:
+                for name in suite.features:
+                    cid = f"{fw}/probe:{name}"
+                    if cid in done:
+                        statuses[cid] = results.read_run()["cells"][cid]["status"]
+                        continue
+                    statuses[cid] = run_probe_cell(fw, name, suite, artifacts, results, store, cpus, progress)
         except KeyboardInterrupt:
             supervisor.stop_all()
             results.update_run(status="interrupted", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))

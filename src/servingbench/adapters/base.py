@@ -364,3 +364,30 @@ class Adapter(ABC):
         if secrets and secrets.token:
             return {"Authorization": f"Bearer {secrets.token}"}
         return {}
+
+    # ---- optional hooks used by the feature probes (pure; return None where the framework has no such thing) ----
+    #: Paths the auth probe checks for being open without credentials (health, metrics, docs...).
+    open_paths: ClassVar[tuple[str, ...]] = ()
+    #: Files in the workdir that are the framework's *native* manifest (glob patterns); empty: none.
+    native_manifest: ClassVar[tuple[str, ...]] = ()
+
+    def manifest_command(self, deployment: Deployment, ctx: RunContext) -> list[str] | None:
+        """The framework's own CLI that starts this deployment from its manifest alone (after ``prepare``).
+
+        The manifest probe launches exactly this (with the same env/ready probe as ``launch``) and verifies it.
+        ``None`` when the framework has no declarative manifest.
+        """
+        return None
+
+    def repository_request(self, action: str, model: str, secrets: Secrets | None = None) -> RequestSpec | None:
+        """A request that loads (``action="load"``) or unloads (``"unload"``) model ``model`` (its name) at run
+        time, or None when the framework has no such API."""
+        return None
+
+    def cache_stats_request(self, model: str, secrets: Secrets | None = None) -> RequestSpec | None:
+        """A request whose answer carries the server's own cache hit/miss counters for model ``model``, or None."""
+        return None
+
+    def parse_cache_stats(self, model: str, status: int, body: bytes) -> dict[str, int] | None:
+        """``{"hits": n, "misses": m}`` from the answer to :meth:`cache_stats_request`."""
+        return None

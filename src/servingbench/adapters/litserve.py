@@ -26,6 +26,7 @@ class LitServeAdapter(Adapter):
         "devices": "number of GPUs to use, or 'auto' (LitServer devices)",
         "timeout_s": "request timeout inside LitServe (default 60)",
     }
+    open_paths = ("/health", "/info", "/docs", "/openapi.json")
     docs_claims = {
         "multi_model": "yes: several LitAPIs with distinct api_path in one LitServer",
         "batching": "yes: max_batch_size / batch_timeout",
@@ -53,6 +54,8 @@ class LitServeAdapter(Adapter):
         }
         if deployment.tls:
             cfg.update(ssl_keyfile=str(ctx.secrets.server_key), ssl_certfile=str(ctx.secrets.server_cert))
+            if deployment.tls == "mutual":  # uvicorn options, passed through LitServer.run
+                cfg.update(ssl_ca_certs=str(ctx.secrets.ca_cert), ssl_cert_reqs=2)  # ssl.CERT_REQUIRED
         (ctx.workdir / "deployment.json").write_text(json.dumps(cfg, indent=2))
         shutil.copy(SERVER, ctx.workdir / SERVER.name)
 

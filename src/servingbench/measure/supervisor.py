@@ -252,7 +252,8 @@ class ServerProcess:
         self._seen.update(procs)
         return _alive(procs.values())
 
-    def wait_ready(self, base_url: str, *, ca_file: Path | None = None, deadline: float | None = None) -> float:
+    def wait_ready(self, base_url: str, *, ca_file: Path | None = None, deadline: float | None = None,
+                   client_cert: tuple[Path, Path] | None = None) -> float:
         """Poll the readiness probe until it answers as expected.  Returns seconds since spawn.
 
         Raises :class:`ServerError` at once if the process exits, or when the probe's timeout passes.
@@ -261,6 +262,8 @@ class ServerProcess:
         deadline = deadline or (time.perf_counter() + probe.timeout_s)
         url = base_url.rstrip("/") + probe.path
         ctx = ssl.create_default_context(cafile=str(ca_file)) if url.startswith("https") and ca_file else None
+        if ctx is not None and client_cert:
+            ctx.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
         last = "no answer yet"
         while True:
             rc = self.exited()

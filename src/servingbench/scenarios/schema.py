@@ -159,6 +159,20 @@ class Suite(_Strict):
     startup_timeout: Duration = Field(180.0, gt=0)
     features: list[str] = Field(default_factory=list, description="feature probes to run (servingbench probes)")
 
+    @field_validator("features")
+    @classmethod
+    def _known_probes(cls, v: list[str]) -> list[str]:
+        from servingbench.probes import PROBES
+
+        for name in v:
+            if name not in PROBES:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(PROBES), n=2)
+                hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"unknown feature probe {name!r}.{hint} Known: {', '.join(PROBES)}.")
+        return v
+
     @field_validator("frameworks")
     @classmethod
     def _known_frameworks(cls, v: list[str]) -> list[str]:

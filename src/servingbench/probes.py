@@ -1,0 +1,479 @@
+"""Feature probes: test each framework's claims against the real server and record the evidence.
+
+A probe starts the deployments it needs, sends real requests, and writes a verdict with evidence:
+
+* ``supported``: the feature works natively and the evidence shows it;
+* ``partial``: it works with a caveat the evidence names (e.g. multi-model as one server per model);
+* ``not_supported``: the framework has no such feature; the evidence shows what happens instead;
+* ``failed``: the adapter claims it, but the probe saw it fail;
+* ``not_run``: the probe could not run here (e.g. no GPU), with the reason.
+
+Verdicts never come from the adapter's declared capabilities alone: a declared capability is only a claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import requests
+
+from servingbench.adapters import registry
+from servingbench.adapters.base import Adapter, Capability, DecodeError, Secrets, UnsupportedDeployment
+from servingbench.measure.resources import tree_memory
+from servingbench.measure.stats import LatencyHistogram
+
+FEATURES = ("multi_model", "load_unload", "response_cache", "model_cache", "batching", "manifest", "auth", "tls",
+            "grpc", "gpu")
+#: Probes and the features each one decides.
+PROBES: dict[str, tuple[str, ...]] = {
+    "multi_model": ("multi_model", "load_unload"),
+    "caching": ("response_cache", "model_cache"),
+    "batching": ("batching",),
+    "manifest": ("manifest",),
+    "auth": ("auth",),
+    "tls": ("tls",),
+    "grpc": ("grpc",),
+    "gpu": ("gpu",),
+}
+
+#: What the comparison survey this project started from says (only where FRAMEWORKS.md records it).
+SURVEY_CLAIMS: dict[tuple[str, str], str] = {
+    ("rayserve", "manifest"): "no manifest",
+    ("mosec", "batching"): "yes (dynamic batching, CPU/GPU pipelining)",
+}
+
+
+@dataclass
+class Verdict:
+    feature: str
+    verdict: str
+    evidence: list[Any] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+class ProbeContext:
+    """What a probe needs: the adapter, artifacts, secrets and a way to start deployments."""
+
+    def __init__(self, framework: str, artifacts: dict[str, Any], secrets_store, workdir: Path, log_dir: Path,
+                 server_cpus: set[int] | None, device: str = "cpu", startup_timeout: float = 180.0) -> None:
+        self.framework = framework
+        self.adapter: Adapter = registry.get(framework)
+        self.artifacts = artifacts
+        self.store = secrets_store
+        self.workdir = workdir
+        self.log_dir = log_dir
+        self.server_cpus = server_cpus
+        self.device = device
+        self.startup_timeout = startup_timeout
+        self._n = 0
+
+    @contextlib.contextmanager
+    def deploy(self, models: list[str] | None = None, launch_override: Callable | None = None,
+               **cfg: Any) -> Iterator[Any]:
+        """Start a deployment (DeploymentConfig fields as keyword arguments); stop it on exit."""
+        from servingbench.harness import LiveDeployment, make_deployment
+        from servingbench.scenarios.schema import DeploymentConfig
+
+        self._n += 1
+        label = f"{cfg.pop('label', 'probe')}-{self._n}"
+        dcfg = DeploymentConfig(label=label, **cfg)
+        arts = [self.artifacts[m] for m in (models or ["mlp"])]
+        dep = make_deployment(self.framework, dcfg, arts, self.device)
+        self.adapter.validate(dep)
+        secrets = self.store.make(auth=dep.auth, tls=bool(dep.tls))
+        adapter = self.adapter
+        if launch_override is not None:
+            adapter = _Override(self.adapter, launch_override)
+        live = LiveDeployment(adapter, dep, self.workdir / label, self.log_dir / label, secrets,
+                              server_cpus=self.server_cpus, startup_timeout=self.startup_timeout)
+        with live:
+            yield live
+
+    def spec(self, name: str = "mlp"):
+        return self.artifacts[name].spec()
+
+
+class _Override:
+    """The adapter with ``launch`` replaced (the manifest probe starts from the framework's own CLI)."""
+
+    def __init__(self, inner: Adapter, launch: Callable) -> None:
+        self._inner = inner
+        self.launch = launch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def latency(live, spec, n: int = 200, same_input: bool = False) -> dict[str, float]:
+    """Sequential requests (one in flight): the per-request latency a single client sees."""
+    h = LatencyHistogram()
+    xs = [spec.example_inputs(1, seed=i) for i in range(1 if same_input else 16)]
+    for i in range(n):
+        status, body, dt = live.send(spec, xs[i % len(xs)])
+        if not 200 <= status < 300:
+            raise RuntimeError(f"HTTP {status} during the latency measurement: {body[:200]!r}")
+        h.record(dt)
+    return {"n": n, "p50_s": h.percentile(50), "p99_s": h.percentile(99), "mean_s": h.mean()}
+
+
+def _status_of(live, req, headers: dict | None = None, verify: Any = None) -> tuple[int | str, bytes]:
+    try:
+        kw = {} if verify is None else {"verify": verify}
+        r = live._session.request(req.method, live.url(req), data=req.body,
+                                  headers=headers if headers is not None else dict(req.headers), timeout=30, **kw)
+        return r.status_code, r.content
+    except requests.RequestException as e:
+        return type(e).__name__, str(e).encode()[:200]
+
+
+def _correct(live, spec, x: np.ndarray, out: np.ndarray) -> bool:
+    from servingbench.models.runtime import load_runtime
+
+    art = live.deployment.model(spec.name)
+    exp = load_runtime(art.dir, fmt="eager", threads=1).predict(x)
+    return out.shape == exp.shape and bool(np.allclose(out, exp, rtol=spec.rtol, atol=spec.atol))
+
+
+# ---- probes ------------------------------------------------------------------------------------------------------
+def probe_multi_model(ctx: ProbeContext) -> list[Verdict]:
+    names = list(ctx.artifacts)
+    mm = Verdict("multi_model", "failed")
+    lu = Verdict("load_unload", "not_supported")
+    with ctx.deploy(models=[names[0]], label="single") as one:
+        single_mem = tree_memory(one.processes())
+    with ctx.deploy(models=names, label="multi") as live:
+        mem = tree_memory(live.processes())
+        servers = len(live.servers)
+        mm.evidence.append(f"{len(names)} models {names} deployed; {servers} server process tree(s)")
+        mm.evidence.append({"verification": {k: v["max_abs_err"] for k, v in live.verification.items()}})
+        mm.metrics = {"models": len(names), "servers": servers, "pss_bytes": mem["pss_bytes"],
+                      "single_model_pss_bytes": single_mem["pss_bytes"],
+                      "pss_ratio_vs_single": mem["pss_bytes"] / max(1, single_mem["pss_bytes"])}
+        per_model = {n: latency(live, ctx.spec(n), n=50) for n in names}
+        mm.metrics["per_model_latency"] = per_model
+        mm.evidence.append(f"memory PSS {mem['pss_bytes'] / 2**20:.0f} MiB for {len(names)} models vs "
+                           f"{single_mem['pss_bytes'] / 2**20:.0f} MiB for one")
+        if servers == 1:
+            mm.verdict = "supported"
+        else:
+            mm.verdict, mm.reason = "partial", f"not native: one server per model ({servers} servers)"
+        # load / unload at run time
+        other, target = names[0], names[-1]
+        req = ctx.adapter.repository_request("unload", target, live.secrets)
+        if req is None:
+            lu.reason = "the framework has no load/unload API"
+            lu.evidence.append("no repository API: models are fixed at start")
+        else:
+            lu.verdict = "failed"
+            t0 = time.perf_counter()
+            st, body = _status_of(live, req)
+            t_unload = time.perf_counter() - t0
+            lu.evidence.append(f"POST {req.path} -> {st} in {t_unload * 1e3:.0f} ms")
+            spec_t, spec_o = ctx.spec(target), ctx.spec(other)
+            x = spec_t.example_inputs(1)
+            gone, body_gone, _ = live.send(spec_t, x)
+            lu.evidence.append(f"inference on unloaded {target!r} -> HTTP {gone}: {body_gone[:120]!r}")
+            xo = spec_o.example_inputs(1)
+            still = live.infer(spec_o, xo)
+            lu.evidence.append(f"{other!r} still served correctly meanwhile: {_correct(live, spec_o, xo, still)}")
+            req_load = ctx.adapter.repository_request("load", target, live.secrets)
+            t0 = time.perf_counter()
+            st2, _ = _status_of(live, req_load)
+            t_load = time.perf_counter() - t0
+            lu.evidence.append(f"POST {req_load.path} -> {st2} in {t_load * 1e3:.0f} ms")
+            back = live.infer(spec_t, x)
+            ok_back = _correct(live, spec_t, x, back)
+            lu.evidence.append(f"inference on reloaded {target!r} correct: {ok_back}")
+            lu.metrics = {"unload_s": t_unload, "load_s": t_load, "unloaded_status": gone}
+            if st == 200 and not 200 <= gone < 300 and st2 == 200 and ok_back:
+                lu.verdict = "supported"
+            else:
+                lu.reason = "unload/load did not behave as documented (see evidence)"
+    return [mm, lu]
+
+
+def _cache_run(ctx: ProbeContext, live, spec) -> dict[str, Any]:
+    hot = latency(live, spec, n=300, same_input=True)
+    cold = latency(live, spec, n=100, same_input=False)
+    x = spec.example_inputs(1, seed=0)
+    ok = _correct(live, spec, x, live.infer(spec, x))
+    stats = None
+    req = ctx.adapter.cache_stats_request(spec.name, live.secrets)
+    if req is not None:
+        st, body = _status_of(live, req)
+        stats = ctx.adapter.parse_cache_stats(spec.name, st if isinstance(st, int) else 0, body)
+    return {"repeated": hot, "distinct": cold, "correct": ok, "server_stats": stats}
+
+
+def probe_caching(ctx: ProbeContext) -> list[Verdict]:
+    caps = ctx.adapter.capabilities
+    out = []
+    for feature, cap in (("response_cache", Capability.RESPONSE_CACHE), ("model_cache", Capability.MODEL_CACHE)):
+        v = Verdict(feature, "not_supported")
+        if cap not in caps:
+            v.reason = f"{ctx.framework} declares no {feature}"
+            out.append(v)
+            continue
+        out.append(v)
+    claimed = [v for v in out if v.reason == ""]
+    if not claimed:
+        # Evidence for "none": repeated identical requests are not faster than distinct ones.
+        with ctx.deploy(label="nocache") as live:
+            r = _cache_run(ctx, live, ctx.spec())
+        for v in out:
+            v.evidence.append(f"no cache option; repeated-input p50 {r['repeated']['p50_s'] * 1e3:.2f} ms vs "
+                              f"distinct {r['distinct']['p50_s'] * 1e3:.2f} ms")
+            v.metrics = r
+        return out
+    spec = ctx.spec()
+    with ctx.deploy(label="cache-off") as off:
+        r_off = _cache_run(ctx, off, spec)
+    with ctx.deploy(label="cache-on", cache=True) as on:
+        r_on = _cache_run(ctx, on, spec)
+    speedup = r_off["repeated"]["p50_s"] / max(r_on["repeated"]["p50_s"], 1e-9)
+    for v in claimed:
+        v.metrics = {"off": r_off, "on": r_on, "speedup_p50_repeated": speedup}
+        v.evidence.append(f"repeated identical input p50: cache off {r_off['repeated']['p50_s'] * 1e3:.2f} ms, "
+                          f"on {r_on['repeated']['p50_s'] * 1e3:.2f} ms (x{speedup:.2f})")
+        v.evidence.append(f"cached answers verified against the reference: {r_on['correct']}")
+        stats = r_on["server_stats"]
+        if stats is not None:
+            v.evidence.append(f"server's own counters: {stats}")
+        if not r_on["correct"]:
+            v.verdict, v.reason = "failed", "cached answer differs from the reference"
+        elif stats is not None and stats.get("hits", 0) > 0:
+            v.verdict = "supported"
+            v.metrics["hit_ratio"] = stats["hits"] / max(1, stats["hits"] + stats.get("misses", 0))
+        elif stats is not None:
+            v.verdict, v.reason = "failed", "cache on, but the server counted no hits"
+        elif speedup > 1.2:
+            v.verdict, v.reason = "supported", "no counters exposed; hits inferred from latency"
+        else:
+            v.verdict = "partial"
+            v.reason = "the cache option is accepted and answers stay correct, but neither counters nor latency show hits"
+    return out
+
+
+def probe_batching(ctx: ProbeContext) -> list[Verdict]:
+    v = Verdict("batching", "not_supported")
+    if Capability.BATCHING not in ctx.adapter.capabilities:
+        v.reason = f"{ctx.framework} declares no server-side batching"
+        return [v]
+    import concurrent.futures as cf
+
+    spec = ctx.spec()
+    with ctx.deploy(label="batched", max_batch_size=8, batch_timeout="5ms") as live:
+        xs = [spec.example_inputs(1, seed=i) for i in range(32)]
+        with cf.ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda x: live.infer(spec, x), xs))
+        ok = all(_correct(live, spec, x, o) for x, o in zip(xs, outs))
+        v.evidence.append(f"max_batch_size 8, 5 ms: 32 concurrent single-sample requests, all correct: {ok}")
+        v.verdict = "supported" if ok else "failed"
+        if not ok:
+            v.reason = "batched answers differ from the reference (mixed-up rows?)"
+    return [v]
+
+
+def probe_manifest(ctx: ProbeContext) -> list[Verdict]:
+    v = Verdict("manifest", "not_supported")
+    adapter = ctx.adapter
+    if not adapter.native_manifest:
+        v.reason = "no native manifest; servingbench's deployment.json + generated server script reproduce it"
+        v.evidence.append("provided by servingbench")
+        return [v]
+
+    def launch_from_manifest(deployment, rctx):
+        specs = adapter.launch(deployment, rctx)
+        argv = adapter.manifest_command(deployment, rctx)
+        if argv is None:
+            return specs
+        import dataclasses
+
+        return [dataclasses.replace(specs[0], argv=argv)] + list(specs[1:])
+
+    with ctx.deploy(label="manifest", launch_override=launch_from_manifest) as live:
+        files = sorted({str(Path(f).relative_to(live.workdir)) for pat in adapter.native_manifest
+                        for f in glob.glob(str(live.workdir / pat), recursive=True)})
+        argv = live.launch_argv[0]
+        v.evidence.append({"started_with": argv, "manifest_files": files[:20]})
+        v.evidence.append({"verification": {k: val["max_abs_err"] for k, val in live.verification.items()}})
+        cmd = adapter.manifest_command(live.deployment, live.ctx)
+        if cmd is None:
+            v.verdict, v.reason = "partial", "manifest written, but no framework CLI starts from it alone"
+        elif files:
+            v.verdict = "supported"
+        else:
+            v.verdict, v.reason = "failed", "no manifest file found in the workdir"
+    return [v]
+
+
+def probe_auth(ctx: ProbeContext) -> list[Verdict]:
+    v = Verdict("auth", "not_supported")
+    spec = ctx.spec()
+    x = spec.example_inputs(1)
+    if Capability.AUTH not in ctx.adapter.capabilities:
+        with ctx.deploy(label="noauth") as live:
+            st, _ = _status_of(live, ctx.adapter.request(spec, x, None))
+        v.reason = "no native authentication"
+        v.evidence.append(f"unauthenticated inference request -> HTTP {st} (served)")
+        return [v]
+    with ctx.deploy(label="plain") as plain:
+        base = latency(plain, spec)
+    with ctx.deploy(label="auth", auth=True) as live:
+        req_ok = ctx.adapter.request(spec, x, live.secrets)
+        req_none = ctx.adapter.request(spec, x, None)
+        req_wrong = ctx.adapter.request(spec, x, Secrets(token="wrong-" + "x" * 20))
+        st_none, _ = _status_of(live, req_none)
+        st_wrong, _ = _status_of(live, req_wrong)
+        st_ok, body_ok = _status_of(live, req_ok)
+        correct = isinstance(st_ok, int) and _correct(live, spec, x, ctx.adapter.decode(spec, st_ok, body_ok))
+        v.evidence += [f"no credentials -> {st_none}", f"wrong credentials -> {st_wrong}",
+                       f"right credentials -> {st_ok} (correct output: {correct})"]
+        open_paths = {}
+        for path in ctx.adapter.open_paths:
+            r = _status_of(live, type(req_ok)("GET", path, b"", {}), headers={})
+            open_paths[path] = r[0]
+        if open_paths:
+            v.evidence.append({"without credentials": open_paths})
+        authed = latency(live, spec)
+        v.metrics = {"no_credentials": st_none, "wrong_credentials": st_wrong, "right_credentials": st_ok,
+                     "open_paths": open_paths, "p50_plain_s": base["p50_s"], "p50_auth_s": authed["p50_s"],
+                     "overhead_p50_s": authed["p50_s"] - base["p50_s"]}
+    rejected = all(isinstance(s, int) and 400 <= s < 500 for s in (st_none, st_wrong))
+    if rejected and st_ok == 200 and correct:
+        v.verdict = "supported"
+    else:
+        v.verdict, v.reason = "failed", "expected reject, reject, success (see evidence)"
+    return [v]
+
+
+def probe_tls(ctx: ProbeContext) -> list[Verdict]:
+    v = Verdict("tls", "not_supported")
+    spec = ctx.spec()
+    x = spec.example_inputs(1)
+    if Capability.TLS not in ctx.adapter.capabilities:
+        with ctx.deploy(label="plain") as live:
+            st, _ = _status_of(live, ctx.adapter.request(spec, x, None))
+        v.reason = "no native TLS on the inference endpoint"
+        v.evidence.append(f"plaintext HTTP inference -> {st}")
+        return [v]
+    with ctx.deploy(label="plain") as plain:
+        base = latency(plain, spec)
+    with ctx.deploy(label="tls", tls=True) as live:
+        url = live.base_url()
+        out = live.infer(spec, x)  # verified against the per-run CA
+        correct = _correct(live, spec, x, out)
+        v.evidence.append(f"{url}: handshake verified with the per-run CA, correct output: {correct}")
+        req = ctx.adapter.request(spec, x, live.secrets)
+        try:
+            r = requests.post(url.replace("https://", "http://") + req.path, data=req.body, headers=dict(req.headers),
+                              timeout=10)
+            plain_result: Any = r.status_code
+        except requests.RequestException as e:
+            plain_result = type(e).__name__
+        try:
+            requests.post(url + req.path, data=req.body, headers=dict(req.headers), timeout=10, verify=True)
+            unverified = "accepted by the system trust store (unexpected)"
+        except requests.exceptions.SSLError:
+            unverified = "rejected: certificate not trusted without the per-run CA"
+        v.evidence += [f"plaintext to the TLS port -> {plain_result}", f"client without the CA -> {unverified}"]
+        tls_lat = latency(live, spec)
+        v.metrics = {"p50_plain_s": base["p50_s"], "p50_tls_s": tls_lat["p50_s"],
+                     "overhead_p50_s": tls_lat["p50_s"] - base["p50_s"], "plaintext": plain_result}
+    plaintext_rejected = plain_result != 200
+    v.verdict = "supported" if correct and plaintext_rejected else "failed"
+    if v.verdict == "failed":
+        v.reason = "TLS answer wrong or plaintext accepted (see evidence)"
+    # mutual TLS where the adapter accepts it
+    try:
+        with ctx.deploy(label="mtls", tls="mutual") as m:
+            req = ctx.adapter.request(spec, x, m.secrets)
+            try:
+                r = requests.post(m.url(req), data=req.body, headers=dict(req.headers), timeout=10,
+                                  verify=str(m.secrets.ca_cert))
+                no_cert: Any = r.status_code
+            except requests.RequestException as e:
+                no_cert = type(e).__name__
+            with_cert = m.send(spec, x)[0]
+            v.evidence.append(f"mutual TLS: without client cert -> {no_cert}, with -> {with_cert}")
+            v.metrics["mutual"] = {"without_cert": no_cert, "with_cert": with_cert}
+    except UnsupportedDeployment as e:
+        v.evidence.append(f"mutual TLS: not offered ({e})")
+    except Exception as e:  # noqa: BLE001
+        v.evidence.append(f"mutual TLS: failed to start ({type(e).__name__}: {str(e).splitlines()[0]})")
+    return [v]
+
+
+def probe_grpc(ctx: ProbeContext) -> list[Verdict]:
+    v = Verdict("grpc", "not_supported")
+    if Capability.GRPC not in ctx.adapter.capabilities:
+        v.reason = f"{ctx.framework} has no gRPC inference endpoint"
+        return [v]
+    grpc_infer = getattr(ctx.adapter, "grpc_infer", None)
+    if grpc_infer is None:
+        v.verdict, v.reason = "not_run", "the adapter claims gRPC but offers no grpc_infer() for the probe"
+        return [v]
+    spec = ctx.spec()
+    x = spec.example_inputs(4)
+    with ctx.deploy(label="grpc") as live:
+        out = grpc_infer(live.deployment, live.ctx, spec, x)
+        ok = _correct(live, spec, x, out)
+        v.evidence.append(f"V2 gRPC ModelInfer on 127.0.0.1:{live.ctx.ports['grpc']}: correct output {ok}")
+    v.verdict = "supported" if ok else "failed"
+    return [v]
+
+
+def probe_gpu(ctx: ProbeContext) -> list[Verdict]:
+    import torch
+
+    v = Verdict("gpu", "not_run")
+    if not torch.cuda.is_available():
+        v.reason = "no CUDA device on this machine"
+        return [v]
+    if Capability.GPU not in ctx.adapter.capabilities:
+        v.verdict, v.reason = "not_supported", "adapter declares no GPU placement"
+        return [v]
+    ctx.device = "cuda"
+    try:
+        with ctx.deploy(label="gpu") as live:
+            v.evidence.append({"verification": {k: val["max_abs_err"] for k, val in live.verification.items()}})
+            v.verdict = "supported"
+    finally:
+        ctx.device = "cpu"
+    return [v]
+
+
+PROBE_FUNCS: dict[str, Callable[[ProbeContext], list[Verdict]]] = {
+    "multi_model": probe_multi_model, "caching": probe_caching, "batching": probe_batching,
+    "manifest": probe_manifest, "auth": probe_auth, "tls": probe_tls, "grpc": probe_grpc, "gpu": probe_gpu,
+}
+
+
+def run_probe(name: str, ctx: ProbeContext) -> list[dict[str, Any]]:
+    """Run one probe and turn its verdicts into result records (a crash becomes ``failed`` with the trace)."""
+    adapter = ctx.adapter
+    try:
+        verdicts = PROBE_FUNCS[name](ctx)
+    except Exception as e:  # noqa: BLE001
+        verdicts = [Verdict(f, "failed", [f"{type(e).__name__}: {e}"[:2000]], reason="the probe raised",
+                            metrics={"traceback": traceback.format_exc(limit=6)}) for f in PROBES[name]]
+    out = []
+    for v in verdicts:
+        claimed = v.feature in {c.value for c in adapter.capabilities}
+        out.append({
+            "type": "probe", "id": f"probe:{ctx.framework}:{v.feature}", "framework": ctx.framework,
+            "feature": v.feature, "probe": name, "verdict": v.verdict, "reason": v.reason,
+            "evidence": v.evidence, "metrics": v.metrics, "claimed": claimed,
+            "docs_claim": adapter.docs_claims.get(v.feature, ""),
+            "survey_claim": SURVEY_CLAIMS.get((ctx.framework, v.feature), ""),
+            "disagrees_with_claim": claimed != (v.verdict in ("supported", "partial")) and v.verdict != "not_run",
+        })
+    return out
