@@ -1,32 +1,47 @@
 """Exported artifacts of a zoo model, built once into a cache directory and reused.
 
-``<cache>/<name>-<key>-torch<version>/``: ``state_dict.pt``, ``model.ts`` (TorchScript, traced on CPU),
-``reference_inputs.npy`` / ``reference_outputs.npy`` (batch 8, computed in-process, one thread) and ``meta.json``
-(spec, tolerances, torch version, sha256 of every file).  Built in a temp dir and renamed into place, so a
-concurrent builder or a crash never leaves a half-written artifact; a file whose hash no longer matches is rebuilt.
+``<cache>/<name>-<key>-torch<version>/`` (``+`` in the version spelled ``_``) holds:
+
+* ``state_dict.pt``: the weights (``ModelSpec.build().state_dict()``);
+* ``model.ts``: TorchScript, ``torch.jit.trace`` of the module on CPU;
+* ``reference_inputs.npy`` / ``reference_outputs.npy``: ``REF_BATCH`` example inputs (seed 0) and the eager
+  outputs computed in-process on CPU with one thread, which every server's answers are verified against;
+* ``meta.json``: the spec (name, params, seed, key, tensor specs, rtol/atol), torch version and the sha256 of
+  every other file.
+
+A directory is built beside its final place and renamed into it, so neither a crash nor a concurrent builder
+leaves a half-written artifact; one whose files no longer match their recorded hashes is rebuilt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from servingbench.models.zoo import ModelSpec
+from servingbench.models.zoo import ModelSpec, get_model
+
+__all__ = ["REF_BATCH", "FILES", "ModelArtifacts", "build_artifacts", "default_cache_dir", "load_artifacts"]
 
 REF_BATCH = 8
+REF_SEED = 0
 FILES = ("state_dict.pt", "model.ts", "reference_inputs.npy", "reference_outputs.npy")
 
 
 def default_cache_dir() -> Path:
+    """``$SERVINGBENCH_CACHE``, else ``~/.cache/servingbench/artifacts``."""
     env = os.environ.get("SERVINGBENCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "servingbench" / "artifacts"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "servingbench" / "artifacts"
 
 
 def _sha256(path: Path) -> str:
@@ -39,6 +54,8 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ModelArtifacts:
+    """A built artifact directory (see the module docstring for its files)."""
+
     name: str
     key: str
     dir: Path
@@ -63,84 +80,112 @@ class ModelArtifacts:
     def meta(self) -> Path:
         return self.dir / "meta.json"
 
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, Any]:
+        """The parsed ``meta.json``."""
         return json.loads(self.meta.read_text())
 
     def sha256(self) -> dict[str, str]:
+        """File name -> sha256 as recorded in ``meta.json`` at build time."""
         return dict(self.metadata()["sha256"])
 
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, expected outputs)``, batch ``REF_BATCH``."""
         return np.load(self.ref_inputs), np.load(self.ref_outputs)
 
     def spec(self) -> ModelSpec:
-        from servingbench.models.zoo import get_model
-
+        """The zoo spec these artifacts were built from (params and seed from ``meta.json``)."""
         meta = self.metadata()
-        return get_model(meta["name"], **meta["params"])
+        return dataclasses.replace(get_model(meta["name"], **meta["params"]), seed=int(meta["seed"]))
 
     def intact(self) -> bool:
+        """``meta.json`` parses and every file's sha256 matches the recorded one."""
         try:
             recorded = self.sha256()
-            return all(_sha256(self.dir / f) == recorded.get(f) for f in FILES)
-        except (OSError, ValueError, KeyError):
+            return all(_sha256(self.dir / f) == recorded[f] for f in FILES)
+        except (OSError, ValueError, KeyError, TypeError):
             return False
 
 
-def load_artifacts(directory: str | os.PathLike) -> ModelArtifacts:
+def load_artifacts(directory: str | os.PathLike[str]) -> ModelArtifacts:
+    """The artifacts in ``directory``, described by its ``meta.json`` (hashes are not re-checked)."""
     d = Path(directory)
-    meta = json.loads((d / "meta.json").read_text())
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{d} is not a model artifact directory (no meta.json)") from None
     return ModelArtifacts(name=meta["name"], key=meta["key"], dir=d)
 
 
-def build_artifacts(spec: ModelSpec, cache_dir: Path | None = None) -> ModelArtifacts:
-    """Artifacts for ``spec`` (cached; rebuilt if missing or corrupt)."""
+def artifact_dir(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
+    """Where :func:`build_artifacts` puts ``spec``'s artifacts."""
     import torch
 
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{spec.name}-{spec.key()}-torch{torch.__version__.replace('+', '_')}"
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{spec.name}-{spec.key()}-torch{torch.__version__.replace('+', '_')}"
+
+
+def build_artifacts(spec: ModelSpec, cache_dir: Path | None = None) -> ModelArtifacts:
+    """``spec``'s artifacts under ``cache_dir`` (default :func:`default_cache_dir`): reused when intact, else built."""
+    final = artifact_dir(spec, cache_dir)
     art = ModelArtifacts(name=spec.name, key=spec.key(), dir=final)
     if art.intact():
         return art
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.build-", dir=final.parent))
     try:
         _export(spec, tmp)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)  # corrupt copy
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; servers may run as another user
+        if art.intact():  # a concurrent builder finished meanwhile: keep theirs
+            return art
+        if final.exists():  # corrupt or partial: move it aside (atomically), then delete it
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
+            try:
+                os.rename(final, trash / "old")
+            except FileNotFoundError:  # someone else moved it first
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, final)
-        except OSError:  # a concurrent builder won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+        except OSError:  # a concurrent builder won the race: keep theirs if it is intact
+            if not art.intact():
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not art.intact():
-        raise RuntimeError(f"artifacts for {spec.name} at {final} failed their integrity check after building")
+        raise RuntimeError(f"artifacts for {spec.name!r} at {final} failed their integrity check after building")
     return art
 
 
 def _export(spec: ModelSpec, d: Path) -> None:
+    """Write every artifact file and ``meta.json`` into the empty directory ``d``."""
     import torch
 
+    module = spec.build()
+    torch.save(module.state_dict(), d / "state_dict.pt")
+    x = spec.example_inputs(REF_BATCH, seed=REF_SEED)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        module = spec.build()
-        torch.save(module.state_dict(), d / "state_dict.pt")
-        x = spec.example_inputs(REF_BATCH, seed=0)
         with torch.inference_mode():
             ref = module(torch.from_numpy(x)).float().numpy()
-        with torch.no_grad():
+        with torch.no_grad():  # the same inference kernels eager uses (e.g. the Transformer fast path)
             traced = torch.jit.trace(module, torch.from_numpy(spec.example_inputs(2, seed=1)), check_trace=False)
-        traced.save(str(d / "model.ts"))
-        np.save(d / "reference_inputs.npy", x)
-        np.save(d / "reference_outputs.npy", ref)
+            got = traced(torch.from_numpy(x)).float().numpy()
     finally:
         torch.set_num_threads(threads)
+    if not np.allclose(got, ref, rtol=spec.rtol, atol=spec.atol):
+        raise RuntimeError(f"TorchScript trace of {spec.name!r} disagrees with eager "
+                           f"(max abs err {float(np.max(np.abs(got - ref)))})")
+    traced.save(str(d / "model.ts"))
+    np.save(d / "reference_inputs.npy", x)
+    np.save(d / "reference_outputs.npy", ref)
     meta = {
-        "name": spec.name, "key": spec.key(), "params": dict(spec.params), "seed": spec.seed,
-        "description": spec.description, "input": spec.input.to_dict(), "output": spec.output.to_dict(),
-        "rtol": spec.rtol, "atol": spec.atol, "torch": torch.__version__, "reference_batch": REF_BATCH,
+        **spec.to_dict(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "reference": {"batch": REF_BATCH, "seed": REF_SEED, "threads": 1, "device": "cpu", "format": "eager"},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sha256": {f: _sha256(d / f) for f in FILES},
     }
-    (d / "meta.json").write_text(json.dumps(meta, indent=2))
+    (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,64 +1,96 @@
-"""Load a zoo model inside a server (or the in-process limit) and run it.  Imported by every framework's server."""
+"""Load a zoo model's artifacts inside a server process (or the in-process baseline) and run it.
+
+Imported by every framework's server, so it stays light: torch and numpy, nothing else heavy.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
 
 import numpy as np
+import torch
 
-_FORMATS = ("eager", "torchscript")
-_interop_set = False
+from servingbench.models.artifacts import ModelArtifacts, load_artifacts
+from servingbench.models.zoo import ModelSpec
+
+__all__ = ["FORMATS", "ModelRuntime", "load_runtime"]
+
+FORMATS = ("eager", "torchscript")
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_interop_threads_set = False
 
 
 class ModelRuntime:
     """A loaded model: ``predict(numpy) -> numpy`` or ``predict_tensor(tensor) -> tensor``."""
 
-    def __init__(self, spec, module, device: str) -> None:
+    def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: str, fmt: str,
+                 artifacts: ModelArtifacts | None = None) -> None:
         self.spec = spec
         self.module = module
         self.device = device
+        self.fmt = fmt
+        self.artifacts = artifacts
+        self._in_dtype = getattr(torch, spec.input.dtype)
 
-    def predict_tensor(self, x):
-        import torch
-
+    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for the batch ``x`` (cast to the model's input dtype), on ``device``."""
         with torch.inference_mode():
-            return self.module(x.to(self.device))
+            return self.module(x.to(self.device, self._in_dtype))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
+        """float32 outputs for the batch ``x`` (cast to the model's input dtype), as numpy on the CPU."""
+        x = np.ascontiguousarray(x, dtype=self.spec.input.dtype)
+        if not x.flags.writeable:  # e.g. np.frombuffer(request body): torch.from_numpy warns on read-only arrays
+            x = x.copy()
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        return out.float().cpu().numpy()
+            out = self.module(torch.from_numpy(x).to(self.device))
+            return out.to("cpu", torch.float32).numpy()
+
+    def __repr__(self) -> str:
+        return f"ModelRuntime({self.spec.name!r}, fmt={self.fmt!r}, device={self.device!r})"
 
 
-def load_runtime(artifact_dir: str | os.PathLike, fmt: str = "eager", device: str = "cpu",
+def load_runtime(artifact_dir: str | os.PathLike[str], fmt: str = "eager", device: str = "cpu",
                  threads: int | None = 1) -> ModelRuntime:
-    """Load the artifact in ``fmt`` (``eager``: zoo module + state_dict; ``torchscript``: model.ts) on ``device``."""
-    global _interop_set
-    import torch
+    """Load the artifacts in ``artifact_dir`` as ``fmt`` on ``device``.
 
-    from servingbench.models.artifacts import load_artifacts
-
-    if fmt not in _FORMATS:
-        raise ValueError(f"model format {fmt!r} is not one of {_FORMATS}")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+    ``eager`` rebuilds the zoo module from ``meta.json``'s params and loads ``state_dict.pt``; ``torchscript``
+    loads ``model.ts``.  ``threads`` (unless None) sets torch's intra-op threads, and its inter-op threads the
+    first time (torch allows that only before any inter-op work).  On CUDA, TF32 is turned off so that outputs
+    match the float32 CPU reference within the spec's tolerance.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown model format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(f"unknown device {device!r}; valid devices: 'cpu', 'cuda', 'cuda:N'")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available to torch")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     if threads is not None:
-        torch.set_num_threads(int(threads))
-        if not _interop_set:
-            try:
-                torch.set_num_interop_threads(max(1, int(threads)))
-            except RuntimeError:  # only settable before any inter-op work started
-                pass
-            _interop_set = True
+        _set_threads(int(threads))
     art = load_artifacts(artifact_dir)
     spec = art.spec()
+    module: torch.nn.Module
     if fmt == "eager":
-        module = spec.build()
-        module.load_state_dict(torch.load(Path(art.state_dict), map_location="cpu", weights_only=True))
+        module = spec.build(init=False)
+        module.load_state_dict(torch.load(art.state_dict, map_location="cpu", weights_only=True))
     else:
         module = torch.jit.load(str(art.torchscript), map_location="cpu")
     module = module.eval().to(device)
-    return ModelRuntime(spec, module, device)
+    return ModelRuntime(spec, module, device, fmt, art)
+
+
+def _set_threads(threads: int) -> None:
+    global _interop_threads_set
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    torch.set_num_threads(threads)
+    if not _interop_threads_set:
+        _interop_threads_set = True
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:  # inter-op work already started in this process; the setting is fixed
+            pass

@@ -1,7 +1,12 @@
-"""The model zoo: PyTorch models defined here, weights from a seed, no downloads.
+"""The model zoo: PyTorch models defined in this project, weights drawn from a seed, nothing downloaded.
 
-Three cost profiles: ``mlp`` (tiny: the server's own overhead dominates), ``cnn`` (ResNet-18 architecture:
-compute-bound), ``encoder`` (a small Transformer over int64 token ids: attention, embeddings, int inputs).
+Three cost profiles:
+
+* ``mlp``: ``Linear(64,256)-ReLU-Linear(256,10)``; tiny, so the serving framework's own overhead dominates.
+* ``cnn``: ResNet-18 (BasicBlock, [2,2,2,2]) image classifier; compute-bound.
+* ``encoder``: small Transformer text classifier over int64 token ids; attention, embeddings, integer inputs.
+
+Importing this module does not import torch; :meth:`ModelSpec.build` does.
 """
 
 from __future__ import annotations
@@ -9,204 +14,238 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-ZOO_VERSION = 1
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ZOO_VERSION", "TensorSpec", "ModelSpec", "get_model", "list_models"]
+
+#: Bump when an architecture, its state_dict layout or the initialisation changes: it is part of every
+#: :meth:`ModelSpec.key`, so stale cached artifacts are never reused.  (2: torchvision-style names, calibration.)
+ZOO_VERSION = 2
+#: Inputs that :meth:`ModelSpec.build` calibrates on (seeds far from those of references and request pools).
+CALIBRATION_BATCH = 32
+CALIBRATION_SEED = 1_000_003
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A per-sample tensor: ``shape`` excludes the batch dimension.  Ints are drawn from ``[low, high)``."""
+    """A per-sample tensor (``shape`` excludes the batch dimension).  Example values lie in ``[low, high)``."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: str
+    dtype: str  # "float32" | "int64"
     low: float = 0.0
     high: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "low": self.low, "high": self.high}
+        """JSON-serialisable form."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "low": self.low,
+                "high": self.high}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One zoo model with its parameters filled in.  ``build()`` is deterministic in ``seed``."""
+    """One zoo model with every constructor parameter filled in.  :meth:`build` is deterministic in ``seed``."""
 
     name: str
     description: str
     cost: str
     input: TensorSpec
     output: TensorSpec
-    params: Mapping[str, Any]
+    params: Mapping[str, Any] = field(hash=False)
     seed: int
     rtol: float
     atol: float
-    factory: Callable[..., Any] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
-    def build(self):
-        """The module in eval mode on CPU, with weights drawn from a generator seeded by ``seed``."""
+    def build(self, *, init: bool = True) -> torch.nn.Module:
+        """The module on CPU in eval mode, weights drawn from ``torch.Generator().manual_seed(seed)``.
+
+        Weights are then calibrated on ``CALIBRATION_BATCH`` example inputs (BatchNorm statistics, output scale):
+        see :func:`servingbench.models.nets.calibrate`.  Two calls give identical state_dicts (bitwise on one
+        machine and thread count); the global RNG is left untouched.  ``init=False`` skips all of this and
+        returns the bare architecture, for loading a saved state_dict into.
+        """
         import torch
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            module = self.factory(**self.params)
-            _deterministic_init(module, self.seed)
+        from servingbench.models import nets
+
+        with torch.random.fork_rng(devices=[]):  # the constructors' default init draws from the global RNG
+            module = _ENTRIES[self.name].factory(**self.params)
+        if init:
+            nets.init_weights(module, self.seed)
+            x = self.example_inputs(CALIBRATION_BATCH, seed=CALIBRATION_SEED + self.seed)
+            nets.calibrate(module, torch.from_numpy(x))
         return module.eval()
 
     def example_inputs(self, batch: int, seed: int = 0) -> np.ndarray:
+        """``(batch, *input.shape)`` values of ``input.dtype`` in ``[low, high)``, deterministic in ``seed``."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         rng = np.random.default_rng(seed)
         shape = (batch, *self.input.shape)
-        if self.input.dtype.startswith("int"):
+        if np.dtype(self.input.dtype).kind in "iu":
             return rng.integers(int(self.input.low), int(self.input.high), size=shape, dtype=self.input.dtype)
         return rng.uniform(self.input.low, self.input.high, size=shape).astype(self.input.dtype)
 
     def key(self) -> str:
+        """Short stable hash of (name, params, seed, zoo version): the artifact cache key."""
         blob = json.dumps({"name": self.name, "params": dict(self.params), "seed": self.seed, "zoo": ZOO_VERSION},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-
-def _deterministic_init(module, seed: int) -> None:
-    """Re-draw every parameter and BatchNorm statistic from one seeded generator (scaled to keep O(1) outputs)."""
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() >= 2:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(1.0 / fan_in))
-            elif name.endswith("weight"):  # norm scales
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(1.0 + 0.2 * torch.rand(m.running_var.shape, generator=g))
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (everything but the architecture)."""
+        return {"name": self.name, "description": self.description, "cost": self.cost,
+                "input": self.input.to_dict(), "output": self.output.to_dict(), "params": dict(self.params),
+                "seed": self.seed, "rtol": self.rtol, "atol": self.atol, "key": self.key(), "zoo_version": ZOO_VERSION}
 
 
-# ---- architectures (torch imported lazily so listing the zoo stays cheap) ----------------------------------------
-def _mlp(in_features: int = 64, hidden: int = 256, num_classes: int = 10):
-    from torch import nn
+# ---- the zoo ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., Any]            # params -> nn.Module (imports torch)
+    defaults: Mapping[str, int]
+    describe: Callable[[Mapping[str, int]], tuple[str, str, TensorSpec, TensorSpec]]  # description, cost, in, out
+    rtol: float
+    atol: float
+    check: Callable[[Mapping[str, int]], None] = lambda p: None
 
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+def _mlp(**p: int) -> Any:
+    from servingbench.models.nets import MLP
+
+    return MLP(p["in_features"], p["hidden"], p["num_classes"])
 
 
-def _resnet18(resolution: int = 64, num_classes: int = 10, width: int = 64):
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]), written here so no torchvision is needed."""
-    from torch import nn
+def _cnn(**p: int) -> Any:
+    from servingbench.models.nets import ResNet18
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU(inplace=True)
-            self.down = None
+    return ResNet18(p["num_classes"], p["width"])
+
+
+def _encoder(**p: int) -> Any:
+    from servingbench.models.nets import TextEncoder
+
+    return TextEncoder(p["vocab_size"], p["seq_len"], p["d_model"], p["n_heads"], p["n_layers"], p["num_classes"])
+
+
+def _fmt_macs(macs: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if macs >= scale:
+            return f"~{macs / scale:.3g}{unit} MACs/sample"
+    return f"~{macs:.0f} MACs/sample"
+
+
+def _describe_mlp(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    macs = p["in_features"] * p["hidden"] + p["hidden"] * p["num_classes"]
+    return (f"MLP Linear({p['in_features']},{p['hidden']})-ReLU-Linear({p['hidden']},{p['num_classes']})",
+            f"overhead-bound ({_fmt_macs(macs)})",
+            TensorSpec("input", (p["in_features"],), "float32", -1.0, 1.0),
+            TensorSpec("output", (p["num_classes"],), "float32"))
+
+
+def _resnet18_macs(res: int, width: int, num_classes: int) -> int:
+    def out(n: int, k: int, s: int, pad: int) -> int:
+        return (n + 2 * pad - k) // s + 1
+
+    n = out(res, 7, 2, 3)
+    macs = n * n * 3 * width * 49
+    n = out(n, 3, 2, 1)  # max pool
+    cin = width
+    for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        for b in range(2):
+            stride = 2 if (i > 0 and b == 0) else 1
+            m = out(n, 3, stride, 1)
+            macs += m * m * cout * (cin * 9 + cout * 9)
             if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            idt = x if self.down is None else self.down(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + idt)
-
-    class ResNet18(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            w = width
-            self.stem = nn.Sequential(nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
-            layers, cin = [], w
-            for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
-                stride = 1 if i == 0 else 2
-                layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
-                cin = cout
-            self.layers = nn.Sequential(*layers)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(cin, num_classes)
-
-        def forward(self, x):
-            return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
-
-    return ResNet18()
+                macs += m * m * cout * cin
+            n, cin = m, cout
+    return macs + cin * num_classes
 
 
-def _encoder(vocab_size: int = 1000, seq_len: int = 32, d_model: int = 64, n_heads: int = 4, n_layers: int = 2,
-             num_classes: int = 2):
-    import torch
-    from torch import nn
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tok = nn.Embedding(vocab_size, d_model)
-            self.pos = nn.Parameter(torch.zeros(1, seq_len, d_model))
-            layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model, dropout=0.0,
-                                               batch_first=True)
-            # enable_nested_tensor=False: the nested-tensor fast path changes numerics between eager and traced.
-            self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-            self.head = nn.Linear(d_model, num_classes)
-
-        def forward(self, ids):
-            h = self.encoder(self.tok(ids) + self.pos)
-            return self.head(h.mean(dim=1))
-
-    return Encoder()
+def _describe_cnn(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    r = p["resolution"]
+    macs = _resnet18_macs(r, p["width"], p["num_classes"])
+    return (f"ResNet-18 image classifier ({r}x{r} RGB, width {p['width']}, {p['num_classes']} classes)",
+            f"compute-bound ({_fmt_macs(macs)})",
+            TensorSpec("input", (3, r, r), "float32", -1.0, 1.0),
+            TensorSpec("output", (p["num_classes"],), "float32"))
 
 
-_ZOO: dict[str, dict[str, Any]] = {
-    "mlp": dict(
-        factory=_mlp, defaults=dict(in_features=64, hidden=256, num_classes=10),
-        description="Linear(64,256)-ReLU-Linear(256,10)", cost="overhead-bound (~20k MACs per sample)",
-        input=lambda p: TensorSpec("input", (p["in_features"],), "float32", -1.0, 1.0),
-        output=lambda p: TensorSpec("output", (p["num_classes"],), "float32"),
-        # float32 GEMMs of this size agree to ~1e-6 across batch sizes and thread counts.
-        rtol=1e-4, atol=1e-5,
+def _describe_encoder(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    s, d = p["seq_len"], p["d_model"]
+    macs = p["n_layers"] * (12 * s * d * d + 2 * s * s * d) + d * p["num_classes"]
+    return (f"{p['n_layers']}-layer Transformer text classifier (d_model {d}, {p['n_heads']} heads, "
+            f"{s} int64 token ids, vocab {p['vocab_size']})",
+            f"mixed: attention + embeddings ({_fmt_macs(macs)})",
+            TensorSpec("input", (s,), "int64", 0, p["vocab_size"]),
+            TensorSpec("output", (p["num_classes"],), "float32"))
+
+
+def _check_encoder(p: Mapping[str, int]) -> None:
+    if p["d_model"] % p["n_heads"]:
+        raise ValueError(f"model 'encoder': d_model ({p['d_model']}) must be divisible by n_heads ({p['n_heads']})")
+
+
+# Verification tolerances: |server - reference| <= atol + rtol * |reference| elementwise, for float32 outputs of
+# O(1) scale, where the reference is eager on CPU at batch 8 with one thread.  Batch size (1..32, reference rows
+# placed inside larger batches as dynamic batching does), thread count (1..8) and format (eager / TorchScript)
+# change summation order; the worst absolute differences measured on x86 CPU, torch 2.13, are noted per model.
+# Each tolerance leaves >= ~75x headroom for other CPUs, BLAS/oneDNN versions and CUDA kernels (TF32 is off in
+# the runtime), while a wrong answer (another sample's output, a dropped batch row) is off by O(1).
+_ENTRIES: dict[str, _Entry] = {
+    "mlp": _Entry(
+        factory=_mlp, defaults={"in_features": 64, "hidden": 256, "num_classes": 10}, describe=_describe_mlp,
+        rtol=1e-4, atol=1e-4,  # measured <= 1e-6: two small GEMMs
     ),
-    "cnn": dict(
-        factory=_resnet18, defaults=dict(resolution=64, num_classes=10, width=64),
-        description="ResNet-18 image classifier", cost="compute-bound (~150M MACs per sample at 64x64)",
-        input=lambda p: TensorSpec("input", (3, p["resolution"], p["resolution"]), "float32", -1.0, 1.0),
-        output=lambda p: TensorSpec("output", (p["num_classes"],), "float32"),
-        # Convolution algorithms (oneDNN) pick different summation orders by batch size and thread count.
+    "cnn": _Entry(
+        factory=_cnn, defaults={"resolution": 64, "num_classes": 10, "width": 64}, describe=_describe_cnn,
+        # measured <= 1.4e-5 (batch 1 vs 8: oneDNN picks convolution algorithms by batch size and thread count);
+        # 20 convolutions deep, and cuDNN's fp32 algorithms differ from oneDNN's more than CPU builds do.
         rtol=1e-3, atol=1e-3,
     ),
-    "encoder": dict(
-        factory=_encoder, defaults=dict(vocab_size=1000, seq_len=32, d_model=64, n_heads=4, n_layers=2, num_classes=2),
-        description="2-layer Transformer text classifier over int64 token ids", cost="mixed (~0.5M MACs per sample)",
-        input=lambda p: TensorSpec("input", (p["seq_len"],), "int64", 0, p["vocab_size"]),
-        output=lambda p: TensorSpec("output", (p["num_classes"],), "float32"),
+    "encoder": _Entry(
+        factory=_encoder, check=_check_encoder, describe=_describe_encoder,
+        defaults={"vocab_size": 1000, "seq_len": 32, "d_model": 64, "n_heads": 4, "n_layers": 2, "num_classes": 2},
+        # measured <= 7e-7, also vs the non-fast-path (grad-enabled) Transformer kernels; rtol leaves room for
+        # fused attention kernels on accelerators.
         rtol=1e-3, atol=1e-4,
     ),
 }
 
 
 def get_model(name: str, **params: Any) -> ModelSpec:
-    """The spec of zoo model ``name`` with ``params`` over its defaults.  Unknown names/params: ValueError."""
-    if name not in _ZOO:
-        close = difflib.get_close_matches(name, list(_ZOO), n=2, cutoff=0.4)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(_ZOO)}.")
-    entry = _ZOO[name]
-    unknown = set(params) - set(entry["defaults"])
+    """The spec of zoo model ``name`` with ``params`` over its defaults (seed 0).
+
+    Raises ValueError for an unknown name (with a "did you mean"), an unknown parameter (naming the valid ones)
+    or an invalid value (every parameter is a positive int).
+    """
+    entry = _ENTRIES.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(str(name), list(_ENTRIES), n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (known models: {', '.join(_ENTRIES)})")
+    unknown = sorted(set(params) - set(entry.defaults))
     if unknown:
-        raise ValueError(f"model {name!r} has no parameter(s) {sorted(unknown)}; valid: {sorted(entry['defaults'])}")
-    p = {**entry["defaults"], **params}
-    return ModelSpec(
-        name=name, description=entry["description"], cost=entry["cost"], input=entry["input"](p),
-        output=entry["output"](p), params=p, seed=0, rtol=entry["rtol"], atol=entry["atol"], factory=entry["factory"],
-    )
+        hints = [m for u in unknown for m in difflib.get_close_matches(u, list(entry.defaults), n=1, cutoff=0.6)]
+        hint = f"; did you mean {', '.join(repr(h) for h in hints)}?" if hints else ""
+        raise ValueError(f"unknown parameter(s) {', '.join(repr(u) for u in unknown)} for model {name!r}{hint} "
+                         f"(valid parameters: {', '.join(sorted(entry.defaults))})")
+    for k, v in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"model {name!r}: parameter {k!r} must be a positive int, got {v!r}")
+    p = {k: int(params.get(k, d)) for k, d in entry.defaults.items()}
+    entry.check(p)
+    description, cost, inp, out = entry.describe(p)
+    return ModelSpec(name=name, description=description, cost=cost, input=inp, output=out, params=p, seed=0,
+                     rtol=entry.rtol, atol=entry.atol)
 
 
 def list_models() -> list[ModelSpec]:
-    return [get_model(n) for n in _ZOO]
+    """Every zoo model with its default parameters."""
+    return [get_model(n) for n in _ENTRIES]
