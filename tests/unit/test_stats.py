@@ -1,11 +1,15 @@
-"""Statistics: histogram error bound, percentiles vs numpy, merging, stability, SLO search, intended-time latency."""
+"""servingbench.measure.stats: histogram error bound and percentile definition against numpy, exact merges,
+serialization, stability rule, SLO search on an analytic queue, coordinated omission, schedules, noise tests."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from servingbench.measure.stats import (
+    SLO_DOWNWARD_HALVINGS,
     LatencyHistogram,
     StabilityRule,
     constant_schedule,
@@ -16,135 +20,377 @@ from servingbench.measure.stats import (
     summarize_repeats,
 )
 
-rng = np.random.default_rng(42)
-SAMPLES = {
-    "lognormal": rng.lognormal(mean=np.log(2e-3), sigma=0.8, size=50_000),
-    "uniform": rng.uniform(1e-4, 5e-2, size=50_000),
-    "bimodal": np.concatenate([rng.normal(1e-3, 1e-4, 40_000), rng.normal(0.2, 0.01, 10_000)]).clip(1e-5),
-}
+PS = (50, 90, 95, 99, 99.9)
 
 
-def hist_of(xs) -> LatencyHistogram:
-    h = LatencyHistogram()
-    for x in xs:
-        h.record(float(x))
+def _samples() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(42)
+    n = 100_001  # odd on purpose: p50 is a single order statistic
+    return {
+        "lognormal": rng.lognormal(mean=np.log(2e-3), sigma=0.8, size=n),
+        "uniform": rng.uniform(1e-4, 5e-2, size=n),
+        "bimodal": np.concatenate([rng.normal(1e-3, 1e-4, 80_001), rng.normal(0.2, 0.01, 20_000)]).clip(1e-4),
+    }
+
+
+SAMPLES = _samples()
+
+
+def hist_of(xs, **kw) -> LatencyHistogram:
+    h = LatencyHistogram(**kw)
+    h.record_many(xs)
     return h
 
 
+# ---- LatencyHistogram: accuracy ------------------------------------------------------------------------------------
+def test_default_configuration_bounds_the_relative_error_below_one_percent():
+    h = LatencyHistogram()
+    assert h.significant_digits == 2 and h.relative_error == pytest.approx(1 / 128)
+    assert LatencyHistogram(significant_digits=1).relative_error > 0.01  # 1 digit would not do
+    assert LatencyHistogram(significant_digits=3).relative_error < 0.001
+
+
 @pytest.mark.parametrize("name", SAMPLES)
-def test_percentiles_within_one_percent_of_numpy(name):
+def test_percentiles_within_one_percent_of_numpy_inverted_cdf(name):
     xs = SAMPLES[name]
     h = hist_of(xs)
-    assert h.count == len(xs)
-    for p in (50, 90, 95, 99, 99.9):
-        # HdrHistogram's definition is numpy's inverted_cdf (on microsecond-rounded values).
-        exact = np.percentile(np.round(xs * 1e6) / 1e6, p, method="inverted_cdf")
-        assert h.percentile(p) == pytest.approx(exact, rel=0.01), (name, p)
+    assert h.count == len(xs) and h.clamped == 0
+    got = h.percentiles((1, 10, 25, *PS, 99.99))
+    for p in (1, 10, 25, *PS, 99.99):
+        exact = float(np.percentile(xs, p, method="inverted_cdf"))
+        v = got[f"p{p:g}"]
+        assert v == pytest.approx(exact, rel=0.01), (name, p)
+        # One-sided: the bucket's upper edge is reported, so never below the sample (but for the us rounding).
+        assert exact - 0.5e-6 <= v <= exact * (1 + h.relative_error) + 0.5e-6, (name, p)
     assert h.mean() == pytest.approx(xs.mean(), rel=0.01)
+    assert h.min() == pytest.approx(xs.min(), rel=0.01) and h.max() == pytest.approx(xs.max(), rel=0.01)
 
 
-def test_merge_equals_histogram_of_concatenation():
-    a, b = SAMPLES["lognormal"][:20_000], SAMPLES["bimodal"][:20_000]
-    ha, hb = hist_of(a), hist_of(b)
-    ha.merge(hb)
-    whole = hist_of(np.concatenate([a, b]))
-    assert ha.count == whole.count
-    assert ha.percentiles() == whole.percentiles()
+def test_percentile_definition_is_numpy_inverted_cdf_exactly():
+    """Below 256 us buckets are 1 us wide: integer-microsecond samples are stored exactly and the rank rule shows."""
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 10, 1000, 1001):
+        us = rng.integers(1, 256, size=n)
+        h = hist_of(us / 1e6)
+        for p in (0, 0.1, 1, 10, 12, 25, 33.3, 50, 66.7, 75, 90, 99, 99.9, 100):
+            assert h.percentile(p) * 1e6 == pytest.approx(np.percentile(us, p, method="inverted_cdf")), (n, p)
+    # HdrHistogram_py's own get_value_at_percentile rounds the rank half-up instead: for 10 samples, p12 is rank 1
+    # there (int(1.2 + 0.5)) but rank 2 = ceil(1.2) in numpy / Java HdrHistogram.  That is why the rank is ours.
+    h = hist_of(np.arange(1, 11) * 1e-4)
+    assert h._h.get_value_at_percentile(12) == 100 and h.percentile(12) == pytest.approx(200e-6)
+    # Exact decimal rank: p99.9 of 1000 samples is the 999th.  numpy says the 1000th here, because in floating
+    # point 0.999 * 1000 is just above 999 (Java HdrHistogram guards against this with Math.nextAfter).
+    h = hist_of(np.arange(1, 1001) * 1e-6)
+    assert h.percentile(99.9) == pytest.approx(999e-6)
+    assert np.percentile(np.arange(1, 1001), 99.9, method="inverted_cdf") == 1000
 
 
-def test_encode_roundtrip_and_dict():
-    h = hist_of(SAMPLES["uniform"][:5000])
-    again = LatencyHistogram.from_dict(h.to_dict())
-    assert again.count == h.count and again.percentiles() == h.percentiles()
-    assert LatencyHistogram.from_dict(LatencyHistogram().to_dict()).count == 0
-    with pytest.raises(ValueError, match="encoding"):
-        LatencyHistogram.from_dict({"encoding": "csv"})
+def test_percentile_arguments_and_empty_histogram():
+    h = LatencyHistogram()
+    assert h.count == 0 and math.isnan(h.percentile(99)) and math.isnan(h.mean())
+    assert math.isnan(h.min()) and math.isnan(h.max()) and h.cdf() == []
+    assert set(h.percentiles()) == {"p50", "p90", "p95", "p99", "p99.9"}
+    for bad in (-1, 100.5, float("nan")):
+        with pytest.raises(ValueError):
+            h.percentile(bad)
 
 
-def test_clamping_counts_out_of_range_values():
+def test_record_and_record_many_build_the_same_histogram():
+    xs = np.concatenate([SAMPLES["lognormal"][:3000], [0.0, -1.0, 1e9, float("inf")]])
+    one = LatencyHistogram()
+    for x in xs:
+        one.record(float(x))
+    many = hist_of(xs)
+    assert one.count == many.count == len(xs) and one.clamped == many.clamped == 4
+    assert np.array_equal(one._counts(), many._counts())
+    assert one.percentiles((0, *PS, 100)) == many.percentiles((0, *PS, 100))
+
+
+def test_clamping():
     h = LatencyHistogram(highest_us=1_000_000)
     h.record(5.0)  # 5 s > 1 s
     h.record(0.0)  # below 1 us
-    assert h.count == 2 and h.clamped == 2
-    assert h.max() == pytest.approx(1.0, rel=0.01)
+    h.record(-0.2)  # a clock problem: counted, not dropped
+    h.record(float("inf"), count=3)
+    assert h.count == 6 and h.clamped == 6
+    assert h.max() == pytest.approx(1.0, rel=0.01) and h.min() == pytest.approx(1e-6)
+    h.record(0.5, count=0)
+    assert h.count == 6
+    with pytest.raises(ValueError):
+        h.record(float("nan"))
+    with pytest.raises(ValueError):
+        h.record_many([0.1, float("nan")])
+    with pytest.raises(ValueError):
+        h.record(0.1, count=-1)
+    with pytest.raises(ValueError):
+        LatencyHistogram(lowest_us=0)
+    with pytest.raises(ValueError):
+        LatencyHistogram(significant_digits=6)
 
 
-def test_cdf_is_monotone_and_ends_at_one():
-    cdf = hist_of(SAMPLES["lognormal"][:10_000]).cdf(50)
-    xs, fs = zip(*cdf)
-    assert list(xs) == sorted(xs) and list(fs) == sorted(fs) and fs[-1] == 1.0
+# ---- LatencyHistogram: merge and serialization ---------------------------------------------------------------------
+def test_merge_equals_histogram_of_concatenation():
+    a, b = SAMPLES["lognormal"][:40_000], SAMPLES["bimodal"][-40_000:]
+    ha, hb = hist_of(a), hist_of(b)
+    ha.merge(hb)
+    whole = hist_of(np.concatenate([a, b]))
+    assert ha.count == whole.count == 80_000
+    grid = tuple(np.linspace(0, 100, 201)) + PS + (99.99,)
+    assert ha.percentiles(grid) == whole.percentiles(grid)
+    assert (ha.min(), ha.max(), ha.mean()) == (whole.min(), whole.max(), whole.mean())
+    assert ha.encode() == whole.encode()
 
 
+def test_merge_with_an_empty_histogram_keeps_min():
+    """HdrHistogram_py's add() of an empty histogram resets the tracked minimum to 0; merge must not."""
+    h = hist_of([0.010, 0.020])
+    h.merge(LatencyHistogram())
+    assert h.count == 2 and h.min() == pytest.approx(0.010, rel=0.01)
+    e = LatencyHistogram()
+    e.merge(h)
+    assert e.percentiles() == h.percentiles() and e.min() == h.min()
+
+
+def test_merge_across_configurations_and_clamped_counts():
+    fine = hist_of(SAMPLES["uniform"][:5000], significant_digits=3)
+    fine.record(1e9)  # clamped in fine
+    h = LatencyHistogram()
+    h.merge(fine)
+    assert h.count == 5001 and h.clamped == 1
+    for p in PS:
+        assert h.percentile(p) == pytest.approx(fine.percentile(p), rel=0.01)
+
+
+def test_encode_decode_roundtrip_and_dict():
+    h = hist_of(SAMPLES["uniform"][:5000])
+    h.record(1e9)
+    s = h.encode()
+    assert isinstance(s, str) and s.isascii() and len(s) < 5000
+    back = LatencyHistogram.decode(s)
+    assert back.count == h.count and back.percentiles() == h.percentiles() and back.max() == h.max()
+
+    d = h.to_dict()
+    assert d == {"encoding": "hdr-v2-base64", "unit": "us", "significant_digits": 2, "clamped": 1, "histogram": s}
+    again = LatencyHistogram.from_dict(d)
+    assert again.count == h.count and again.clamped == 1 and again.percentiles() == h.percentiles()
+    again.record(0.5)  # a decoded histogram is an ordinary, writable one
+    again.merge(back)
+    assert again.count == 2 * h.count + 1
+
+    fine = LatencyHistogram.from_dict(hist_of([0.001], significant_digits=3).to_dict())
+    assert fine.significant_digits == 3
+    assert LatencyHistogram.from_dict(LatencyHistogram().to_dict()).count == 0
+    assert LatencyHistogram.from_dict({"encoding": "hdr-v2-base64", "histogram": ""}).count == 0  # older records
+    with pytest.raises(ValueError, match="encoding"):
+        LatencyHistogram.from_dict({"encoding": "csv"})
+    with pytest.raises(ValueError, match="unit"):
+        LatencyHistogram.from_dict({**d, "unit": "ms"})
+
+
+def test_cdf_is_exact_monotone_and_ends_at_one():
+    xs = SAMPLES["lognormal"][:20_000]
+    cdf = hist_of(xs).cdf(50)
+    lat, frac = map(np.array, zip(*cdf))
+    assert 10 <= len(cdf) <= 52
+    assert np.all(np.diff(lat) > 0) and np.all(np.diff(frac) > 0) and frac[-1] == 1.0
+    assert lat[-1] == pytest.approx(xs.max(), rel=0.01)
+    us = np.rint(xs * 1e6)
+    for x, f in cdf:  # exact for the bucketed samples: every sample in a bucket is <= its upper edge
+        assert f == pytest.approx(np.mean(us <= round(x * 1e6)))
+    assert max(frac[:-1]) > 0.999  # the tail is sampled
+    small = hist_of([0.001, 0.002, 0.002]).cdf()  # latencies are bucket upper edges (1003 us, 2007 us)
+    assert small == [(pytest.approx(0.001, rel=0.01), pytest.approx(1 / 3)), (pytest.approx(0.002, rel=0.01), 1.0)]
+
+
+# ---- stability -----------------------------------------------------------------------------------------------------
 def test_stability_rule():
     rule = StabilityRule(windows=3, tolerance=0.10)
-    assert rule.is_stable([50, 100, 101, 99])
+    assert rule.is_stable([50, 100, 101, 99])  # only the last 3 windows count
     assert not rule.is_stable([100, 120, 100])
     assert not rule.is_stable([100, 100])  # too few windows
     assert rule.spread([100, 100]) is None
     assert rule.spread([90, 100, 110]) == pytest.approx(0.2)
+    assert rule.spread([95, 100, 105]) == pytest.approx(0.1) and rule.is_stable([95, 100, 105])
+    assert rule.spread([1, float("inf"), 1]) == math.inf and not rule.is_stable([1, float("nan"), 1])
+    assert rule.spread([0, 0, 0]) == 0.0 and rule.spread([0, 0, 1]) == math.inf
+    assert StabilityRule(windows=5, tolerance=0.05).is_stable(np.array([1000, 1010, 1000, 990, 1005]))
+    with pytest.raises(ValueError):
+        StabilityRule(windows=0)
 
 
-def mm1_p99(rate: float, capacity: float = 1000.0, base: float = 0.001) -> float:
-    return base / (1 - rate / capacity) if rate < capacity else float("inf")
+# ---- SLO search ----------------------------------------------------------------------------------------------------
+def mm1_p99(rate: float, capacity: float = 1000.0) -> float:
+    """p99 of the sojourn time of an M/M/1 queue (exponential with rate capacity - rate): ln(100) / (mu - lambda)."""
+    return math.log(100) / (capacity - rate) if rate < capacity else float("inf")
 
 
-def test_slo_search_finds_the_known_rate_from_below():
-    target = 0.005  # p99 <= 5 ms  <=> rate <= 800 for capacity 1000
-    truth = 1000.0 * (1 - 0.001 / target)
-    res = slo_search(lambda r: (mm1_p99(r), 0.0), target, start_rate=10, rel_precision=0.02, max_steps=30)
+@pytest.mark.parametrize("target,precision", [(0.005, 0.05), (0.020, 0.02), (0.1, 0.01), (0.0047, 0.05)])
+def test_slo_search_finds_the_analytic_rate_from_below(target, precision):
+    truth = 1000.0 - math.log(100) / target  # mm1_p99(truth) == target
+    res = slo_search(lambda r: (mm1_p99(r), 0.0), target, start_rate=10, rel_precision=precision, max_steps=40)
     assert res.max_rate is not None
-    assert truth * (1 - 0.02) <= res.max_rate <= truth
+    assert truth * (1 - precision) <= res.max_rate <= truth
+    assert res.first_failing_rate is not None and res.first_failing_rate > truth
+    assert (res.first_failing_rate - res.max_rate) / res.max_rate <= precision
+    assert res.reason == f"bisection converged to {100 * precision:g}%"
     assert all(p.ok == (p.p99_s <= target) for p in res.points)
-    assert "converged" in res.reason
+    assert max(p.rate for p in res.points if p.ok) == res.max_rate  # the answer was measured, not interpolated
+    rates = [p.rate for p in res.points]
+    assert rates[:3] == [10, 20, 40]  # exponential growth first
+    assert len(set(rates)) == len(rates)
 
 
 def test_slo_search_errors_count_as_failures():
     res = slo_search(lambda r: (0.001, 0.01 if r > 300 else 0.0), 0.005, start_rate=10, rel_precision=0.05)
     assert res.max_rate is not None and 300 * 0.95 <= res.max_rate <= 300
+    res = slo_search(lambda r: (float("nan") if r > 300 else 0.001, 0.0), 0.005, start_rate=10)
+    assert res.max_rate is not None and res.max_rate <= 300
 
 
 def test_slo_search_nothing_passes():
     res = slo_search(lambda r: (1.0, 0.0), 0.005, start_rate=10)
     assert res.max_rate is None and res.reason == "no rate met the SLO"
-    assert len(res.points) >= 2
+    assert [p.rate for p in res.points] == [10 / 2**i for i in range(SLO_DOWNWARD_HALVINGS + 1)]
+    assert not any(p.ok for p in res.points)
 
 
+def test_slo_search_below_the_start_rate():
+    """start_rate already fails: halve until a rate passes, then bisect upward."""
+    res = slo_search(lambda r: (mm1_p99(r, capacity=8.0), 0.0), 1.0, start_rate=10, rel_precision=0.05)
+    truth = 8.0 - math.log(100) / 1.0
+    assert [p.rate for p in res.points][:3] == [10, 5, 2.5]
+    assert res.max_rate is not None and truth * 0.95 <= res.max_rate <= truth and "converged" in res.reason
+
+
+def test_slo_search_upper_bound_and_step_limits():
+    res = slo_search(lambda r: (0.001, 0.0), 0.005, start_rate=10, max_rate=100)
+    assert res.max_rate == 100 and res.reason.startswith("upper bound not reached")
+    assert [p.rate for p in res.points] == [10, 20, 40, 80, 100]
+    res = slo_search(lambda r: (0.001, 0.0), 0.005, start_rate=10, max_steps=3)
+    assert res.max_rate == 40 and res.reason.startswith("upper bound not reached") and len(res.points) == 3
+    # Growth takes 8 steps (10 ... 1280, which fails); one bisection step is left.
+    res = slo_search(lambda r: (mm1_p99(r), 0.0), 0.020, start_rate=10, max_steps=9)
+    assert len(res.points) == 9 and res.reason.startswith("step limit") and res.max_rate == 640
+    assert res.first_failing_rate == 960  # the bisection probe (640 + 1280) / 2 failed
+    with pytest.raises(ValueError):
+        slo_search(lambda r: (0.0, 0.0), 0.005, growth=1.0)
+
+
+# ---- coordinated omission ------------------------------------------------------------------------------------------
 def test_intended_time_latency_reveals_a_stall():
-    """100 rps schedule, sequential 2 ms service, the server stalls 1 s once at t=2 s."""
-    intended = constant_schedule(100, 5.0)
+    """100 rps schedule, sequential 2 ms service, the server stalls 1 s once at t = 2 s.
+
+    The client sends each request at its intended time or, if the previous answer is not back yet, as soon as it
+    is (one connection, like a closed loop).  Timed from the send, only the stalled request is slow; timed from the
+    intended send, the ~100 requests that queued up behind the stall are too.
+    """
+    intended = constant_schedule(100, 10.0)
     sent, done = [], []
     free_at = 0.0
+    stalled = False
     for t in intended:
-        start = max(t, free_at)  # a closed-loop client sends only when the previous answer is back
-        service = 0.002 + (1.0 if 2.0 <= start < 2.01 else 0.0)
+        start = max(t, free_at)
+        service = 0.002
+        if start >= 2.0 and not stalled:
+            service, stalled = 1.002, True
         sent.append(start)
         free_at = start + service
         done.append(free_at)
     from_intended, from_sent = intended_time_latencies(intended, np.array(sent), np.array(done))
-    assert np.percentile(from_sent, 99) < 0.01  # the closed-loop view hides the stall (one slow request)
-    assert np.percentile(from_intended, 99) > 0.5  # the backlog shows from the intended send times
-    assert from_intended.max() == pytest.approx(1.002, abs=0.02)
+    h_int, h_sent = hist_of(from_intended), hist_of(from_sent)
+    assert h_sent.percentile(99) < 0.01  # the closed-loop view hides the stall: one slow request in 1000
+    assert h_sent.max() == pytest.approx(1.002, rel=0.01)
+    assert h_int.percentile(99) > 0.5  # the backlog shows from the intended send times
+    assert from_intended.max() == pytest.approx(1.002, abs=0.01)
+    assert 100 <= int(np.sum(from_intended > 0.1)) <= 130  # 1 s of arrivals at 100 rps, plus the drain
+    assert np.all(from_intended >= from_sent)
+    with pytest.raises(ValueError):
+        intended_time_latencies(np.zeros(3), np.zeros(2), np.zeros(3))
 
 
-def test_schedules():
-    t = poisson_schedule(200.0, 50.0, seed=1)
-    assert len(t) / 50.0 == pytest.approx(200.0, rel=0.05)
-    assert np.all(np.diff(t) >= 0) and t[-1] < 50.0
+# ---- schedules -----------------------------------------------------------------------------------------------------
+def test_poisson_schedule():
+    t = poisson_schedule(200.0, 500.0, seed=1)
+    assert len(t) / 500.0 == pytest.approx(200.0, rel=0.02)
+    assert np.all(np.diff(t) >= 0) and t[0] >= 0 and t[-1] < 500.0
+    gaps = np.diff(t)
+    assert gaps.mean() == pytest.approx(1 / 200, rel=0.02)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.03)  # exponential gaps: coefficient of variation 1
+    assert np.array_equal(t, poisson_schedule(200.0, 500.0, seed=1))
+    assert not np.array_equal(t[:100], poisson_schedule(200.0, 500.0, seed=2)[:100])
+    short = poisson_schedule(1000.0, 1.0, seed=5)
+    assert len(short) == pytest.approx(1000, rel=0.1) and short[-1] < 1.0
+    assert len(poisson_schedule(10.0, 0.0, seed=1)) == 0
+    with pytest.raises(ValueError):
+        poisson_schedule(0.0, 1.0, seed=1)
+
+
+def test_constant_schedule():
     assert len(constant_schedule(10, 2.0)) == 20
+    assert len(constant_schedule(10, 0.3)) == 3  # 10 * 0.3 is 3.0000000000000004 in floating point
+    assert np.allclose(constant_schedule(3, 1.0), [0, 1 / 3, 2 / 3])
+    assert np.allclose(np.diff(constant_schedule(100, 5.0)), 0.01)
+    with pytest.raises(ValueError):
+        constant_schedule(0, 1.0)
 
 
-def test_significant_change():
-    r = np.random.default_rng(7)
-    base = 1000 * (1 + 0.05 * r.standard_normal(5))
-    same = 1000 * (1 + 0.05 * r.standard_normal(5))
-    worse = 700 * (1 + 0.05 * r.standard_normal(5))
-    sig, rel, method = significant_change(base, worse)
-    assert sig and rel == pytest.approx(-0.3, abs=0.06) and "Mann-Whitney" in method
-    assert not significant_change(base, same)[0]
-    assert significant_change([100], [70])[0] and not significant_change([100, 110], [105])[0]
+# ---- repeats and comparisons ---------------------------------------------------------------------------------------
+def test_significant_change_planted_shift_and_null():
+    flagged_shift = flagged_null = 0
+    for seed in range(20):
+        r = np.random.default_rng(seed)
+        base = 1000 * (1 + 0.05 * r.standard_normal(5))
+        same = 1000 * (1 + 0.05 * r.standard_normal(5))
+        worse = 700 * (1 + 0.05 * r.standard_normal(5))
+        sig, rel, method = significant_change(base, worse)
+        assert rel == pytest.approx(-0.3, abs=0.08) and "Mann-Whitney" in method
+        flagged_shift += sig
+        flagged_null += significant_change(base, same)[0]
+    assert flagged_shift == 20
+    # Same distribution: a false positive needs |change| > 5 % *and* p < 0.05, so at most ~5 % of pairs.
+    assert flagged_null <= 1
+
+
+def test_significant_change_small_samples_and_threshold():
+    assert significant_change([100], [70])[0]  # disjoint ranges
+    assert not significant_change([100, 110], [105])[0]  # overlap
+    # 3 vs 3: an exact two-sided Mann-Whitney cannot go below p = 0.1, so the range rule decides.
+    sig, rel, method = significant_change([100, 101, 99], [130, 131, 129])
+    assert sig and rel == pytest.approx(0.3) and "ranges disjoint" in method and "cannot reach" in method
+    assert not significant_change([100, 120, 99], [118, 131, 129])[0]
+    # 4 vs 4 can reach p < 0.05: Mann-Whitney.
+    sig, _, method = significant_change([100, 101, 99, 100], [130, 131, 129, 130])
+    assert sig and "Mann-Whitney U p=" in method
+    # Consistent but below the threshold: never flagged.
+    sig, rel, method = significant_change([100.0] * 6, [103.0] * 6)
+    assert not sig and rel == pytest.approx(0.03) and "threshold" in method
+    sig, rel, method = significant_change([], [1.0])
+    assert not sig and math.isnan(rel) and method == "no data"
+    assert significant_change([100, None, float("nan"), 100], [50, 50])[0]  # non-finite dropped
 
 
 def test_summarize_repeats():
     s = summarize_repeats([10, 12, 11, 13, 9, 10, 11, 12])
-    assert s["n"] == 8 and s["median"] == 11 and s["min"] == 9 and s["ci95_low"] <= 11 <= s["ci95_high"]
-    assert summarize_repeats([])["median"] is None
+    assert s["n"] == 8 and s["median"] == 11 and s["min"] == 9 and s["max"] == 13
+    assert s["mean"] == pytest.approx(11.0)
+    assert s["stdev"] == pytest.approx(np.std([10, 12, 11, 13, 9, 10, 11, 12], ddof=1))
+    assert s["ci95_low"] <= 11 <= s["ci95_high"] and s["ci_coverage"] >= 0.95
+    # n = 20: [x_(6), x_(15)] is the tightest order-statistic interval with >= 95 % coverage (95.9 %).
+    s = summarize_repeats(list(range(20, 0, -1)))
+    assert (s["ci95_low"], s["ci95_high"]) == (6, 15) and s["ci_coverage"] == pytest.approx(0.9586, abs=1e-4)
+    s = summarize_repeats([3.0, 1.0, 2.0])
+    assert (s["ci95_low"], s["ci95_high"]) == (1.0, 3.0) and s["ci_coverage"] == pytest.approx(0.75)
+    assert summarize_repeats([5.0])["stdev"] == 0.0
+    assert summarize_repeats([1.0, None, float("nan"), 3.0])["n"] == 2
+    empty = summarize_repeats([])
+    assert empty["n"] == 0 and empty["median"] is None and empty["ci95_low"] is None
+
+
+def test_summarize_repeats_ci_covers_the_median_at_least_95_percent_of_the_time():
+    rng = np.random.default_rng(11)
+    true_median = 1.0  # lognormal(0, s) has median exp(0)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        s = summarize_repeats(rng.lognormal(0.0, 0.5, size=15))
+        covered += s["ci95_low"] <= true_median <= s["ci95_high"]
+    assert covered / trials >= 0.95 - 0.01  # nominal coverage for n = 15 is 96.5 %
