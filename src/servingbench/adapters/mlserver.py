@@ -1,0 +1,185 @@
+"""Seldon MLServer: a generated serving directory (settings.json + one model-settings.json per model), KServe V2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+from servingbench.adapters import v2
+from servingbench.adapters.base import (
+    Adapter, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
+    UnsupportedDeployment,
+)
+
+RUNTIME = Path(__file__).parent / "servers" / "mlserver_runtime.py"
+IMPLEMENTATION = "mlserver_runtime.ZooRuntime"
+INPUT, OUTPUT = "input", "output"
+
+
+class MLServerAdapter(Adapter):
+    """MLServer with a custom ``MLModel`` runtime (``servers/mlserver_runtime.py``, copied into the workdir).
+
+    Knobs: ``workers`` -> ``parallel_workers`` (inference processes shared by all models; ``options.
+    parallel_workers: 0`` runs inference in the server process); ``threads`` -> torch threads per worker;
+    ``max_batch_size > 1`` -> adaptive batching (``max_batch_size`` requests, ``max_batch_time`` = batch_timeout);
+    ``cache`` -> MLServer's in-process response cache (``cache_enabled`` in settings and model settings).
+
+    ``parallel_workers >= 1`` relies on the lock pinning ``uvloop<0.22``: with uvloop 0.23 every inference worker
+    dies at start (``There is no current event loop in thread 'MainThread'``) and is restarted forever (the other
+    fix, ``parallel_workers: 0``, is kept as an option).  Verified with uvloop 0.21.0 and parallel_workers 1 and 2.
+
+    The serving directory is started by absolute path (``mlserver start /ABS/DIR``): a path that does not exist
+    makes MLServer start silently with defaults on 0.0.0.0:8080, so prepare() refuses anything but an absolute,
+    existing directory whose settings read back with the requested ports.
+    The exact command line is written to ``<workdir>/command.txt``.
+    """
+
+    name = "mlserver"
+    distribution = "mlserver"
+    capabilities = frozenset({
+        Capability.MULTI_MODEL, Capability.BATCHING, Capability.RESPONSE_CACHE, Capability.MANIFEST,
+        Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD,
+    })
+    options_doc = {
+        "parallel_workers": "override settings.parallel_workers (0: inference in the server process; "
+                            "default: workers)",
+        "cache_size": "entries in MLServer's response cache (settings.cache_size, default 100)",
+        "debug": "settings.debug: DEBUG logging and per-request access logs (default false; MLServer's is true)",
+        "gzip": "settings.gzip_enabled (MLServer's default true; requests ask for identity encoding anyway)",
+    }
+    docs_claims = {
+        "multi_model": "yes: every model folder in the repository is served",
+        "batching": "yes: adaptive batching (max_batch_size, max_batch_time)",
+        "response_cache": "yes: cache_enabled / cache_size (in-process, keyed by the request)",
+        "manifest": "yes: settings.json + model-settings.json, `mlserver start DIR`",
+        "grpc": "yes: KServe V2 gRPC",
+        "gpu": "runtime-dependent (the runtime places the model)",
+        "load_unload": "yes: /v2/repository/models/NAME/load|unload",
+        "auth": "no", "tls": "no", "model_cache": "no",
+    }
+
+    def validate(self, deployment: Deployment) -> None:
+        super().validate(deployment)
+        pw = deployment.options.get("parallel_workers", deployment.workers)
+        if not isinstance(pw, int) or pw < 0:
+            raise UnsupportedDeployment(f"mlserver: parallel_workers must be an integer >= 0, got {pw!r}")
+
+    # ---- deployment -------------------------------------------------------------------------------------------
+    def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
+        root = ctx.workdir.resolve()
+        opts = deployment.options
+        settings = {
+            "host": ctx.host,
+            "http_port": ctx.ports["http"],
+            "grpc_port": ctx.ports["grpc"],
+            "metrics_port": ctx.ports["metrics"],
+            "parallel_workers": int(opts.get("parallel_workers", deployment.workers)),
+            # Both default to the cwd; keep them in the deployment's directory.
+            "metrics_dir": str(root / "run" / "metrics"),
+            "environments_dir": str(root / "run" / "envs"),
+            "debug": bool(opts.get("debug", False)),
+            "gzip_enabled": bool(opts.get("gzip", True)),
+            "load_models_at_startup": True,
+            "cache_enabled": deployment.cache,
+        }
+        if deployment.cache:
+            settings["cache_size"] = int(opts.get("cache_size", 100))
+        (root / "run" / "metrics").mkdir(parents=True, exist_ok=True)
+        (root / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        shutil.copy(RUNTIME, root / "mlserver_runtime.py")
+        for art in deployment.models:
+            folder = root / art.name
+            folder.mkdir(exist_ok=True)
+            (folder / "model-settings.json").write_text(json.dumps(self.model_settings(deployment, art), indent=2))
+        self._check(root, settings)
+        (root / "command.txt").write_text(
+            "# start this deployment by hand:\n" + " ".join(self._argv(ctx)) + "\n")
+
+    def model_settings(self, deployment: Deployment, art) -> dict:
+        meta = json.loads(Path(art.meta).read_text())
+        ms: dict = {
+            "name": art.name,
+            "implementation": IMPLEMENTATION,
+            "parameters": {
+                "uri": str(Path(art.dir).resolve()),
+                "extra": {
+                    "model_format": deployment.model_format, "threads": deployment.threads,
+                    "device": deployment.device, "input_name": INPUT, "output_name": OUTPUT,
+                    "input_dtype": meta["input"]["dtype"], "input_shape": list(meta["input"]["shape"]),
+                },
+            },
+            "inputs": [{"name": INPUT, "datatype": v2.datatype(meta["input"]["dtype"]),
+                        "shape": [-1, *meta["input"]["shape"]]}],
+            "outputs": [{"name": OUTPUT, "datatype": v2.datatype(meta["output"]["dtype"]),
+                         "shape": [-1, *meta["output"]["shape"]]}],
+            "cache_enabled": deployment.cache,
+        }
+        if deployment.max_batch_size > 1:
+            ms["max_batch_size"] = deployment.max_batch_size
+            ms["max_batch_time"] = deployment.batch_timeout_ms / 1000.0
+        return ms
+
+    @staticmethod
+    def _check(root: Path, expected: dict) -> None:
+        """Read the directory back the way ``mlserver start`` will: wrong ports or paths fail here, loudly.
+
+        (MLServer's own pydantic loaders are not used: importing mlserver in the harness process clashes with
+        tritonclient's protobuf registrations.)
+        """
+        if not root.is_absolute() or not (root / "settings.json").is_file():
+            raise UnsupportedDeployment(f"mlserver: {root} is not an absolute directory with settings.json")
+        s = json.loads((root / "settings.json").read_text())
+        wrong = {k: s.get(k) for k in ("host", "http_port", "grpc_port", "metrics_port") if s.get(k) != expected[k]}
+        if wrong:
+            raise UnsupportedDeployment(f"mlserver: settings.json has {wrong}, expected {expected}")
+        for path in root.glob("*/model-settings.json"):
+            ms = json.loads(path.read_text())
+            if ms.get("implementation") != IMPLEMENTATION or not Path(ms["parameters"]["uri"]).is_dir():
+                raise UnsupportedDeployment(f"mlserver: {path} names no runtime or no artifact directory")
+
+    def _argv(self, ctx: RunContext) -> list[str]:
+        exe = Path(ctx.python).parent / "mlserver"  # the console script of the benchmark venv
+        if not exe.is_file():
+            found = shutil.which("mlserver")
+            if not found:
+                raise AdapterUnavailable(f"mlserver: no `mlserver` command next to {ctx.python} or on PATH")
+            exe = Path(found)
+        return [str(exe), "start", str(ctx.workdir.resolve())]
+
+    def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
+        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads))
+        for k in [k for k in env if k.startswith("MLSERVER_")]:  # the settings files are the only configuration
+            del env[k]
+        return [LaunchSpec(
+            argv=self._argv(ctx), env=env, cwd=ctx.workdir.resolve(),
+            ready=ReadyProbe(path="/v2/health/ready"),  # 200 once every model folder has loaded
+            stop_signal=signal.SIGTERM, signal_group=False,  # MLServer stops its workers itself
+            grace_s=15.0,
+            name="mlserver",
+        )]
+
+    # ---- requests (pure) -----------------------------------------------------------------------------------------
+    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
+        # MLServer's REST endpoint does not take Triton's binary tensor extension: JSON only.
+        body, headers = v2.infer_request(model, batch, INPUT, OUTPUT)
+        return RequestSpec("POST", f"/v2/models/{model.name}/infer", body, headers)
+
+    def decode(self, model, status, body):
+        return v2.decode_response(model, status, body, output_name=OUTPUT)
+
+    # ---- hooks for the feature probes -----------------------------------------------------------------------
+    native_manifest = ("settings.json", "*/model-settings.json")
+
+    def manifest_command(self, deployment: Deployment, ctx: RunContext) -> list[str]:
+        return self._argv(ctx)
+
+    def repository_request(self, action: str, model: str | None = None,
+                           secrets: Secrets | None = None) -> RequestSpec:
+        """``index`` / ``load`` / ``unload`` through the V2 repository API (load of a known folder ~15 ms)."""
+        return RequestSpec("POST", v2.repository_path(action, model), b"{}", {"Content-Type": "application/json"})
+
+    def grpc_infer(self, deployment: Deployment, ctx: RunContext, model, batch):
+        """Inference over MLServer's V2 gRPC endpoint (tritonclient.grpc speaks it)."""
+        return v2.grpc_infer(f"127.0.0.1:{ctx.ports['grpc']}", model, batch, INPUT, OUTPUT)
