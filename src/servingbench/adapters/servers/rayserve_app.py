@@ -1,0 +1,90 @@
+"""Ray Serve application for servingbench zoo models (the ``import_path`` of ``serve_config.yaml``).
+
+``build(args)`` is a Ray Serve application builder: ``args`` (from the config file) name the models, artifact
+directories, format, device and threads, plus the deployment's scale settings; the config's ``deployments:`` section
+repeats those settings as overrides, so ``serve run serve_config.yaml`` and an imperative ``serve.run(build(args))``
+give the same deployment.  Batching settings travel in ``user_config`` and are applied in ``reconfigure`` (Ray's
+idiom: they can change without restarting replicas).
+
+Two layouts:
+* one application per model (``route_prefix: /predict/<model>``), one ``ZooModel`` deployment each;
+* ``multiplex: true``: one application at ``/predict`` whose replicas load models on demand through
+  ``@serve.multiplexed`` (an LRU of ``max_models_per_replica``), chosen by the ``serve_multiplexed_model_id`` header.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+class BadInput(ValueError):
+    pass
+
+
+def _to_array(body: dict, m: dict) -> np.ndarray:
+    try:
+        x = np.asarray(body["inputs"], dtype=np.dtype(m["input"]["dtype"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadInput(f"bad inputs: {e}") from e
+    shape = tuple(m["input"]["shape"])
+    if x.ndim != 1 + len(shape) or x.shape[1:] != shape:
+        raise BadInput(f"inputs shape {x.shape} is not (batch, {', '.join(map(str, shape))})")
+    return x
+
+
+@serve.deployment
+class ZooModel:
+    def __init__(self, models: list[dict], settings: dict) -> None:
+        from servingbench.models.runtime import load_runtime
+
+        self.models = {m["name"]: m for m in models}
+        self.settings = settings
+        self._load = lambda m: load_runtime(m["dir"], fmt=settings["model_format"], device=settings["device"],
+                                            threads=settings["threads"])
+        self.batching = False
+        if settings["multiplex"]:
+            async def load(model_id: str):  # a plain function: the multiplex wrapper caches itself on it
+                if model_id not in self.models:
+                    raise KeyError(f"unknown model {model_id!r}")
+                return self._load(self.models[model_id])
+
+            self.get_model = serve.multiplexed(max_num_models_per_replica=settings["max_models_per_replica"])(load)
+        else:
+            (self.only,) = models
+            self.rt = self._load(self.only)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.batching = user_config.get("max_batch_size", 1) > 1
+        self.predict_batched.set_max_batch_size(user_config.get("max_batch_size", 1))
+        self.predict_batched.set_batch_wait_timeout_s(user_config.get("batch_wait_timeout_s", 0.0))
+
+    async def runtime(self):
+        if self.settings["multiplex"]:
+            model_id = serve.get_multiplexed_model_id()
+            if model_id not in self.models:
+                raise BadInput(f"unknown model {model_id!r} (header serve_multiplexed_model_id)")
+            return self.models[model_id], await self.get_model(model_id)
+        return self.only, self.rt
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def predict_batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        _, rt = await self.runtime()  # a batch never mixes multiplexed model ids
+        ys = rt.predict(np.concatenate(xs))
+        return np.split(ys, np.cumsum([len(x) for x in xs])[:-1])
+
+    async def __call__(self, request: Request):
+        try:
+            m, rt = await self.runtime()
+            x = _to_array(await request.json(), m)
+        except (BadInput, ValueError) as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        y = await self.predict_batched(x) if self.batching else rt.predict(x)
+        return {"outputs": y.tolist()}
+
+
+def build(args: dict):
+    """Application builder: ``args`` = {"models": [...], "settings": {...}, "options": {...}}."""
+    return ZooModel.options(**args.get("options", {})).bind(args["models"], args["settings"])

@@ -1,0 +1,98 @@
+"""Ray Serve adapter: the config manifest (pure), separate applications and multiplexing against a private Ray head
+whose every listening port is pinned to loopback, and a stop that leaves no Ray process or session dir."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import psutil
+import pytest
+import yaml
+
+from servingbench.adapters import registry
+from servingbench.adapters.base import Ports, RunContext
+from servingbench.harness import LiveDeployment, make_deployment
+from servingbench.measure.supervisor import marked_processes
+from servingbench.scenarios.schema import DeploymentConfig
+
+
+def _deployment(zoo, models, **cfg):
+    return make_deployment("rayserve", DeploymentConfig(**cfg), [zoo[m] for m in models], "cpu")
+
+
+def test_config_file_is_the_manifest(zoo_artifacts, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from servingbench.models import get_model
+
+    counter = iter(range(20000, 21000))
+    adapter = registry.get("rayserve")
+    dep = _deployment(zoo_artifacts, ["mlp", "encoder"], workers=2, max_batch_size=4, batch_timeout="2ms")
+    ctx = RunContext(workdir=tmp_path, ports=Ports(lambda: next(counter)), marker="abc")
+    adapter.prepare(dep, ctx)
+    config = ServeDeploySchema.model_validate(yaml.safe_load((tmp_path / "serve_config.yaml").read_text()))
+    assert config.http_options.host == "127.0.0.1" and config.http_options.port == ctx.ports["http"]
+    assert [(a.name, a.route_prefix) for a in config.applications] == [("mlp", "/predict/mlp"),
+                                                                        ("encoder", "/predict/encoder")]
+    d = config.applications[0].deployments[0]
+    assert d.num_replicas == 2 and d.max_ongoing_requests >= 64
+    assert d.user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.002}
+    assert (tmp_path / "command.txt").read_text().count("serve run --address 127.0.0.1:") == 1
+    spec = adapter.launch(dep, ctx)[0]
+    assert spec.env["RAY_worker_niceness"] == "0" and "RAY_ADDRESS" not in spec.env
+    assert not spec.signal_group and spec.cleanup_globs and len(spec.cleanup_globs[0]) < 40
+    mlp = get_model("mlp")
+    assert "serve_multiplexed_model_id" not in adapter.request(mlp, mlp.example_inputs(1)).headers
+
+
+def _listening(procs) -> dict[tuple[str, int], str]:
+    out = {}
+    for p in procs:
+        try:
+            for c in p.net_connections("inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out[(c.laddr.ip, c.laddr.port)] = " ".join(p.cmdline())[:70]
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("multiplex", [False, True], ids=["applications-tls", "multiplex-batched"])
+def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, multiplex):
+    from servingbench.measure.security import SecretStore
+    from servingbench.models import get_model
+
+    cfg = {"max_batch_size": 4} if multiplex else {"tls": True}
+    dep = _deployment(zoo_artifacts, ["mlp", "encoder"], options={"rayserve": {"multiplex": multiplex}}, **cfg)
+    adapter = registry.get("rayserve")
+    adapter.validate(dep)
+    with SecretStore() as store, LiveDeployment(
+        adapter, dep, tmp_path / "deploy", tmp_path / "logs", store.make(auth=False, tls=not multiplex),
+        startup_timeout=240,
+    ) as live:
+        assert set(live.verification) == {"mlp", "encoder"}
+        assert live.base_url().startswith("http://" if multiplex else "https://")
+        if multiplex:  # one application, models picked by header
+            req = adapter.request(get_model("encoder"), get_model("encoder").example_inputs(1))
+            assert req.headers["serve_multiplexed_model_id"] == "encoder"
+        ours = set(live.ctx.ports.assigned().values())
+        listening = _listening(live.processes())
+        assert listening, "no listening sockets found"
+        # Every port of the private head is loopback-only and one we handed out, except what Ray does not let us
+        # pin: each Serve replica's inter-deployment gRPC server binds [::]:0, hard-coded in
+        # ray/serve/_private/replica.py (_on_initialized).
+        replica_grpc = {a for a, who in listening.items() if who.startswith("ray::ServeReplica") and a[0] == "::"}
+        assert len(replica_grpc) == (1 if multiplex else 2)
+        wild = {a: who for a, who in listening.items()
+                if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1") and a not in replica_grpc}
+        assert not wild, wild
+        unpinned = {a: who for a, who in listening.items() if a[1] not in ours and a not in replica_grpc}
+        assert not unpinned, unpinned
+        temp_dir = live.servers[0].spec.cleanup_globs[0]
+        assert glob.glob(os.path.join(temp_dir, "session_*"))
+    assert not marked_processes(live.marker), "Ray processes survived the stop"
+    assert not os.path.exists(temp_dir), "Ray temp/session dir left behind"
+    for r in live.stop_reports:
+        assert not r.survivors and not r.ports_held, r
