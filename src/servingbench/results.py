@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import secrets
@@ -41,9 +42,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _disk_error(path: Path, e: OSError) -> ResultsError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResultsError(f"no space left on the device holding {path}: earlier results are intact; "
+                            "free space, then continue with `servingbench run ... --resume`")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ResultsError(f"cannot write {path}: {e.strerror}; choose a writable --out directory")
+    return ResultsError(f"cannot write {path}: {e.strerror or e}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise _disk_error(path, e) from e
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -51,9 +64,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with _suppress():
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _disk_error(path, e) from e
         raise
 
 
@@ -160,12 +175,22 @@ class RunResults:
         record = {"schema": SCHEMA_VERSION, **record}
         line = self._clean(json.dumps(record, default=str, allow_nan=True)) + "\n"
         # O_APPEND + one write of a whole line + fsync: a crash leaves at most a torn last line.
-        fd = os.open(self.records_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        data = line.encode()
         try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.records_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, "short write")
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, start)  # never leave half a record behind
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _disk_error(self.records_path, e) from e
 
     def records(self, type_: str | None = None) -> list[dict[str, Any]]:
         """All readable records (later duplicates of the same ``id`` replace earlier ones: resumed cells)."""

@@ -75,3 +75,22 @@ def test_open_rejects_other_schema(tmp_path):
     r.run_json.write_text(json.dumps(data))
     with pytest.raises(ResultsError, match="schema 99"):
         RunResults.open(r.path)
+
+
+def test_full_disk_is_a_clear_error_and_leaves_no_partial_record(tmp_path, monkeypatch):
+    import errno
+    import os as _os
+
+    r = RunResults.create(tmp_path, "run1", {})
+    r.append({"id": "a"})
+    real_write = _os.write
+
+    def full(fd, data):  # the device fills up half-way through the line
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("servingbench.results.os.write", full)
+    with pytest.raises(ResultsError, match="no space left .*--resume"):
+        r.append({"id": "b", "payload": "x" * 100})
+    monkeypatch.undo()
+    assert [x["id"] for x in r.records()] == ["a"]  # no torn line
