@@ -96,6 +96,7 @@ def run(
     out_dir: Path = typer.Option(Path("results"), "--out", help="results root"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this results directory"),
     report: bool = typer.Option(False, "--report/--no-report", help="write the report at the end"),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="allow targets on other hosts (sends load there)"),
 ) -> None:
     """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed."""
     from servingbench.harness import run_suite
@@ -113,7 +114,7 @@ def run(
     t0 = time.perf_counter()
     try:
         outcome = run_suite(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, resume=resume,
-                            progress=lambda msg: console.print(msg, highlight=False))
+                            progress=lambda msg: console.print(msg, highlight=False), allow_remote=allow_remote)
     except (ResultsError, ValueError) as e:
         _fail(str(e))
         return
@@ -127,14 +128,48 @@ def run(
         raise typer.Exit(1)
 
 
-def _write_report(results_path: Path) -> None:
+def _write_report(results_path: Path, out_root: Path = Path("reports")) -> None:
+    from servingbench.report.build import write_report
+
+    out.print(f"report: {write_report(results_path, out_root)}")
+
+
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(..., help="results/<run-id>"),
+    out_root: Path = typer.Option(Path("reports"), "--out", help="reports root"),
+) -> None:
+    """Write reports/<run-id>/index.html (self-contained), report.md, figures and tables."""
+    from servingbench.results import ResultsError
+
     try:
-        from servingbench.report import build as report_build
-    except ImportError:
-        console.print("[yellow]report generator not available in this version")
+        _write_report(results_dir, out_root)
+    except ResultsError as e:
+        _fail(str(e))
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="baseline results directory"),
+    run_b: Path = typer.Argument(..., help="candidate results directory"),
+    threshold: float = typer.Option(0.05, help="smallest relative change worth flagging"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write the table as HTML"),
+    only_changes: bool = typer.Option(False, "--only-changes", help="print only flagged rows"),
+) -> None:
+    """Regression table per framework x model x metric; flags only changes beyond the noise of both runs."""
+    from servingbench.report.compare import compare_runs, render_compare_text, write_compare_html
+    from servingbench.results import ResultsError
+
+    try:
+        df = compare_runs(run_a, run_b, threshold=threshold)
+    except ResultsError as e:
+        _fail(str(e))
         return
-    path = report_build.write_report(results_path)
-    out.print(f"report: {path}")
+    out.print(render_compare_text(df, only_changes=only_changes), highlight=False, markup=False)
+    if html:
+        out.print(f"html: {write_compare_html(df, html)}")
+    if len(df) and df["regression"].any():
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -142,8 +142,10 @@ class LiveDeployment:
         server_cpus: set[int] | None = None,
         startup_timeout: float = 180.0,
         host: str = "127.0.0.1",
+        remote: Any = None,
     ) -> None:
         self.adapter = adapter
+        self.remote = remote  # a RemoteTarget: nothing to start or stop, only verify and measure
         self.deployment = deployment
         self.workdir = workdir
         self.log_dir = log_dir
@@ -162,6 +164,7 @@ class LiveDeployment:
         self.launch_argv: list[list[str]] = []
         self._session = requests.Session()
         self._session.trust_env = False
+        self._session.headers["Accept-Encoding"] = "identity"  # measure inference, not response compression
         if secrets.ca_cert:
             self._session.verify = str(secrets.ca_cert)
         if deployment.tls == "mutual" and secrets.client_cert:
@@ -169,6 +172,11 @@ class LiveDeployment:
 
     # -- urls ------------------------------------------------------------------------------------------------
     def base_url(self, port: str = "http") -> str:
+        if self.remote is not None:
+            url = self.remote.url if port == "http" else self.remote.urls.get(port)
+            if url is None:
+                raise KeyError(f"remote target has no URL for port {port!r}: add it under 'urls:'")
+            return url.rstrip("/")
         return f"{self.adapter.scheme(self.deployment)}://127.0.0.1:{self.ctx.ports[port]}"
 
     def url(self, req) -> str:
@@ -195,6 +203,12 @@ class LiveDeployment:
 
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.remote is not None:
+            t0 = time.perf_counter()
+            self.verification = self.verify(deadline=t0 + self.startup_timeout)
+            self.verification.pop("_first_correct_s")
+            self.ready_s = self.cold_start_s = None
+            return
         self.adapter.prepare(self.deployment, self.ctx)
         specs = self.adapter.launch(self.deployment, self.ctx)
         ports = self.ctx.ports.assigned()
@@ -221,10 +235,13 @@ class LiveDeployment:
                 s.pin(self.server_cpus)
 
     def stop(self) -> None:
-        for s in reversed(self.servers):
-            if s in supervisor._LIVE:
-                self.stop_reports.append(s.stop())
+        # Close our keep-alive connections first: Triton waits for open connections until its exit timeout.
         self._session.close()
+        live = [s for s in reversed(self.servers) if s in supervisor._LIVE]
+        for s in live:  # all servers share the deployment's marker: signal every one before waiting on any
+            s.send_stop_signal()
+        for s in live:
+            self.stop_reports.append(s.stop())
 
     # -- requests --------------------------------------------------------------------------------------------
     def send(self, model_spec, batch: np.ndarray, timeout: float = 60.0) -> tuple[int, bytes, float]:
@@ -259,11 +276,16 @@ class LiveDeployment:
                 while True:
                     self.check_alive()
                     try:
-                        got = self.infer(spec, inputs[:b])
+                        status, body, _ = self.send(spec, inputs[:b])
+                        if status in (401, 403):  # retrying cannot help: the credentials are wrong
+                            raise VerificationError(f"{art.name}: authentication rejected (HTTP {status}): "
+                                                    f"{body[:200]!r}", {"model": art.name, "status": status})
+                        got = self.adapter.decode(spec, status, body)
                         break
                     except (requests.RequestException, DecodeError) as e:
                         if isinstance(e, DecodeError) and e.kind != "status":
                             raise VerificationError(f"{art.name}: undecodable answer: {e}", {"model": art.name}) from e
+                        # Not up yet (connection refused, 404 before the route exists, 5xx while loading): retry.
                         if deadline is None or time.perf_counter() > deadline:
                             raise VerificationError(f"{art.name}: no correct answer before the deadline: {e}",
                                                     {"model": art.name}) from e
@@ -278,7 +300,7 @@ class LiveDeployment:
                         f"(max abs err {err}, shape {got.shape} vs {exp.shape}, tolerance rtol={spec.rtol} atol={spec.atol})",
                         {"model": art.name, "checks": checks},
                     )
-                if first_ok is None:
+                if first_ok is None and self.servers:
                     first_ok = time.perf_counter() - self.servers[0].t_spawn
             out[art.name] = {"ok": True, "checks": checks, "rtol": spec.rtol, "atol": spec.atol,
                              "max_abs_err": max(c["max_abs_err"] for c in checks)}
@@ -560,6 +582,7 @@ def run_cell(
     cpus: tuple[set[int] | None, set[int] | None],
     progress: Progress,
     scratch: Path,
+    allow_remote: bool = False,
 ) -> str:
     """Run one cell to a final status and record it.  Returns the status."""
     cid = cell.id
@@ -570,25 +593,46 @@ def run_cell(
     base = {"cell": cid, "framework": cell.framework, "deployment": cell.config.label}
     try:
         adapter = registry.get(cell.framework)
-        adapter.check_available()
+        remote = suite.targets.get(cell.framework)
+        if remote is None:  # a remote server needs only the adapter's pure request/decode
+            adapter.check_available()
         deployment = make_deployment(cell.framework, cell.config, [artifacts[m.name] for m in suite.models],
                                      suite.device)
         adapter.validate(deployment)
+        if remote is not None and not remote.is_loopback() and not allow_remote:
+            raise UnsupportedDeployment(
+                f"target {remote.url} is not on this machine: pass --allow-remote to send load to another host"
+            )
     except (AdapterUnavailable, UnsupportedDeployment, ImportError) as e:
         status = "failed" if isinstance(e, ImportError) else "skipped"
         results.set_cell(cid, status, reason=str(e), **base)
         results.append({"type": "cell", "id": f"cell:{cid}", **base, "status": status, "reason": str(e)})
         progress(f"[yellow]{cid}: {status}: {e}")
         return status
-    secrets = secrets_store.make(auth=deployment.auth, tls=bool(deployment.tls))
-    results.set_redactions(secrets_store.sensitive_strings())
+    if remote is not None:
+        token = os.environ.get(remote.token_env) if remote.token_env else None
+        if remote.token_env and not token:
+            msg = f"target {cell.framework}: environment variable {remote.token_env} (token_env) is not set"
+            results.set_cell(cid, "failed", reason=msg, **base)
+            results.append({"type": "cell", "id": f"cell:{cid}", **base, "status": "failed", "reason": msg})
+            progress(f"[red]{cid}: failed: {msg}")
+            return "failed"
+        secrets = Secrets(token=token, ca_cert=Path(remote.ca_file) if remote.ca_file else None,
+                          client_cert=Path(remote.client_cert) if remote.client_cert else None,
+                          client_key=Path(remote.client_key) if remote.client_key else None)
+        results.set_redactions([*secrets_store.sensitive_strings(), token or ""])
+    else:
+        secrets = secrets_store.make(auth=deployment.auth, tls=bool(deployment.tls))
+        results.set_redactions(secrets_store.sensitive_strings())
     results.set_cell(cid, "running", **base)
     config = deployment.describe()
     cell_rec: dict[str, Any] = {"type": "cell", "id": f"cell:{cid}", **base, "config": config,
                                 "framework_version": adapter.framework_version()}
     t0 = time.perf_counter()
     live = LiveDeployment(adapter, deployment, workdir, log_dir, secrets, server_cpus=cpus[0],
-                          startup_timeout=suite.startup_timeout)
+                          startup_timeout=suite.startup_timeout, remote=remote)
+    if remote is not None:
+        cell_rec["remote"] = {"url": remote.url, "urls": remote.urls}
     try:
         progress(f"{cid}: starting")
         with live:
@@ -598,7 +642,10 @@ def run_cell(
                 server_cpus=sorted(cpus[0]) if cpus[0] else None,
                 generator_cpus=sorted(cpus[1]) if cpus[1] else None,
             )
-            progress(f"{cid}: ready in {live.ready_s:.1f} s, first correct answer at {live.cold_start_s:.1f} s")
+            if remote is None:
+                progress(f"{cid}: ready in {live.ready_s:.1f} s, first correct answer at {live.cold_start_s:.1f} s")
+            else:
+                progress(f"{cid}: remote target {remote.url} verified")
             pool = InputPool(live)
             for w in suite.workloads:
                 m = suite.measurement_for(w)
@@ -695,6 +742,7 @@ def run_suite(
     frameworks: list[str] | None = None,
     resume: Path | None = None,
     progress: Progress = print,
+    allow_remote: bool = False,
 ) -> SuiteOutcome:
     """Run (or resume) a suite into ``out/<run-id>/``.  Ctrl-C / SIGTERM stop the servers and mark the run."""
     from servingbench.measure.environment import capture
@@ -710,6 +758,7 @@ def run_suite(
         progress(f"[yellow]warning: {len(stale)} server process(es) from an earlier run are still alive and will "
                  "distort measurements; stop them with `servingbench cleanup --kill`")
     statuses: dict[str, str] = {}
+    outside = set(supervisor._LIVE)  # servers started by the caller, not by this run: never ours to stop
     with SecretStore() as store, supervisor.terminate_on_signals():
         if resume:
             results = RunResults.open(resume)
@@ -751,7 +800,8 @@ def run_suite(
                     statuses[cell.id] = results.read_run()["cells"][cell.id]["status"]
                     progress(f"{cell.id}: already {statuses[cell.id]} (resume)")
                     continue
-                statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress, scratch)
+                statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress, scratch,
+                                             allow_remote)
             for fw in probe_frameworks:
                 for name in suite.features:
                     cid = f"{fw}/probe:{name}"
@@ -760,13 +810,13 @@ def run_suite(
                         continue
                     statuses[cid] = run_probe_cell(fw, name, suite, artifacts, results, store, cpus, progress)
         except KeyboardInterrupt:
-            supervisor.stop_all()
+            supervisor.stop_all(keep=outside)
             results.update_run(status="interrupted", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
             progress(f"[yellow]interrupted: finished cells are kept; continue with "
                      f"`servingbench run {suite_path} --resume {results.path}`")
             return SuiteOutcome(results, statuses, interrupted=True)
         finally:
-            supervisor.stop_all()
+            supervisor.stop_all(keep=outside)
             shutil.rmtree(scratch, ignore_errors=True)
         failed = [c for c, s in statuses.items() if s == "failed"]
         results.update_run(status="failed_cells" if failed else "complete",

@@ -191,6 +191,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.t_spawn: float | None = None
         self._seen: dict[int, psutil.Process] = {}
+        self._signalled = False
 
     # start -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -295,6 +296,19 @@ class ServerProcess:
             time.sleep(0.1)
 
     # stop ------------------------------------------------------------------------------------------------------
+    def send_stop_signal(self) -> None:
+        """The framework's graceful signal (once).  Deployments with several servers signal all before waiting."""
+        if self.proc is None or self._signalled or self.proc.poll() is not None:
+            return
+        self._signalled = True
+        try:
+            if self.spec.signal_group:
+                os.killpg(self.proc.pid, self.spec.stop_signal)
+            else:
+                self.proc.send_signal(self.spec.stop_signal)
+        except ProcessLookupError:
+            pass
+
     def stop(self) -> StopReport:
         """Graceful signal, grace period, SIGKILL to the group and every marked process, then check."""
         t0 = time.perf_counter()
@@ -303,14 +317,7 @@ class ServerProcess:
             return report
         tree = self.processes()
         try:
-            if self.proc.poll() is None:
-                try:
-                    if self.spec.signal_group:
-                        os.killpg(self.proc.pid, self.spec.stop_signal)
-                    else:
-                        self.proc.send_signal(self.spec.stop_signal)
-                except ProcessLookupError:
-                    pass
+            self.send_stop_signal()
             deadline = t0 + self.spec.grace_s
             while time.perf_counter() < deadline:
                 self.proc.poll()
@@ -362,9 +369,9 @@ def _describe(p: psutil.Process) -> str:
 _LIVE: set[ServerProcess] = set()
 
 
-def stop_all() -> None:
-    """Stop every server this process started and has not stopped yet (atexit, signal handlers)."""
-    for server in list(_LIVE):
+def stop_all(keep: set | frozenset = frozenset()) -> None:
+    """Stop every server this process started and has not stopped yet (atexit, signal handlers), but ``keep``."""
+    for server in list(_LIVE - set(keep)):
         with contextlib.suppress(Exception):
             server.stop()
 

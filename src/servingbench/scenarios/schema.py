@@ -145,6 +145,24 @@ class CpuSets(_Strict):
     generator: str | None = None
 
 
+class RemoteTarget(_Strict):
+    """A server someone else runs: servingbench verifies and measures it, but does not start or stop it."""
+
+    url: str = Field(pattern=r"^https?://", description="base URL of the inference endpoint, e.g. http://10.0.0.5:8000")
+    urls: dict[str, str] = Field(default_factory=dict,
+                                 description="more base URLs by the adapter's port name (e.g. MLflow's http-<model>)")
+    token_env: str | None = Field(None, description="environment variable holding the auth token (never stored)")
+    ca_file: str | None = Field(None, description="CA certificate to verify the server's TLS certificate")
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def is_loopback(self) -> bool:
+        from urllib.parse import urlparse
+
+        hosts = {urlparse(u).hostname for u in [self.url, *self.urls.values()]}
+        return hosts <= {"127.0.0.1", "localhost", "::1"}
+
+
 class Suite(_Strict):
     name: str
     description: str = ""
@@ -158,6 +176,9 @@ class Suite(_Strict):
     cpu_sets: Union[Literal["auto", "none"], CpuSets] = "auto"
     startup_timeout: Duration = Field(180.0, gt=0)
     features: list[str] = Field(default_factory=list, description="feature probes to run (servingbench probes)")
+    targets: dict[str, RemoteTarget] = Field(
+        default_factory=dict, description="framework -> remote server to measure instead of starting one"
+    )
 
     @field_validator("features")
     @classmethod
@@ -208,6 +229,9 @@ class Suite(_Strict):
                     raise ValueError(
                         f"deployment {d.label!r} names framework {fw!r}, which is not in the suite's frameworks"
                     )
+        for fw in self.targets:
+            if fw not in self.frameworks:
+                raise ValueError(f"targets names framework {fw!r}, which is not in the suite's frameworks")
         if not self.workloads and not self.features:
             raise ValueError("the suite has neither workloads nor features: nothing to run")
         return self
