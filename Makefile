@@ -27,6 +27,8 @@ features: env
 	$(SB) run scenarios/features.yaml --report
 
 test: env
+	# The report's browser test needs Chromium: install it here, so a missing install step fails at once.
+	scripts/ensure_chromium.sh >/dev/null
 	$(VENV)/bin/python -m pytest
 
 test-fast: env
