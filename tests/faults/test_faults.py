@@ -219,3 +219,28 @@ def test_secrets_never_reach_results(tmp_path, no_leftovers, monkeypatch):
             data = f.read_bytes()
             for s in secrets:
                 assert s.encode() not in data, f"secret found in {f}"
+
+
+def test_stale_server_from_a_dead_harness_is_found_and_cleaned(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a harness PID that no longer exists
+    env = {**os.environ, "SERVINGBENCH_MARKER": "stale-test", "SERVINGBENCH_HARNESS_PID": str(dead.pid)}
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True)
+    try:
+        from servingbench.measure.supervisor import stale_servers
+
+        deadline = time.time() + 10
+        while orphan.pid not in {p.pid for p, _ in stale_servers()} and time.time() < deadline:
+            time.sleep(0.1)
+        assert orphan.pid in {p.pid for p, _ in stale_servers()}
+        cli = [sys.executable, "-m", "servingbench.cli", "cleanup"]
+        listed = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 1 and f"stale: {orphan.pid}" in listed.stdout
+        killed = subprocess.run(cli + ["--kill"], capture_output=True, text=True, timeout=60)
+        assert killed.returncode == 0
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
