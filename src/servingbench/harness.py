@@ -147,6 +147,8 @@ class LiveDeployment:
         self.adapter = adapter
         self.remote = remote  # a RemoteTarget: nothing to start or stop, only verify and measure
         self.deployment = deployment
+        # Absolute paths: servers run with cwd=workdir, so a relative path would resolve twice.
+        workdir, log_dir = Path(workdir).absolute(), Path(log_dir).absolute()
         self.workdir = workdir
         self.log_dir = log_dir
         self.secrets = secrets
@@ -761,7 +763,7 @@ def run_suite(
     outside = set(supervisor._LIVE)  # servers started by the caller, not by this run: never ours to stop
     with SecretStore() as store, supervisor.terminate_on_signals():
         if resume:
-            results = RunResults.open(resume)
+            results = RunResults.open(Path(resume).absolute())
             done = results.finished_cells()
             results.update_run(status="running", resumed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         else:
@@ -776,7 +778,7 @@ def run_suite(
                              "generator": sorted(cpus[1]) if cpus[1] else None},
                 "planned_cells": [c.id for c in cells],
             }
-            results = RunResults.create(out, new_run_id(suite.name), meta)
+            results = RunResults.create(Path(out).absolute(), new_run_id(suite.name), meta)
             done = set()
         results.set_redactions(store.sensitive_strings())
         progress(f"results: {results.path}")

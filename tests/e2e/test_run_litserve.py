@@ -126,3 +126,12 @@ def test_malformed_scenario_names_file_field_value(tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2
     assert "bad.yaml" in err and "deployments.0.workers" in err and "-1" in err
+
+
+def test_relative_out_dir(tmp_path, no_leftovers):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE.format(deployments="  - label: default").replace("[1, 4]", "[1]"))
+    p = cli("run", str(suite), "--out", "rel-results", cwd=tmp_path)
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr[-3000:]
+    assert results_dir(stdout).is_relative_to(tmp_path / "rel-results")
