@@ -213,6 +213,49 @@ def _cache_run(ctx: ProbeContext, live, spec) -> dict[str, Any]:
     return {"repeated": hot, "distinct": cold, "correct": ok, "server_stats": stats}
 
 
+def _alternating(live, specs, n: int = 60) -> dict[str, float]:
+    """Requests alternating between models: with an LRU too small for them, every request loads a model."""
+    h = LatencyHistogram()
+    xs = {s.name: s.example_inputs(1) for s in specs}
+    for i in range(n):
+        spec = specs[i % len(specs)]
+        status, body, dt = live.send(spec, xs[spec.name])
+        if not 200 <= status < 300:
+            raise RuntimeError(f"HTTP {status} for {spec.name}: {body[:200]!r}")
+        h.record(dt)
+    return {"p50_s": h.percentile(50), "p99_s": h.percentile(99)}
+
+
+def probe_model_cache(ctx: ProbeContext, v: Verdict) -> None:
+    """An LRU of models: alternating two models is fast when both fit, slow (a load per request) when one fits."""
+    knob = "max_models_per_replica"
+    if knob not in ctx.adapter.options_doc:
+        v.verdict, v.reason = "not_run", f"the adapter has no {knob!r} option to size its model cache"
+        return
+    names = [n for n in ctx.artifacts if n != "cnn"][:2] or list(ctx.artifacts)[:2]
+    specs = [ctx.spec(n) for n in names]
+    res = {}
+    for size in (len(names), 1):
+        with ctx.deploy(models=names, label=f"modelcache-{size}", cache=True,
+                        options={ctx.framework: {knob: size}}) as live:
+            _alternating(live, specs, n=10)  # load both once
+            res[size] = _alternating(live, specs)
+            x = specs[0].example_inputs(1)
+            res[f"correct_{size}"] = _correct(live, specs[0], x, live.infer(specs[0], x))
+    fits, evicts = res[len(names)]["p50_s"], res[1]["p50_s"]
+    v.metrics = {"alternating_p50_s_cache_fits": fits, "alternating_p50_s_cache_of_one": evicts,
+                 "load_penalty_x": evicts / max(fits, 1e-9)}
+    v.evidence.append(f"alternating {names}: LRU of {len(names)} -> p50 {fits * 1e3:.2f} ms; LRU of 1 -> "
+                      f"p50 {evicts * 1e3:.2f} ms (x{evicts / max(fits, 1e-9):.1f}: a model load per request)")
+    ok = res[f"correct_{len(names)}"] and res["correct_1"]
+    if not ok:
+        v.verdict, v.reason = "failed", "answers from the model cache differ from the reference"
+    elif evicts > 1.5 * fits:
+        v.verdict = "supported"
+    else:
+        v.verdict, v.reason = "partial", "models load on demand, but eviction shows no load cost"
+
+
 def probe_caching(ctx: ProbeContext) -> list[Verdict]:
     caps = ctx.adapter.capabilities
     out = []
@@ -220,10 +263,12 @@ def probe_caching(ctx: ProbeContext) -> list[Verdict]:
         v = Verdict(feature, "not_supported")
         if cap not in caps:
             v.reason = f"{ctx.framework} declares no {feature}"
-            out.append(v)
-            continue
         out.append(v)
-    claimed = [v for v in out if v.reason == ""]
+    if Capability.MODEL_CACHE in caps:
+        probe_model_cache(ctx, out[1])
+    claimed = [v for v in out if v.reason == "" and v.feature == "response_cache"]
+    if Capability.MODEL_CACHE in caps and not claimed:
+        return out
     if not claimed:
         # Evidence for "none": repeated identical requests are not faster than distinct ones.
         with ctx.deploy(label="nocache") as live:
@@ -307,7 +352,9 @@ def probe_manifest(ctx: ProbeContext) -> list[Verdict]:
         v.evidence.append({"verification": {k: val["max_abs_err"] for k, val in live.verification.items()}})
         cmd = adapter.manifest_command(live.deployment, live.ctx)
         if cmd is None:
-            v.verdict, v.reason = "partial", "manifest written, but no framework CLI starts from it alone"
+            v.verdict = "partial"
+            v.reason = ("native manifest written and kept, but the framework's CLI cannot start it alone "
+                        "(e.g. it needs a running cluster first; see command.txt in the manifest folder)")
         elif files:
             v.verdict = "supported"
         else:
@@ -368,7 +415,7 @@ def probe_tls(ctx: ProbeContext) -> list[Verdict]:
     with ctx.deploy(label="plain") as plain:
         base = latency(plain, spec)
     with ctx.deploy(label="tls", tls=True) as live:
-        url = live.base_url()
+        url = live.base_url(ctx.adapter.request(spec, x, live.secrets).port)
         out = live.infer(spec, x)  # verified against the per-run CA
         correct = _correct(live, spec, x, out)
         v.evidence.append(f"{url}: handshake verified with the per-run CA, correct output: {correct}")
@@ -474,6 +521,8 @@ def run_probe(name: str, ctx: ProbeContext) -> list[dict[str, Any]]:
             "evidence": v.evidence, "metrics": v.metrics, "claimed": claimed,
             "docs_claim": adapter.docs_claims.get(v.feature, ""),
             "survey_claim": SURVEY_CLAIMS.get((ctx.framework, v.feature), ""),
-            "disagrees_with_claim": claimed != (v.verdict in ("supported", "partial")) and v.verdict != "not_run",
+            # A claim the probe refutes, or a feature that works fully although not claimed.
+            "disagrees_with_claim": (claimed and v.verdict in ("not_supported", "failed"))
+                                    or (not claimed and v.verdict == "supported"),
         })
     return out

@@ -31,7 +31,8 @@ class MLflowAdapter(Adapter):
 
     name = "mlflow"
     distribution = "mlflow"
-    capabilities = frozenset({Capability.TLS})
+    capabilities = frozenset({Capability.TLS, Capability.MANIFEST})
+    native_manifest = ("*/MLmodel",)
     options_doc = {
         "serialization_format": "'pt2' (torch.export; MLflow's default) or 'pickle'; default: pt2 for eager "
                                 "models (pickle where torch.export fails), pickle for torchscript",
@@ -126,6 +127,12 @@ class MLflowAdapter(Adapter):
             grace_s=10.0,
             name=f"mlflow-{m.name}",
         ) for m in deployment.models]
+
+    def manifest_command(self, deployment: Deployment, ctx: RunContext) -> list[str] | None:
+        """``mlflow models serve -m <dir>``: the MLmodel folder alone (plain HTTP: the CLI has no TLS flags)."""
+        if deployment.tls:
+            return None
+        return self._argv(deployment, ctx, deployment.models[0].name)
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:

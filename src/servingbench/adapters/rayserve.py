@@ -44,6 +44,8 @@ class RayServeAdapter(Adapter):
 
     name = "rayserve"
     distribution = "ray"
+    # The Serve config YAML is the manifest; starting it by hand needs a Ray cluster first (see command.txt).
+    native_manifest = ("serve_config.yaml",)
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.MODEL_CACHE, Capability.MANIFEST, Capability.TLS,
         Capability.GPU,
