@@ -156,6 +156,8 @@ def _summary(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
                 "ids": " ".join(v.best.record_ids[:4]),
             }
         by_model.setdefault(v.model, []).append(entry)
+    # A model with no measurement at all (e.g. a features-only run) gets no cards of "no data".
+    by_model = {k: v for k, v in by_model.items() if any(e["winners"] != "no data" for e in v)}
     repeats = int(b.d.point_df["repeat"].max() + 1) if not b.d.point_df.empty else 0
     return {"models": by_model, "repeats": repeats, "threshold": b.threshold}
 
