@@ -362,18 +362,27 @@ def probe_manifest(ctx: ProbeContext) -> list[Verdict]:
     return [v]
 
 
+def _plain_status(ctx: ProbeContext, spec, x) -> int | str:
+    """Status of one inference request, no credentials, to a plain deployment (evidence for "none")."""
+    with ctx.deploy(label="plain") as live:
+        return _status_of(live, ctx.adapter.request(spec, x, None))[0]
+
+
+def _plain_latency(ctx: ProbeContext, spec) -> dict[str, float]:
+    """Single-client latency of a plain deployment: the baseline for auth/TLS overhead."""
+    with ctx.deploy(label="plain") as live:
+        return latency(live, spec)
+
+
 def probe_auth(ctx: ProbeContext) -> list[Verdict]:
     v = Verdict("auth", "not_supported")
     spec = ctx.spec()
     x = spec.example_inputs(1)
     if Capability.AUTH not in ctx.adapter.capabilities:
-        with ctx.deploy(label="noauth") as live:
-            st, _ = _status_of(live, ctx.adapter.request(spec, x, None))
         v.reason = "no native authentication"
-        v.evidence.append(f"unauthenticated inference request -> HTTP {st} (served)")
+        v.evidence.append(f"unauthenticated inference request -> HTTP {_plain_status(ctx, spec, x)} (served)")
         return [v]
-    with ctx.deploy(label="plain") as plain:
-        base = latency(plain, spec)
+    base = _plain_latency(ctx, spec)
     with ctx.deploy(label="auth", auth=True) as live:
         req_ok = ctx.adapter.request(spec, x, live.secrets)
         req_none = ctx.adapter.request(spec, x, None)
@@ -407,13 +416,10 @@ def probe_tls(ctx: ProbeContext) -> list[Verdict]:
     spec = ctx.spec()
     x = spec.example_inputs(1)
     if Capability.TLS not in ctx.adapter.capabilities:
-        with ctx.deploy(label="plain") as live:
-            st, _ = _status_of(live, ctx.adapter.request(spec, x, None))
         v.reason = "no native TLS on the inference endpoint"
-        v.evidence.append(f"plaintext HTTP inference -> {st}")
+        v.evidence.append(f"plaintext HTTP inference -> {_plain_status(ctx, spec, x)}")
         return [v]
-    with ctx.deploy(label="plain") as plain:
-        base = latency(plain, spec)
+    base = _plain_latency(ctx, spec)
     with ctx.deploy(label="tls", tls=True) as live:
         url = live.base_url(ctx.adapter.request(spec, x, live.secrets).port)
         out = live.infer(spec, x)  # verified against the per-run CA
