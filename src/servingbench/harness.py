@@ -26,6 +26,7 @@ import numpy as np
 import psutil
 import requests
 
+from servingbench import containers, isolation
 from servingbench.adapters import registry
 from servingbench.adapters.base import (
     Adapter,
@@ -143,9 +144,13 @@ class LiveDeployment:
         startup_timeout: float = 180.0,
         host: str = "127.0.0.1",
         remote: Any = None,
+        python: str | None = None,
+        runtime: Any = None,
     ) -> None:
         self.adapter = adapter
         self.remote = remote  # a RemoteTarget: nothing to start or stop, only verify and measure
+        self.runtime = runtime  # a containers.DockerRuntime (suite runtime: docker), or None: local processes
+        self.cleanup_commands: list[list[str]] = []  # run after the stop (docker rm -f NAME)
         self.deployment = deployment
         # Absolute paths: servers run with cwd=workdir, so a relative path would resolve twice.
         workdir, log_dir = Path(workdir).absolute(), Path(log_dir).absolute()
@@ -156,7 +161,8 @@ class LiveDeployment:
         self.startup_timeout = startup_timeout
         self.marker = supervisor.new_marker()
         self.ctx = RunContext(
-            workdir=workdir, ports=Ports(supervisor.free_port), secrets=secrets, host=host, marker=self.marker
+            workdir=workdir, ports=Ports(supervisor.free_port), secrets=secrets, host=host, marker=self.marker,
+            python=python or sys.executable,  # suite `interpreters:` (servingbench.isolation)
         )
         self.servers: list[ServerProcess] = []
         self.ready_s: float | None = None
@@ -213,6 +219,11 @@ class LiveDeployment:
             return
         self.adapter.prepare(self.deployment, self.ctx)
         specs = self.adapter.launch(self.deployment, self.ctx)
+        containers.write_launch_file(self.workdir, specs, self.deployment, self.ctx)
+        if self.runtime is not None:
+            launches = self.runtime.wrap(specs, self.deployment, self.ctx, cpus=self.server_cpus)
+            self.cleanup_commands += [c.cleanup for c in launches]
+            specs = [c.spec for c in launches]
         ports = self.ctx.ports.assigned()
         t_spawn = time.perf_counter()
         for spec in specs:
@@ -244,6 +255,8 @@ class LiveDeployment:
             s.send_stop_signal()
         for s in live:
             self.stop_reports.append(s.stop())
+        while self.cleanup_commands:  # a container outlives a SIGKILLed `docker run` client
+            containers.remove_container(self.cleanup_commands.pop())
 
     # -- requests --------------------------------------------------------------------------------------------
     def send(self, model_spec, batch: np.ndarray, timeout: float = 60.0) -> tuple[int, bytes, float]:
@@ -599,7 +612,13 @@ def run_cell(
     try:
         adapter = registry.get(cell.framework)
         remote = suite.targets.get(cell.framework)
-        if remote is None:  # a remote server needs only the adapter's pure request/decode
+        python = suite.interpreters.get(cell.framework)  # its own venv (servingbench.isolation), or the harness's
+        if remote is None and python:
+            try:
+                isolation.check_interpreter(python, adapter.distribution)
+            except isolation.IsolationError as e:
+                raise AdapterUnavailable(f"{cell.framework}: interpreters: {e}") from e
+        elif remote is None:  # a remote server needs only the adapter's pure request/decode
             adapter.check_available()
         deployment = make_deployment(cell.framework, cell.config, [artifacts[m.name] for m in suite.models],
                                      suite.device)
@@ -632,10 +651,15 @@ def run_cell(
     results.set_cell(cid, "running", **base)
     config = deployment.describe()
     cell_rec: dict[str, Any] = {"type": "cell", "id": f"cell:{cid}", **base, "config": config,
-                                "framework_version": adapter.framework_version()}
+                                "framework_version": isolation.distribution_version(python, adapter.distribution)
+                                if python and remote is None else adapter.framework_version()}
+    runtime = containers.DockerRuntime.for_suite(suite, cell.framework) if remote is None else None
+    if python or runtime:
+        cell_rec["runtime"] = {"kind": "docker" if runtime else "local", "python": python or sys.executable,
+                               "image": runtime.image if runtime else None}
     t0 = time.perf_counter()
     live = LiveDeployment(adapter, deployment, workdir, log_dir, secrets, server_cpus=cpus[0],
-                          startup_timeout=suite.startup_timeout, remote=remote)
+                          startup_timeout=suite.startup_timeout, remote=remote, python=python, runtime=runtime)
     if remote is not None:
         cell_rec["remote"] = {"url": remote.url, "urls": remote.urls}
     try:

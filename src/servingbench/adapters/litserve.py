@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -11,6 +12,7 @@ from servingbench.adapters import _json
 from servingbench.adapters.base import (
     Adapter, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
 )
+from servingbench.isolation import path_with_venv
 
 SERVER = Path(__file__).parent / "servers" / "litserve_server.py"
 
@@ -60,7 +62,8 @@ class LitServeAdapter(Adapter):
         shutil.copy(SERVER, ctx.workdir / SERVER.name)
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
-        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads))
+        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads),
+                           PATH=path_with_venv(ctx.python, os.environ.get("PATH")))  # ctx.python's venv first
         headers = {}
         if deployment.auth and ctx.secrets.token:
             env["LIT_SERVER_API_KEY"] = ctx.secrets.token  # read by litserve at import time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 from servingbench.adapters import v2
@@ -12,6 +13,7 @@ from servingbench.adapters.base import (
     Adapter, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
     UnsupportedDeployment,
 )
+from servingbench.isolation import path_with_venv
 
 RUNTIME = Path(__file__).parent / "servers" / "mlserver_runtime.py"
 IMPLEMENTATION = "mlserver_runtime.ZooRuntime"
@@ -140,9 +142,10 @@ class MLServerAdapter(Adapter):
                 raise UnsupportedDeployment(f"mlserver: {path} names no runtime or no artifact directory")
 
     def _argv(self, ctx: RunContext) -> list[str]:
-        exe = Path(ctx.python).parent / "mlserver"  # the console script of the benchmark venv
+        exe = Path(ctx.python).parent / "mlserver"  # the console script of ctx.python's venv
         if not exe.is_file():
-            found = shutil.which("mlserver")
+            # PATH only for the harness's own interpreter: an isolated one (suite `interpreters:`) must bring its CLI.
+            found = shutil.which("mlserver") if ctx.python == sys.executable else None
             if not found:
                 raise AdapterUnavailable(f"mlserver: no `mlserver` command next to {ctx.python} or on PATH")
             exe = Path(found)
@@ -150,6 +153,7 @@ class MLServerAdapter(Adapter):
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
         env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads))
+        env["PATH"] = path_with_venv(ctx.python, env.get("PATH"))  # ctx.python's venv first
         for k in [k for k in env if k.startswith("MLSERVER_")]:  # the settings files are the only configuration
             del env[k]
         return [LaunchSpec(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -15,6 +16,7 @@ from servingbench.adapters.base import (
     Adapter, Capability, DecodeError, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
     UnsupportedDeployment,
 )
+from servingbench.isolation import path_with_venv
 
 SERVER = Path(__file__).parent / "servers" / "mosec_server.py"
 MAX_SOCKET_DIR = 80  # unix socket paths are limited to ~107 bytes; mosec appends /ipc_<Stage>_<n>.socket
@@ -95,7 +97,8 @@ class MosecAdapter(Adapter):
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
         return [LaunchSpec(
             argv=self._argv(deployment, ctx),
-            env=ctx.base_env(OMP_NUM_THREADS=str(deployment.threads)),
+            env=ctx.base_env(OMP_NUM_THREADS=str(deployment.threads),
+                             PATH=path_with_venv(ctx.python, os.environ.get("PATH"))),  # ctx.python's venv first
             cwd=ctx.workdir,
             ready=ReadyProbe(path="/", body_contains="MOSEC"),  # the port opens once the workers are up
             stop_signal=signal.SIGTERM,  # graceful in ~1.5 s; MOSEC removes its IPC dir itself

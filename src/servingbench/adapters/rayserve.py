@@ -19,6 +19,7 @@ from servingbench.adapters import _json
 from servingbench.adapters.base import (
     Adapter, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets, UnsupportedDeployment,
 )
+from servingbench.isolation import path_with_venv
 
 APP = "servingbench.adapters.servers.rayserve_app:build"
 DRIVER = "servingbench.adapters.servers.rayserve_driver"
@@ -177,7 +178,7 @@ class RayServeAdapter(Adapter):
 
     def _env(self, deployment: Deployment, ctx: RunContext) -> dict[str, str]:
         env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads), RAY_worker_niceness="0",
-                           RAY_USAGE_STATS_ENABLED="0")
+                           RAY_USAGE_STATS_ENABLED="0", PATH=path_with_venv(ctx.python, os.environ.get("PATH")))
         env.pop("RAY_ADDRESS", None)
         if not deployment.options.get("ray_address"):
             env.update(

@@ -103,14 +103,17 @@ class TritonAdapter(Adapter):
         super().check_available()
         self.server({})
 
-    def server(self, options: dict) -> Server:
-        """The Triton installation to run: ``server_root`` or the wheel's binary with a prepared backend dir."""
+    def server(self, options: dict, python: str | None = None) -> Server:
+        """The Triton installation to run: ``server_root`` or the wheel's binary with a prepared backend dir.
+
+        ``python``: the interpreter whose nvidia-pytriton wheel to use (``ctx.python``; default: the harness's).
+        """
         if options.get("server_root"):
             root = Path(options["server_root"])
             if not (root / "bin" / "tritonserver").is_file():
                 raise AdapterUnavailable(f"triton: no bin/tritonserver under server_root {root}")
             return Server(root / "bin" / "tritonserver", root / "backends", root / "caches", (str(root / "lib"),))
-        return _wheel_server()
+        return _wheel_server(python or sys.executable)
 
     def validate(self, deployment: Deployment) -> None:
         self._binary_inputs = bool(deployment.options.get("binary_inputs", True))
@@ -192,7 +195,7 @@ class TritonAdapter(Adapter):
 
     def _command(self, deployment: Deployment, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
         opts = deployment.options
-        server = self.server(opts)
+        server = self.server(opts, ctx.python)
         ports = ctx.ports
         argv = [
             str(server.binary),
@@ -314,31 +317,41 @@ class TritonAdapter(Adapter):
 
 
 # ---- the wheel's tritonserver --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _wheel_server() -> Server:
+@functools.lru_cache(maxsize=None)
+def _wheel_server(python: str = sys.executable) -> Server:
     """Lay the nvidia-pytriton tritonserver out as pytriton does (pytriton/triton.py, server/triton_server.py).
 
     The Python backend looks for ``triton_python_backend_stub`` next to ``libtriton_python.so``; the wheel keeps
     one stub per Python version apart, so a backend directory is assembled once per version in the cache dir
     (outside the deployment's workdir, which is copied into results).
     """
-    # Locate, never import: `import pytriton` loads tritonclient.grpc, whose protobuf symbols clash with
-    # MLServer's ("duplicate symbol 'inference.ServerLiveRequest'") in a harness process that uses both adapters.
-    found = importlib.util.find_spec("pytriton")
-    if found is None or not found.submodule_search_locations:
-        raise AdapterUnavailable("triton: nvidia-pytriton is not installed (pip install nvidia-pytriton)")
-    pkg = Path(list(found.submodule_search_locations)[0])
+    from importlib.metadata import version
+
+    if python != sys.executable:  # another venv's wheel (suite `interpreters:`): ask that interpreter
+        from servingbench.isolation import distribution_version, interpreter_facts
+
+        facts = interpreter_facts(python)
+        pkg, py, libdir = Path(facts["purelib"]) / "pytriton", facts["version"], facts["libdir"]
+        wheel_version = distribution_version(python, "nvidia-pytriton")
+        if wheel_version is None or not pkg.is_dir():
+            raise AdapterUnavailable(f"triton: nvidia-pytriton is not installed for {python}")
+    else:
+        # Locate, never import: `import pytriton` loads tritonclient.grpc, whose protobuf symbols clash with
+        # MLServer's ("duplicate symbol 'inference.ServerLiveRequest'") in a harness process that uses both adapters.
+        found = importlib.util.find_spec("pytriton")
+        if found is None or not found.submodule_search_locations:
+            raise AdapterUnavailable("triton: nvidia-pytriton is not installed (pip install nvidia-pytriton)")
+        pkg = Path(list(found.submodule_search_locations)[0])
+        py, libdir = f"{sys.version_info[0]}.{sys.version_info[1]}", sysconfig.get_config_var("LIBDIR")
+        wheel_version = version("nvidia-pytriton")
     dist = pkg / "tritonserver"
-    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
     stub = dist / "python_backend_stubs" / py / "triton_python_backend_stub"
     binary = dist / "bin" / "tritonserver"
     if not binary.is_file() or not stub.is_file():
         raise AdapterUnavailable(f"triton: the nvidia-pytriton wheel at {dist} has no tritonserver binary or no "
                                  f"Python-backend stub for Python {py}")
-    from importlib.metadata import version
-
     cache = Path(os.environ.get("SERVINGBENCH_CACHE") or Path.home() / ".cache" / "servingbench")
-    backends = cache / f"tritonserver-backends-pytriton{version('nvidia-pytriton')}-py{py}"
+    backends = cache / f"tritonserver-backends-pytriton{wheel_version}-py{py}"
     if not (backends / "python" / "triton_python_backend_stub").is_file():
         tmp = cache / f".tmp-{uuid.uuid4().hex}"
         shutil.copytree(dist / "backends", tmp, ignore=shutil.ignore_patterns("__pycache__"))
@@ -348,9 +361,9 @@ def _wheel_server() -> Server:
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     libs = [str(pkg.parent / "nvidia_pytriton.libs")]
-    # The stub links libpython3.x: make it find the running interpreter's, not a system one of another patch level.
-    if sysconfig.get_config_var("LIBDIR"):
-        libs.insert(0, sysconfig.get_config_var("LIBDIR"))
+    # The stub links libpython3.x: make it find the serving interpreter's, not a system one of another patch level.
+    if libdir:
+        libs.insert(0, libdir)
     return Server(binary, backends, dist / "caches", tuple(libs))
 
 

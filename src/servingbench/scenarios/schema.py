@@ -179,6 +179,14 @@ class Suite(_Strict):
     targets: dict[str, RemoteTarget] = Field(
         default_factory=dict, description="framework -> remote server to measure instead of starting one"
     )
+    runtime: Literal["local", "docker"] = Field(
+        "local", description="local: servers are processes here; docker: each server runs in its framework's image "
+                             "(docs/containers.md)")
+    images: dict[str, str] = Field(
+        default_factory=dict, description="framework -> image for runtime: docker (default servingbench/<fw>:cpu|cuda)")
+    interpreters: dict[str, str] = Field(
+        default_factory=dict, description="framework -> python of its own venv (servingbench isolate FRAMEWORK; "
+                                          "docs/isolation.md)")
 
     @field_validator("features")
     @classmethod
@@ -229,9 +237,13 @@ class Suite(_Strict):
                     raise ValueError(
                         f"deployment {d.label!r} names framework {fw!r}, which is not in the suite's frameworks"
                     )
-        for fw in self.targets:
-            if fw not in self.frameworks:
-                raise ValueError(f"targets names framework {fw!r}, which is not in the suite's frameworks")
+        for key, names in (("targets", self.targets), ("images", self.images), ("interpreters", self.interpreters)):
+            for fw in names:
+                if fw not in self.frameworks:
+                    raise ValueError(f"{key} names framework {fw!r}, which is not in the suite's frameworks")
+        for fw, python in self.interpreters.items():
+            if not python.startswith("/"):
+                raise ValueError(f"interpreters: {fw}: {python!r} is not an absolute path")
         if not self.workloads and not self.features:
             raise ValueError("the suite has neither workloads nor features: nothing to run")
         return self

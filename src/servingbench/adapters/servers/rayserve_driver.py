@@ -39,7 +39,11 @@ def main(path: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    head = subprocess.Popen(cfg["ray_start"]) if cfg.get("ray_start") else None
+    head = None
+    if cfg.get("ray_start"):
+        # The `ray` CLI of the environment running this driver (the same venv or container image as `import ray`).
+        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+        head = subprocess.Popen([ray_cli if os.path.isfile(ray_cli) else cfg["ray_start"][0], *cfg["ray_start"][1:]])
     address = cfg.get("address") or f"127.0.0.1:{cfg['gcs_port']}"
     deadline = time.monotonic() + 120
     while True:
