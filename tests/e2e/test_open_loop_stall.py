@@ -14,10 +14,8 @@ import time
 
 import pytest
 
-from servingbench.adapters import registry
-from servingbench.adapters.base import Secrets
-from servingbench.harness import InputPool, LiveDeployment, PointPlan, make_deployment, run_point
-from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement, OpenLoop
+from servingbench.harness import InputPool, LiveDeployment, PointPlan, run_point
+from servingbench.scenarios.schema import ClosedLoop, Measurement, OpenLoop
 
 pytestmark = pytest.mark.server
 
@@ -37,14 +35,6 @@ def stall_later(live: LiveDeployment, after: float, seconds: float) -> threading
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
-
-
-@pytest.fixture(scope="module")
-def live(zoo_artifacts, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stall")
-    dep = make_deployment("litserve", DeploymentConfig(), [zoo_artifacts["mlp"]], "cpu")
-    with LiveDeployment(registry.get("litserve"), dep, tmp / "d", tmp / "logs", Secrets()) as ld:
-        yield ld
 
 
 def measure(live, workload, load, tmp_path, stall: bool) -> dict:

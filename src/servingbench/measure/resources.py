@@ -49,9 +49,15 @@ class Sampler:
         self._nvml, self._gpus = _nvml()
 
     def attach_generator(self, pid: int) -> None:
+        """The generator process; its children (locust workers it starts) are counted with it."""
         with contextlib.suppress(psutil.Error):
             self.generator = psutil.Process(pid)
-            self.generator.cpu_percent(None)
+
+    def _generator_cpu_seconds(self) -> float | None:
+        try:
+            return self._cpu_seconds([self.generator, *self.generator.children(recursive=True)])
+        except psutil.Error:
+            return None
 
     def _cpu_seconds(self, procs: list[psutil.Process]) -> float:
         total = 0.0
@@ -64,19 +70,22 @@ class Sampler:
 
     def _loop(self) -> None:
         prev_t = time.perf_counter()
-        prev_cpu = None
+        prev_cpu = prev_gen = None
         while not self._stop.wait(self.interval):
             procs = self.server_procs()
             now = time.perf_counter()
             cpu = self._cpu_seconds(procs)
             s: dict[str, float] = {"t": now}
+            s_prev_t = prev_t
             if prev_cpu is not None:
                 s["server_cpu_pct"] = max(0.0, 100.0 * (cpu - prev_cpu) / (now - prev_t))
             prev_cpu, prev_t = cpu, now
             s.update(tree_memory(procs))
             if self.generator is not None:
-                with contextlib.suppress(psutil.Error):
-                    s["generator_cpu_pct"] = self.generator.cpu_percent(None)
+                gen = self._generator_cpu_seconds()
+                if gen is not None and prev_gen is not None:
+                    s["generator_cpu_pct"] = max(0.0, 100.0 * (gen - prev_gen) / (now - s_prev_t))
+                prev_gen = gen
             if self._nvml:
                 with contextlib.suppress(Exception):
                     s["gpu_mem_bytes"] = sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._gpus)
@@ -93,13 +102,16 @@ class Sampler:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def summary(self) -> dict[str, float | None]:
+    def summary(self, t0: float | None = None, t1: float | None = None) -> dict[str, float | None]:
+        """Aggregates of the samples taken in [t0, t1] (perf_counter; default: all of them)."""
+        samples = [s for s in self.samples if (t0 is None or s["t"] >= t0) and (t1 is None or s["t"] <= t1)]
+
         def agg(key: str, fn) -> float | None:
-            vals = [s[key] for s in self.samples if key in s]
+            vals = [s[key] for s in samples if key in s]
             return float(fn(vals)) if vals else None
 
         return {
-            "samples": len(self.samples),
+            "samples": len(samples),
             "server_cpu_pct_mean": agg("server_cpu_pct", np.mean),
             "server_cpu_pct_max": agg("server_cpu_pct", np.max),
             "server_rss_bytes_max": agg("rss_bytes", np.max),

@@ -145,6 +145,9 @@ def load_label(rec: Record) -> str:
     v, k = load_value(rec), load_kind(rec)
     if v is None:
         return "-"
+    start = (rec.get("load") or {}).get("from_concurrency")
+    if k == "concurrency" and start is not None and start != v:  # a ramp stage of a shape workload
+        return f"c={start:g}→{v:g}"
     return f"c={v:g}" if k == "concurrency" else f"{v:g} rps"
 
 

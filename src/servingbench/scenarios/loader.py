@@ -90,5 +90,27 @@ def load_suite(path: str | Path) -> Suite:
         raise ScenarioError(path, problems) from None
 
 
+def apply_overrides(suite: Suite, path: str | Path, *, runtime: str | None = None,
+                    generator_workers: int | str | None = None) -> Suite:
+    """The suite with command-line overrides applied (errors name the option and the bad value)."""
+    update: dict[str, Any] = {}
+    if runtime is not None:
+        if runtime not in ("local", "docker"):
+            raise ScenarioError(Path(path), [f"--runtime: {runtime!r} is not one of 'local', 'docker'"])
+        update["runtime"] = runtime
+    if generator_workers is not None:
+        given = generator_workers
+        if generator_workers != "auto":
+            try:
+                generator_workers = int(generator_workers)
+            except ValueError:
+                generator_workers = -1
+        if generator_workers != "auto" and not 0 <= generator_workers <= 64:
+            raise ScenarioError(Path(path), [f"--generator-workers {given}: must be 0 (one process) "
+                                             "to 64 locust worker processes, or auto"])
+        update["generator"] = suite.generator.model_copy(update={"workers": generator_workers})
+    return suite.model_copy(update=update) if update else suite
+
+
 def _is_tag(p: Any) -> bool:
-    return isinstance(p, str) and (p in ("closed_loop", "open_loop", "slo_search") or "[" in p)
+    return isinstance(p, str) and (p in ("closed_loop", "open_loop", "slo_search", "shape") or "[" in p)

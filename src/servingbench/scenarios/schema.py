@@ -118,7 +118,30 @@ class SloSearch(_WorkloadBase):
     max_in_flight: int = Field(256, ge=1)
 
 
-Workload = Annotated[Union[ClosedLoop, OpenLoop, SloSearch], Field(discriminator="kind")]
+class Stage(_Strict):
+    users: int = Field(ge=1, le=10_000, description="concurrent users at the end of the stage")
+    duration: Duration = Field(gt=0, description="how long the stage lasts, e.g. '10s'")
+
+
+class Shape(_WorkloadBase):
+    """Users over time through locust's ``LoadTestShape``: ``step`` holds each stage's users for its duration;
+    ``ramp`` moves linearly from the previous stage's users (``start_users`` before the first) to the stage's.
+
+    One generator run covers every stage; each stage is one record, measured in windows of the measurement's
+    ``window`` cut at stage boundaries.  The first window of every stage (after a change of users) is discarded as
+    the transition unless the stage is a single window.  locust applies a shape once per second.
+    """
+
+    kind: Literal["shape"]
+    shape: Literal["step", "ramp"] = "step"
+    stages: list[Stage] = Field(min_length=1, description="the stages, in order")
+    start_users: int = Field(1, ge=1, le=10_000, description="ramp: users before the first stage")
+
+    def total_duration(self) -> float:
+        return sum(st.duration for st in self.stages)
+
+
+Workload = Annotated[Union[ClosedLoop, OpenLoop, SloSearch, Shape], Field(discriminator="kind")]
 
 
 class DeploymentConfig(_Strict):
@@ -136,6 +159,38 @@ class DeploymentConfig(_Strict):
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="framework name -> framework-specific knobs"
     )
+
+
+class Generator(_Strict):
+    """How many locust processes make the load.  0 workers: one process (locust's local runner).  N workers:
+    locust's master/worker mode, the master here and N worker processes started here; ``remote_workers`` more
+    connect from other hosts (``servingbench generator-worker --master-host HOST --master-port PORT``).  Windows,
+    histograms and counts are merged exactly: histograms are added, never percentiles averaged."""
+
+    workers: Union[Annotated[int, Field(ge=0, le=64)], Literal["auto"]] = Field(
+        0, description="local locust worker processes (0: a single process; auto: one per generator core when the "
+                       "generator has two or more, else a single process)")
+    remote_workers: int = Field(0, ge=0, le=1024, description="workers on other hosts the master waits for")
+    master_bind: str = Field("127.0.0.1", description="address the master listens on for workers")
+    master_port: int | None = Field(None, ge=1, le=65535,
+                                    description="master port (default: a free port; needed with remote_workers)")
+    connect_timeout: Duration = Field(60.0, gt=0, description="how long the master waits for its workers")
+
+    @model_validator(mode="after")
+    def _remote(self) -> "Generator":
+        if self.remote_workers and self.master_port is None:
+            raise ValueError(f"remote_workers: {self.remote_workers} needs a fixed master_port that the workers "
+                             "connect to (e.g. master_port: 5557)")
+        return self
+
+    def local_workers(self, generator_cpus: set[int] | None = None) -> int:
+        """Worker processes to start here; ``auto`` resolves to the generator's cores (or this process's)."""
+        if self.workers != "auto":
+            return int(self.workers)
+        import os
+
+        n = len(generator_cpus or os.sched_getaffinity(0))
+        return n if n >= 2 else 0
 
 
 class CpuSets(_Strict):
@@ -174,6 +229,7 @@ class Suite(_Strict):
     measurement: Measurement = Field(default_factory=Measurement)
     slo: Slo | None = None
     cpu_sets: Union[Literal["auto", "none"], CpuSets] = "auto"
+    generator: Generator = Field(default_factory=Generator, description="locust processes (master/worker mode)")
     startup_timeout: Duration = Field(180.0, gt=0)
     features: list[str] = Field(default_factory=list, description="feature probes to run (servingbench probes)")
     targets: dict[str, RemoteTarget] = Field(

@@ -1,18 +1,36 @@
 """The load generator process: locust as a library, driven by a JSON plan, writing a JSON result.
 
-Run as ``python -m servingbench.workloads.generator PLAN.json``.  It is always a separate process (locust
-monkey-patches the standard library with gevent, which the harness must not inherit), pinned by the harness to its
-own CPU set.
+Run as ``python -m servingbench.workloads.generator PLAN.json`` (the controller, started by the harness), or as
+``python -m servingbench.workloads.generator --worker --master-host HOST --master-port PORT`` (a locust worker
+that takes its plan from the controller: ``servingbench generator-worker`` on another host).  The generator is
+always a separate process (locust monkey-patches the standard library with gevent, which the harness must not
+inherit), pinned by the harness to its own CPU set.
 
 Timing lives in one place, :meth:`_Target.send`, with ``time.perf_counter``.  Bodies are pre-encoded by the
 harness through the adapter's pure ``request()``; every ``sample_every``-th response is decoded with the adapter's
 ``decode()`` and compared with the reference output for that input.
 
 Closed loop: ``users`` locust users, each sending its next request as soon as the previous one returns.
-Open loop: a shared schedule of *intended* send times (Poisson or constant); a pool of ``max_in_flight`` users
-takes the next intended time, waits for it, sends.  Latency counts from the intended time, so when the server
-stalls and every user is busy, the backlog shows up in the latencies instead of being hidden (coordinated
-omission).  Sends later than ``late_threshold_s`` are counted.
+Open loop: a schedule of *intended* send times (Poisson or constant); a pool of ``max_in_flight`` users takes the
+next intended time, waits for it, sends.  Latency counts from the intended time, so when the server stalls and
+every user is busy, the backlog shows up in the latencies instead of being hidden (coordinated omission).  Sends
+later than ``late_threshold_s`` are counted.
+Shape: users over time from a locust ``LoadTestShape`` (step or ramp stages); windows are cut at stage boundaries.
+
+Processes.  The *controller* decides when windows begin and end and when a point is stable; the *load* side
+(:class:`_Load`) sends requests and records them.  With ``generator.workers`` 0 both live in one process on
+locust's ``LocalRunner``; otherwise the controller runs locust's ``MasterRunner`` and every worker process a
+``WorkerRunner`` (``workers`` started here, ``remote_workers`` connecting from elsewhere).  The same custom
+messages serve both (``LocalRunner.send_message`` calls the listener in-process):
+
+* controller -> load ``sb_plan`` {plan, index, share}: build the targets; answer ``sb_ready``.
+* controller -> load ``sb_window`` {action: open|rotate|close, n}: cut window ``n`` on the local clock; answer
+  ``sb_report`` with its count, errors and HdrHistogram (and, on close, the error kinds and the process's CPU).
+
+The controller merges every window across processes by adding counts and histograms (never averaging percentiles),
+so a run with workers yields exactly the result format of a single process.  Open-loop rates are split evenly:
+worker ``i`` of ``n`` follows its own schedule at ``rate / n`` (independent Poisson streams add up to one at
+``rate``); locust itself distributes closed-loop users.
 """
 
 from __future__ import annotations
@@ -21,21 +39,32 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import argparse  # noqa: E402
 import base64  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import ssl  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import gevent  # noqa: E402
 import numpy as np  # noqa: E402
+from locust import FastHttpUser, LoadTestShape, constant, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+
+from servingbench.workloads.common import merge_window, shape_cuts, shape_users  # noqa: E402
 
 # A send counts as late when it leaves more than this after its intended time (gevent scheduling on a loaded
 # 2-core machine jitters by a few ms; beyond 10 ms the generator could not keep the schedule).
 LATE_THRESHOLD_S = 0.010
+REPLY_TIMEOUT_S = 15.0  # a process that does not answer a window cut within this is lost
 
 
 @dataclass
@@ -106,7 +135,10 @@ class _Target:
         # locust's client asks for gzip/br by default; servers would then compress every answer.
         self.headers = {"Accept-Encoding": "identity", **spec["headers"]}
         self.bodies = [base64.b64decode(b) for b in spec["bodies"]]
-        self.expected = np.load(spec["expected"]) if spec.get("expected") else None
+        if spec.get("expected_npy"):  # inlined for workers on other hosts
+            self.expected = np.load(io.BytesIO(base64.b64decode(spec["expected_npy"])))
+        else:
+            self.expected = np.load(spec["expected"]) if spec.get("expected") else None
         self.rtol, self.atol = spec.get("rtol", 1e-4), spec.get("atol", 1e-4)
         self.adapter = adapter
         self.model_spec = model_spec
@@ -169,6 +201,16 @@ def _ssl_factory(plan: dict):
     ca, cert, key = plan.get("ca_file"), plan.get("client_cert"), plan.get("client_key")
     if not ca:
         return None
+    if plan.get("pem"):  # inlined for workers on other hosts: write them where only this process reads them
+        d = tempfile.mkdtemp(prefix="servingbench-gen-")
+        _CLEANUP.append(lambda: shutil.rmtree(d, ignore_errors=True))
+        paths = {}
+        for k, text in plan["pem"].items():
+            paths[k] = os.path.join(d, k)
+            fd = os.open(paths[k], os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        ca, cert, key = paths.get("ca_file"), paths.get("client_cert"), paths.get("client_key")
 
     def factory():
         import gevent.ssl
@@ -181,120 +223,375 @@ def _ssl_factory(plan: dict):
     return factory
 
 
-def run(plan: dict) -> dict:
-    from locust import FastHttpUser, constant, task
-    from locust.env import Environment
 
-    from servingbench.adapters import registry
-    from servingbench.models import get_model
 
-    # No framework: calibration against a trivial endpoint, nothing to decode.
-    adapter = registry.get(plan["framework"]) if plan.get("framework") else None
+_CLEANUP: list[Callable[[], None]] = []
+
+
+class _Load:
+    """The sending side of one process: targets, recorder, open-loop schedule (its share of the rate)."""
+
+    def __init__(self, plan: dict, index: int = 0, n: int = 1) -> None:
+        from servingbench.adapters import registry
+        from servingbench.models import get_model
+
+        # No framework: calibration against a trivial endpoint, nothing to decode.
+        adapter = registry.get(plan["framework"]) if plan.get("framework") else None
+        self.index, self.n = index, n
+        self.targets = []
+        for t in plan["targets"]:
+            spec = get_model(t["model_name"], **t.get("model_params", {})) if adapter else None
+            self.targets.append(_Target(t, adapter, spec, plan.get("sample_every", 50) if adapter else 0))
+        weights = np.array([t.get("weight", 1.0) for t in plan["targets"]], dtype=float)
+        self.weights = weights / weights.sum()
+        self.rng = np.random.default_rng(plan.get("seed", 0) * 1009 + index)
+        self.recorder = _Recorder()
+        self.timeout = plan.get("timeout_s", 30.0)
+        self.schedule = _Schedule(plan, self.rng, share=1.0 / n) if plan["mode"] == "open" else None
+        self.cpu_start = os.times()
+        BenchUser.configure(plan, self.targets[0].url, self)
+
+    def pick(self) -> _Target:
+        if len(self.targets) == 1:
+            return self.targets[0]
+        return self.targets[int(self.rng.choice(len(self.targets), p=self.weights))]
+
+    def one(self, client) -> None:
+        if self.schedule is None:
+            self.pick().send(client, self.recorder, self.timeout)
+            return
+        intended = self.schedule.next()
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            gevent.sleep(delay)
+        self.pick().send(client, self.recorder, self.timeout, t_start=intended)
+
+    def cut(self, action: str, n: int) -> dict:
+        """Apply the controller's ``action`` at this process's clock; the report for the controller.
+
+        ``start``: the open-loop schedule begins; ``open``: window ``n`` begins; ``end``: window ``n`` ends (its
+        counts and histogram go back); ``final``: the process's totals (error kinds, late sends, CPU).
+        """
+        now = time.perf_counter()
+        rec = self.recorder
+        out: dict[str, Any] = {"n": n, "index": self.index}
+        if action == "start":
+            if self.schedule is not None:
+                self.schedule.start(now)
+        elif action == "open":
+            if not rec.windows:
+                self.cpu_start = os.times()
+            rec.open_window(now)
+        elif action == "end":
+            rec.close(now)
+            w = rec.windows[-1]
+            out["window"] = {"duration": w.end - w.start, "count": w.count, "errors": w.errors,
+                             "histogram": w.hist.to_dict(),
+                             "per_model": {m: h.to_dict() for m, h in w.per_model.items()}}
+        elif action == "final":
+            cpu = os.times()
+            out["final"] = {
+                "errors_by_kind": rec.errors_by_kind, "error_examples": rec.error_examples, "late_sends": rec.late,
+                "max_lateness_s": rec.max_late, "warmup_requests": rec.warmup_requests,
+                "cpu_s": (cpu.user + cpu.system) - (self.cpu_start.user + self.cpu_start.system),
+                "cpus": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
+            }
+        return out
+
+
+_LOAD: _Load | None = None
+
+
+class BenchUser(FastHttpUser):
+    """One locust user; what it sends comes from this process's :class:`_Load`."""
+
+    wait_time = constant(0)
+    network_timeout = 30.0
+    connection_timeout = 30.0
+    insecure = False
+    concurrency = 1
+    host = "http://127.0.0.1"  # replaced by the plan's target before any user starts
+
+    @classmethod
+    def configure(cls, plan: dict, host: str, load: _Load) -> None:
+        global _LOAD
+        _LOAD = load
+        cls.host = host
+        cls.network_timeout = cls.connection_timeout = plan.get("timeout_s", 30.0)
+        cls.ssl_context_factory = _ssl_factory(plan)
+
+    @task
+    def one(self) -> None:
+        _LOAD.one(self.client)
+
+
+class _StageShape(LoadTestShape):
+    """Step or ramp stages (see ``scenarios.schema.Shape``); holds the last stage's users past the end (the
+    controller ends the run, so the last window is not cut short by locust stopping the users)."""
+
+    def __init__(self, stages: list[dict], ramp: bool, start_users: int) -> None:
+        super().__init__()
+        self.stages, self.ramp, self.start_users = stages, ramp, start_users
+        self.spawn_rate = max(max(st["users"] for st in stages), start_users) * 20.0
+
+    def tick(self):
+        return shape_users(self.stages, self.ramp, self.start_users, self.get_run_time()), self.spawn_rate
+
+
+def _register_load_side(runner, plan_cb: Callable[[dict], _Load] | None = None) -> None:
+    """Listeners of the sending side: build the plan's load, cut windows, answer the controller."""
+
+    def on_plan(environment, msg, **kw) -> None:
+        d = msg.data
+        # The master re-sends a plan until it is answered (a plan may arrive before this listener exists).
+        load = _LOAD if _LOAD is not None and _LOAD.index == d["index"] else _Load(d["plan"], d["index"], d["n"])
+        runner.send_message("sb_ready", {"index": d["index"], "pid": os.getpid(), "host": socket.gethostname(),
+                                         "cpus": sorted(os.sched_getaffinity(0))})
+        if plan_cb:
+            plan_cb(load)
+
+    def on_window(environment, msg, **kw) -> None:
+        if _LOAD is not None:
+            runner.send_message("sb_report", _LOAD.cut(msg.data["action"], msg.data["n"]))
+
+    runner.register_message("sb_plan", on_plan)
+    runner.register_message("sb_window", on_window)
+
+
+class _Controller:
+    """The controller's side of the messages: who is ready, and every process's report for each window cut."""
+
+    def __init__(self, runner, processes: int, alive: Callable[[], None]) -> None:
+        self.runner, self.processes, self.alive = runner, processes, alive
+        self.ready: dict[str, dict] = {}  # by locust client id
+        self.reports: dict[int, list[dict]] = {}
+        runner.register_message("sb_ready", lambda environment, msg, **kw: self.ready.setdefault(msg.node_id, msg.data))
+        runner.register_message("sb_report",
+                                lambda environment, msg, **kw: self.reports.setdefault(msg.data["n"], []).append(msg.data))
+
+    def wait(self, done: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+        deadline = time.perf_counter() + timeout
+        while not done():
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"load generator: {what() if callable(what) else what} within {timeout:.0f} s")
+            self.alive()
+            gevent.sleep(0.002)
+
+    def cut(self, action: str, n: int) -> list[dict]:
+        self.runner.send_message("sb_window", {"action": action, "n": n})
+        self.wait(lambda: len(self.reports.get(n, [])) >= self.processes, REPLY_TIMEOUT_S,
+                  lambda: f"{self.processes - len(self.reports.get(n, []))} generator process(es) did not answer "
+                          f"'{action}' {n}")
+        return sorted(self.reports.pop(n), key=lambda r: r["index"])
+
+
+def _inline_plan(plan: dict) -> dict:
+    """The plan as sent to workers: expected outputs and PEM files inlined (a worker may run on another host)."""
+    out = dict(plan)
     targets = []
     for t in plan["targets"]:
-        spec = get_model(t["model_name"], **t.get("model_params", {})) if adapter else None
-        targets.append(_Target(t, adapter, spec, plan.get("sample_every", 50) if adapter else 0))
-    weights = np.array([t.get("weight", 1.0) for t in plan["targets"]], dtype=float)
-    weights = weights / weights.sum()
-    rng = np.random.default_rng(plan.get("seed", 0))
-    recorder = _Recorder()
-    timeout = plan.get("timeout_s", 30.0)
+        t = dict(t)
+        if t.get("expected"):
+            with open(t.pop("expected"), "rb") as f:
+                t["expected_npy"] = base64.b64encode(f.read()).decode()
+        targets.append(t)
+    out["targets"] = targets
+    pem = {}
+    for k in ("ca_file", "client_cert", "client_key"):
+        if plan.get(k):
+            with open(plan[k]) as f:
+                pem[k] = f.read()
+    if pem:
+        out["pem"] = pem
+    return out
+
+
+def _spawn_local_workers(n: int, port: int) -> list[subprocess.Popen]:
+    """``n`` worker processes here, spread over this process's cores (one core each where there are enough)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    procs = []
+    for i in range(n):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "servingbench.workloads.generator", "--worker", "--master-host", "127.0.0.1",
+             "--master-port", str(port)],
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # same session and process group as this controller: the harness's killpg reaches them
+        try:
+            os.sched_setaffinity(p.pid, {cpus[i % len(cpus)]} if len(cpus) >= n else set(cpus))
+        except OSError:
+            pass
+        procs.append(p)
+    return procs
+
+
+def run(plan: dict) -> dict:
+    gen = plan.get("generator") or {}
+    local_workers, remote_workers = int(gen.get("workers", 0)), int(gen.get("remote_workers", 0))
+    distributed = local_workers + remote_workers > 0
     mode = plan["mode"]
+    shape = None
+    if mode == "shape":
+        shape = _StageShape(plan["stages"], plan.get("shape") == "ramp", plan.get("start_users", 1))
+    env = Environment(user_classes=[BenchUser], shape_class=shape)
+    workers: list[subprocess.Popen] = []
 
-    def pick() -> _Target:
-        return targets[0] if len(targets) == 1 else targets[int(rng.choice(len(targets), p=weights))]
+    def alive() -> None:
+        for p in workers:
+            if p.poll() is not None:
+                raise RuntimeError(f"load generator worker {p.pid} exited with {p.returncode}")
 
-    schedule = _Schedule(plan, rng) if mode == "open" else None
+    if not distributed:
+        runner = env.create_local_runner()
+        processes = 1
+        ctl = _Controller(runner, 1, alive)
+        _register_load_side(runner)
+    else:
+        host, port = gen.get("master_bind", "127.0.0.1"), int(gen["master_port"])
+        runner = env.create_master_runner(master_bind_host=host, master_bind_port=port)
+        processes = local_workers + remote_workers
+        ctl = _Controller(runner, processes, alive)
+        workers = _spawn_local_workers(local_workers, port)
+        ctl.wait(lambda: len(runner.clients.ready) >= processes, float(gen.get("connect_timeout_s", 60.0)),
+                 lambda: f"only {len(runner.clients.ready)} of {processes} workers connected to the master at "
+                         f"{host}:{port}")
+    try:
+        return _drive(plan, runner, ctl, processes, mode, distributed)
+    finally:
+        runner.quit()
+        for p in workers:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for fn in _CLEANUP:
+            fn()
 
-    class BenchUser(FastHttpUser):
-        wait_time = constant(0)
-        network_timeout = timeout
-        connection_timeout = timeout
-        insecure = False
-        ssl_context_factory = _ssl_factory(plan)
-        concurrency = 1
-        host = targets[0].url
 
-        @task
-        def one(self) -> None:
-            if schedule is None:
-                pick().send(self.client, recorder, timeout)
-                return
-            intended = schedule.next()
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                gevent.sleep(delay)
-            pick().send(self.client, recorder, timeout, t_start=intended)
-
-    env = Environment(user_classes=[BenchUser])
-    runner = env.create_local_runner()
-    users = plan["users"] if mode == "closed" else plan["max_in_flight"]
-    rusage0 = os.times()
+def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, distributed: bool) -> dict:
+    wire = _inline_plan(plan) if distributed else plan
+    clients = [c.id for c in runner.clients.all] if distributed else [None]
+    deadline = time.perf_counter() + 60.0
+    while len(ctl.ready) < processes:
+        for i, client_id in enumerate(clients):
+            if (client_id or "local") not in ctl.ready:
+                runner.send_message("sb_plan", {"plan": wire, "index": i, "n": processes}, client_id=client_id)
+        resend_at = time.perf_counter() + 1.0
+        while len(ctl.ready) < processes and time.perf_counter() < resend_at:
+            ctl.alive()
+            gevent.sleep(0.005)
+        if len(ctl.ready) < processes and time.perf_counter() > deadline:
+            raise RuntimeError(f"load generator: {processes - len(ctl.ready)} generator process(es) did not load "
+                               "the plan within 60 s")
+    ready = sorted(ctl.ready.values(), key=lambda r: r["index"])
+    cpu0 = os.times()
     t_begin = time.perf_counter()
-    if schedule is not None:
-        schedule.start(t_begin)
-    runner.start(users, spawn_rate=max(users, 1) * 20)
-    gevent.sleep(plan["warmup_s"])
+    windows: list[dict] = []
     metric_values: list[float] = []
     stable = False
-    cpu_start = os.times()
-    t_measure = time.perf_counter()
-    recorder.open_window(t_measure)
-    max_windows = max(int(plan["max_duration_s"] // plan["window_s"]), plan["windows"])
-    for _ in range(max_windows):
-        gevent.sleep(max(0.0, recorder.windows[-1].start + plan["window_s"] - time.perf_counter()))
-        now = time.perf_counter()
-        w = recorder.windows[-1]
-        w.end = now
-        metric_values.append(_window_metric(w, mode))
-        if len(metric_values) >= plan["windows"] and _stable(metric_values, plan["windows"], plan["tolerance"]):
-            stable = True
-            break
-        if len(recorder.windows) < max_windows:
-            recorder.open_window(now)
-    t_end = time.perf_counter()
-    recorder.close(t_end)
-    cpu_end = os.times()
-    runner.quit()
-    gen_cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    n = 0
+
+    def window(n: int, start: float) -> dict:
+        """End window ``n`` everywhere and merge it; between its end and the next open no request is counted,
+        and no time either (one message round trip: nothing at all with one process)."""
+        reports = ctl.cut("end", n)
+        end = time.perf_counter()
+        return merge_window(reports, start - t_measure, end - t_measure)
+
+    if mode == "shape":
+        # Windows of window_s cut at stage boundaries; the first window of a stage is its transition.
+        cuts = shape_cuts(plan["stages"], plan["window_s"])
+        runner.start_shape()
+        t_measure = time.perf_counter()
+        for n, (end, stage, transition) in enumerate(cuts):
+            start = time.perf_counter()
+            ctl.cut("open", n)
+            gevent.sleep(max(0.0, t_measure + end - time.perf_counter()))
+            users = runner.user_count
+            w = window(n, start)
+            w.update(stage=stage, users=users, transition=transition)
+            windows.append(w)
+            metric_values.append(_window_metric(w, "closed"))
+        stable = True
+    else:
+        users = plan["users"] if mode == "closed" else max(plan["max_in_flight"], processes)
+        if mode == "open":
+            ctl.cut("start", -1)  # every process's schedule starts now
+        runner.start(users, spawn_rate=max(users, 1) * 20)
+        gevent.sleep(plan["warmup_s"])
+        t_measure = time.perf_counter()
+        max_windows = max(int(plan["max_duration_s"] // plan["window_s"]), plan["windows"])
+        for n in range(max_windows):
+            start = time.perf_counter()
+            ctl.cut("open", n)
+            gevent.sleep(max(0.0, start + plan["window_s"] - time.perf_counter()))
+            windows.append(window(n, start))
+            metric_values.append(_window_metric(windows[-1], mode))
+            if len(metric_values) >= plan["windows"] and _stable(metric_values, plan["windows"], plan["tolerance"]):
+                stable = True
+                break
+    finals = [r["final"] for r in ctl.cut("final", n + 1)]
+    measured = sum(w["end"] - w["start"] for w in windows)
+    return _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measure, measured, cpu0, ready)
+
+
+def _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measure, measured, cpu0, ready) -> dict:
+    errors_by_kind: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    late = warm = 0
+    max_late = 0.0
+    measured = max(measured, 1e-9)
+    procs = []
+    for r, f in zip(ready, finals):
+        for k, v in f.get("errors_by_kind", {}).items():
+            errors_by_kind[k] = errors_by_kind.get(k, 0) + v
+        for k, v in f.get("error_examples", {}).items():
+            examples.setdefault(k, v)
+        late += f.get("late_sends", 0)
+        max_late = max(max_late, f.get("max_lateness_s", 0.0))
+        warm += f.get("warmup_requests", 0)
+        procs.append({"index": r["index"], "host": f.get("host", r["host"]), "pid": f.get("pid", r["pid"]),
+                      "cpus": f.get("cpus", r["cpus"]), "cpu_s": f.get("cpu_s", 0.0),
+                      "cpu_pct": 100.0 * f.get("cpu_s", 0.0) / measured})
+    cpu1 = os.times()
+    local_cpus = sorted({c for p in procs if p["host"] == socket.gethostname() for c in p["cpus"]})
+    for w in windows:
+        w.pop("_hist", None)
     return {
         "mode": mode,
         "stable": stable,
-        "measured_s": t_end - t_measure,
+        "measured_s": measured,
+        "t_measure_abs": t_measure,  # perf_counter (CLOCK_MONOTONIC, machine-wide): aligns with the harness's sampler
         "warmup_s": t_measure - t_begin,
-        "warmup_requests": recorder.warmup_requests,
-        "windows": [
-            {
-                "start": w.start - t_measure,
-                "end": w.end - t_measure,
-                "count": w.count,
-                "errors": w.errors,
-                "histogram": w.hist.to_dict(),
-                "per_model": {m: h.to_dict() for m, h in w.per_model.items()},
-            }
-            for w in recorder.windows
-        ],
+        "warmup_requests": warm,
+        "windows": windows,
         "window_metric": metric_values,
-        "errors_by_kind": recorder.errors_by_kind,
-        "error_examples": recorder.error_examples,
-        "late_sends": recorder.late,
-        "max_lateness_s": recorder.max_late,
+        "errors_by_kind": errors_by_kind,
+        "error_examples": examples,
+        "late_sends": late,
+        "max_lateness_s": max_late,
         "generator": {
-            "cpu_s": gen_cpu,
-            "cpu_pct": 100.0 * gen_cpu / max(t_end - t_measure, 1e-9),
-            "cpus": sorted(os.sched_getaffinity(0)),
+            "cpu_s": sum(p["cpu_s"] for p in procs),
+            # locust drives one core per process: the busiest process decides whether the generator saturated
+            "cpu_pct": max(p["cpu_pct"] for p in procs),
+            "total_cpu_pct": sum(p["cpu_pct"] for p in procs),
+            "cpus": local_cpus or sorted(os.sched_getaffinity(0)),
             "pid": os.getpid(),
-            "process_cpu_total_s": (cpu_end.user + cpu_end.system) - (rusage0.user + rusage0.system),
+            "processes": procs,
+            "workers": len(procs) if len(procs) > 1 or (plan.get("generator") or {}).get("workers") else 0,
+            "controller_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+            "process_cpu_total_s": (cpu1.user + cpu1.system),
         },
     }
 
 
-def _window_metric(w: _Window, mode: str) -> float:
+def _window_metric(w: dict, mode: str) -> float:
     """Closed loop: throughput of the window; open loop (throughput is fixed by the rate): median latency."""
-    dur = max(w.end - w.start, 1e-9)
+    dur = max(w["end"] - w["start"], 1e-9)
     if mode == "closed":
-        return w.count / dur
-    return w.hist.percentile(50) if w.hist.count else float("inf")
+        return w["count"] / dur
+    h = w["_hist"]
+    return h.percentile(50) if h.count else float("inf")
 
 
 def _stable(values: list[float], n: int, tol: float) -> bool:
@@ -306,14 +603,16 @@ def _stable(values: list[float], n: int, tol: float) -> bool:
 class _Schedule:
     """Intended send times (absolute perf_counter seconds), produced on demand and shared by all users."""
 
-    def __init__(self, plan: dict, rng: np.random.Generator) -> None:
-        self.rate = float(plan["rate"])
+    def __init__(self, plan: dict, rng: np.random.Generator, share: float = 1.0) -> None:
+        self.rate = float(plan["rate"]) * share
         self.poisson = plan.get("arrival", "poisson") == "poisson"
         self.rng = rng
         self.t = 0.0
+        self.started = False
 
     def start(self, t0: float) -> None:
         self.t = t0
+        self.started = True
 
     def next(self) -> float:
         gap = self.rng.exponential(1.0 / self.rate) if self.poisson else 1.0 / self.rate
@@ -321,8 +620,40 @@ class _Schedule:
         return self.t
 
 
+def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.0) -> int:
+    """A locust worker: connect to the controller's master, take its plan, send load until the master quits."""
+    from servingbench.adapters import registry  # noqa: F401  (imported before the plan arrives: no stall later)
+    from servingbench.models import get_model  # noqa: F401
+
+    env = Environment(user_classes=[BenchUser])
+    deadline = time.monotonic() + connect_timeout
+    while True:
+        try:
+            runner = env.create_worker_runner(master_host, master_port)
+            break
+        except Exception as e:  # noqa: BLE001 - the master may not listen yet
+            if time.monotonic() > deadline:
+                print(f"generator worker: cannot reach the master at {master_host}:{master_port}: {e}", flush=True)
+                return 2
+            gevent.sleep(0.5)
+    _register_load_side(runner)
+    signal.signal(signal.SIGTERM, lambda *a: runner.quit())
+    runner.greenlet.join()
+    for fn in _CLEANUP:
+        fn()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        ap = argparse.ArgumentParser(prog="servingbench generator-worker")
+        ap.add_argument("--worker", action="store_true")
+        ap.add_argument("--master-host", required=True)
+        ap.add_argument("--master-port", type=int, required=True)
+        ap.add_argument("--connect-timeout", type=float, default=60.0)
+        a = ap.parse_args(argv)
+        return worker_main(a.master_host, a.master_port, a.connect_timeout)
     with open(argv[0]) as f:
         plan = json.load(f)
     result = run(plan)
