@@ -29,6 +29,8 @@ features: env
 test: env
 	# The report's browser test needs Chromium: install it here, so a missing install step fails at once.
 	scripts/ensure_chromium.sh >/dev/null
+	# The compose tests (tests/unit/test_containers.py) run a real compose client's `config`: install one likewise.
+	scripts/ensure_compose.sh >/dev/null
 	$(VENV)/bin/python -m pytest
 
 test-fast: env

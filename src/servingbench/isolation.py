@@ -269,6 +269,10 @@ def create_venv(
                     log(f"reusing {venv} (created in {have.get('seconds', 0):.0f} s)")
                     return python
         if venv.exists():
+            if not venv.is_dir() or (any(venv.iterdir()) and not stamp.is_file()):
+                # Replaced only when servingbench made it: never a directory someone else owns.
+                raise IsolationError(f"{venv} exists and is not a servingbench venv (no {STAMP}): "
+                                     "name a new or empty directory")
             shutil.rmtree(venv)
         t0 = time.perf_counter()
         log(f"creating {venv} for {framework} from {lock}")

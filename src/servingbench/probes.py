@@ -60,10 +60,16 @@ class Verdict:
 
 
 class ProbeContext:
-    """What a probe needs: the adapter, artifacts, secrets and a way to start deployments."""
+    """What a probe needs: the adapter, artifacts, secrets and a way to start deployments.
+
+    ``python`` and ``runtime`` are the cell's, as ``run_cell`` passes them: the framework's own interpreter (suite
+    ``interpreters:``) and a :class:`~servingbench.containers.DockerRuntime` (suite ``runtime: docker``), or None for
+    the harness's interpreter and local processes.  Every deployment a probe starts uses both.
+    """
 
     def __init__(self, framework: str, artifacts: dict[str, Any], secrets_store, workdir: Path, log_dir: Path,
-                 server_cpus: set[int] | None, device: str = "cpu", startup_timeout: float = 180.0) -> None:
+                 server_cpus: set[int] | None, device: str = "cpu", startup_timeout: float = 180.0,
+                 python: str | None = None, runtime: Any = None) -> None:
         self.framework = framework
         self.adapter: Adapter = registry.get(framework)
         self.artifacts = artifacts
@@ -73,6 +79,8 @@ class ProbeContext:
         self.server_cpus = server_cpus
         self.device = device
         self.startup_timeout = startup_timeout
+        self.python = python
+        self.runtime = runtime
         self._n = 0
 
     @contextlib.contextmanager
@@ -93,9 +101,22 @@ class ProbeContext:
         if launch_override is not None:
             adapter = _Override(self.adapter, launch_override)
         live = LiveDeployment(adapter, dep, self.workdir / label, self.log_dir / label, secrets,
-                              server_cpus=self.server_cpus, startup_timeout=self.startup_timeout)
+                              server_cpus=self.server_cpus, startup_timeout=self.startup_timeout,
+                              python=self.python, runtime=self._runtime_for(dep.device))
         with live:
             yield live
+
+    def _runtime_for(self, device: str) -> Any:
+        """The cell's runtime; the gpu probe's cuda deployment takes the ``:cuda`` tag of a default ``:cpu`` image."""
+        if self.runtime is None or device != "cuda":
+            return self.runtime
+        import dataclasses
+
+        from servingbench import containers
+
+        if self.runtime.image == containers.default_image(self.framework, "cpu"):
+            return dataclasses.replace(self.runtime, image=containers.default_image(self.framework, "cuda"))
+        return self.runtime
 
     def spec(self, name: str = "mlp"):
         return self.artifacts[name].spec()

@@ -7,11 +7,13 @@ wheel, servingbench through a .pth to this checkout), so the test exercises the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -121,3 +123,182 @@ def test_suite_interpreters_reach_the_cells(litserve_venv, tmp_path, no_leftover
     assert point["metrics"]["requests"] > 20 and point["metrics"]["errors"] == 0
     launch = json.loads((out.results.manifests / "litserve-default" / "launch.json").read_text())
     assert launch["python"] == str(python) and launch["servers"][0]["argv"][0] == str(python)
+
+
+# ---- the CLI and the probes on the isolated venv (the module's venv: no second build) ----------------------------
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "servingbench.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_isolate_command_reuses_the_venv_and_prints_its_interpreter(litserve_venv):
+    python, venv = litserve_venv
+    t0 = time.perf_counter()
+    p = cli("isolate", "litserve", "--venv", str(venv), "--lock", str(ROOT / "requirements.lock"), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"{python}\n"  # stdout is the path alone: `interpreters: {litserve: $(servingbench isolate ...)}`
+    assert f"reusing {venv}" in p.stderr and f"litserve: {python}" in p.stderr
+    assert time.perf_counter() - t0 < 15
+    p = cli("isolate", "litserve", "--venv", str(venv), "--lock", str(ROOT / "requirements.lock"), "--source",
+            "instal", timeout=60)
+    assert p.returncode == 2 and "Did you mean 'install'" in p.stderr and (venv / isolation.STAMP).is_file()
+
+
+def test_verify_python_runs_the_server_from_the_venv(litserve_venv, no_leftovers):
+    python, _ = litserve_venv
+    p = cli("verify", "litserve", "-m", "mlp", "--python", str(python), timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert f"server from {python} as local processes: {python} " in p.stdout  # the leader's argv
+    assert "litserve: verify passed" in p.stdout and "stop: graceful" in p.stdout
+
+
+# A stand-in docker client: `run` execs the container command here with ONLY the -e environment, the image's venv
+# (/opt/venv) being the isolated venv (an image holds the same lock's versions there); `rm` logs the cleanup.
+FAKE_DOCKER = r'''#!{python}
+import json, os, sys
+args, log, prefix = sys.argv[1:], {log!r}, {prefix!r}
+host = lambda s: s.replace("/opt/venv", prefix)
+if args[0] == "rm":
+    with open(log, "a") as f:
+        f.write(json.dumps(args) + "\n")
+    print("Error response from daemon: No such container: " + args[-1], file=sys.stderr)
+    sys.exit(1)
+valued = {{"--name", "--network", "--pull", "--workdir", "--stop-signal", "--stop-timeout", "--user", "--shm-size",
+          "--cpuset-cpus", "--gpus", "--label", "-v", "-e", "--entrypoint"}}
+env, cwd, i = {{}}, "/", 1
+while args[i].startswith("-"):
+    if args[i] in valued:
+        opt, v = args[i], args[i + 1]
+        if opt == "-e":
+            k, eq, val = v.partition("=")
+            if eq:
+                env[k] = val
+            elif k in os.environ:
+                env[k] = os.environ[k]
+        elif opt == "--workdir":
+            cwd = v
+        elif opt == "-v":
+            assert os.path.exists(v.split(":")[0]), v
+        i += 2
+    else:
+        i += 1
+image, cmd = args[i], args[i + 1:]
+with open(log, "a") as f:
+    f.write(json.dumps({{"image": image, "argv0": cmd[0]}}) + "\n")
+os.chdir(cwd)
+os.execve(host(cmd[0]), [host(a) for a in cmd], {{k: host(v) for k, v in env.items()}})
+'''
+
+
+def fake_docker(tmp_path: Path, venv: Path) -> tuple[Path, Path]:
+    """(bin dir holding `docker`, its log)."""
+    log, bin_dir = tmp_path / "docker.log", tmp_path / "fakebin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER.format(python=sys.executable, log=str(log), prefix=str(venv)))
+    (bin_dir / "docker").chmod(0o755)
+    return bin_dir, log
+
+
+def docker_log(log: Path) -> tuple[list[dict], list[list[str]]]:
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    return [x for x in lines if isinstance(x, dict)], [x for x in lines if isinstance(x, list)]
+
+
+def marked(prefix: str) -> list[psutil.Process]:
+    """Processes whose SERVINGBENCH_MARKER starts with ``prefix`` (the test's servers, whoever started them)."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SERVINGBENCH_MARKER", "").startswith(prefix):
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_serve_python_with_runtime_docker(litserve_venv, zoo_artifacts, tmp_path, no_leftovers):
+    """`serve --python VENV --runtime docker`: the default image, the venv's python as the container's /opt/venv
+    python, a correct answer on the printed URL, Ctrl-C stops it and removes the container."""
+    import queue
+    import signal
+    import threading
+
+    import requests
+
+    from servingbench.models import get_model
+
+    python, venv = litserve_venv
+    bin_dir, log = fake_docker(tmp_path, venv)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    p = subprocess.Popen([sys.executable, "-m", "servingbench.cli", "serve", "litserve", "--python", str(python),
+                          "--runtime", "docker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in p.stdout], daemon=True).start()
+    try:
+        url, workdir, deadline = None, None, time.time() + 180
+        while time.time() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert p.poll() is None, p.stderr.read()[-3000:]
+                continue
+            if line.startswith("mlp: POST "):
+                url = line.split()[-1]
+            if "Ctrl-C to stop" in line:
+                workdir = Path(line.split()[1].rstrip(";"))
+                break
+        assert url and workdir, "serve printed no URL or workdir"
+        # The image's /opt/venv stands for the venv --python named (the harness's .venv would map there too).
+        launch = json.loads((workdir / "deploy" / "launch.json").read_text())
+        assert launch["python"] == str(python) and launch["venv_prefix"] == str(venv)
+        [run] = docker_log(log)[0]
+        assert run == {"image": "servingbench/litserve:cpu", "argv0": "/opt/venv/bin/python"}  # translated prefix
+        procs = marked(no_leftovers)
+        assert procs and all(proc.cmdline()[0] == str(python) for proc in procs
+                             if "python" in Path(proc.cmdline()[0]).name)
+        libtorch = {m.path for proc in procs for m in _maps(proc) if "libtorch_cpu" in m.path}
+        assert libtorch and all(path.startswith(str(venv)) for path in libtorch), libtorch
+        spec = get_model("mlp")
+        inputs, expected = zoo_artifacts["mlp"].reference()
+        req = registry.get("litserve").request(spec, inputs[:1], Secrets())
+        r = requests.post(url, data=req.body, headers=dict(req.headers), timeout=30)
+        got = registry.get("litserve").decode(spec, r.status_code, r.content)
+        assert np.allclose(got, expected[:1], rtol=spec.rtol, atol=spec.atol)
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err[-3000:]
+    runs, removals = docker_log(log)
+    assert len(runs) == 1 and len(removals) == 1 and removals[0][:2] == ["rm", "-f"]
+
+
+FEATURES_SUITE = """\
+name: isolation-probes
+frameworks: [litserve]
+models: [mlp]
+features: [auth]
+runtime: docker
+interpreters:
+  litserve: {python}
+"""
+
+
+def test_probes_start_from_the_cells_interpreter_and_runtime(litserve_venv, tmp_path, monkeypatch, no_leftovers):
+    """A feature probe's deployments go through the suite's interpreters: and runtime: docker, as run_cell's do."""
+    from servingbench.harness import run_suite
+    from servingbench.scenarios.loader import load_suite
+
+    python, venv = litserve_venv
+    bin_dir, log = fake_docker(tmp_path, venv)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    path = tmp_path / "features.yaml"
+    path.write_text(FEATURES_SUITE.format(python=python))
+    out = run_suite(load_suite(path), suite_path=path, out=tmp_path / "results", progress=print)
+    assert out.statuses == {"litserve/probe:auth": "ok"}
+    [rec] = out.results.records("probe")
+    assert rec["verdict"] == "supported", rec
+    assert rec["runtime"] == {"kind": "docker", "python": str(python), "image": "servingbench/litserve:cpu"}
+    runs, removals = docker_log(log)
+    assert len(runs) >= 2 and len(removals) == len(runs)  # the auth deployment and the plain baseline
+    assert all(r == {"image": "servingbench/litserve:cpu", "argv0": "/opt/venv/bin/python"} for r in runs)
+    launches = sorted(out.results.manifests.glob("*/*/launch.json"))
+    assert launches and all(json.loads(f.read_text())["python"] == str(python) for f in launches)

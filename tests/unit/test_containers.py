@@ -404,6 +404,33 @@ def test_dockerfile_copies_existing_files_and_declares_its_args(path):
         assert f'add_argument("{opt}"' in source, f"{path.name}: servingbench.isolation create has no {opt}"
 
 
+ENSURE_COMPOSE = ROOT / "scripts" / "ensure_compose.sh"
+
+
+@pytest.fixture(scope="module")
+def compose() -> list[str]:
+    """The compose client: `docker compose` (v2) or docker-compose (v1), installed by scripts/ensure_compose.sh when
+    missing (`make test` runs it first); no client is a failure, not a skip."""
+    proc = subprocess.run(["bash", str(ENSURE_COMPOSE)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"no docker compose client and {ENSURE_COMPOSE} could not install one:\n{proc.stderr[-3000:]}")
+    found = proc.stdout.strip().splitlines()[-1]
+    return ["docker", "compose"] if found == "docker compose" else [found]
+
+
+def bind_mounts(volumes: list) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of a service's volumes in either syntax ("src:dst[:ro|:rw]" or type: bind)."""
+    out = []
+    for v in volumes:
+        if isinstance(v, str):
+            src, dst, *mode = v.split(":")
+            out.append((src, dst, mode == ["ro"]))
+        else:
+            assert v["type"] == "bind", v
+            out.append((v["source"], v["target"], bool(v.get("read_only", False))))
+    return out
+
+
 def compose_env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "wd").mkdir(exist_ok=True)
     return {**os.environ, "WORKDIR": str(tmp_path / "wd"), "SB_CACHE": str(tmp_path), "SB_UID": "1000",
@@ -442,8 +469,10 @@ def test_compose_services_build_and_mount_what_they_need(tmp_path):
             assert set(layer.get("args", {})) <= declared, (name, layer.get("args"), declared)
         if name in frameworks:
             assert build["args"]["FRAMEWORK"] == name
-        vols = [expand(v, env) for v in svc["volumes"]]
-        assert f"{env['WORKDIR']}:{env['WORKDIR']}" in vols and f"{env['SB_CACHE']}:{env['SB_CACHE']}:ro" in vols
+        # Long syntax only: a missing source fails the start instead of becoming a root-owned empty directory.
+        assert all(isinstance(v, dict) and "create_host_path" not in v.get("bind", {}) for v in svc["volumes"])
+        vols = bind_mounts([{k: expand(x, env) for k, x in v.items()} for v in svc["volumes"]])
+        assert (env["WORKDIR"], env["WORKDIR"], False) in vols and (env["SB_CACHE"], env["SB_CACHE"], True) in vols
         assert expand(svc["command"][0], env) == env["WORKDIR"]
         devices = gpu["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
@@ -451,35 +480,41 @@ def test_compose_services_build_and_mount_what_they_need(tmp_path):
 
 
 @pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.gpu.yaml"]])
-def test_compose_config_when_a_compose_client_is_installed(files, tmp_path):
-    """`docker compose config` (v2 plugin) or `docker-compose config` (v1) validate the files without an engine."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        cmd = [docker, "compose"]
-    elif shutil.which("docker-compose"):
-        cmd = [shutil.which("docker-compose")]
-    else:
-        pytest.skip("no docker compose client here")
-    args = [a for f in files for a in ("-f", str(DOCKER / f))]
-    p = subprocess.run([*cmd, *args, "config"], capture_output=True, text=True, env=compose_env(tmp_path), timeout=60)
+def test_compose_config_resolves_the_files(files, compose, tmp_path):
+    """`docker compose config` (v2 plugin) or `docker-compose config` (v1) validate and resolve the files (no engine
+    needed).  Every profile is named: v2 leaves services of inactive profiles out of `config`."""
+    env = compose_env(tmp_path)
+    names = sorted(yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"])
+    args = [a for f in files for a in ("-f", str(DOCKER / f))] + [a for n in names for a in ("--profile", n)]
+    p = subprocess.run([*compose, *args, "config"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     config = yaml.safe_load(p.stdout)
-    assert set(config["services"]) == set(registry.names()) | {"triton-ngc"}
-    p = subprocess.run([*cmd, *args, "config"], capture_output=True, text=True,
-                       env={k: v for k, v in compose_env(tmp_path).items() if k != "WORKDIR"}, timeout=60)
+    assert set(config["services"]) == set(registry.names()) | {"triton-ngc"} == set(names)
+    gpu = len(files) == 2
+    for name, svc in config["services"].items():
+        mounts = bind_mounts(svc["volumes"])
+        assert (env["WORKDIR"], env["WORKDIR"], False) in mounts and (env["SB_CACHE"], env["SB_CACHE"], True) in mounts
+        assert svc["command"] == [env["WORKDIR"]] and svc["network_mode"] == "host" and svc["init"] is True
+        assert svc["user"] == "1000:1000" and svc["profiles"] == [name]
+        assert svc["image"].endswith(":ngc" if name == "triton-ngc" else ":cuda" if gpu else ":cpu"), svc["image"]
+        if gpu:
+            [dev] = svc["deploy"]["resources"]["reservations"]["devices"]
+            assert dev["driver"] == "nvidia" and dev["count"] in ("all", -1) and dev["capabilities"] == ["gpu"]
+        else:
+            assert "deploy" not in svc
+    p = subprocess.run([*compose, *args, "config"], capture_output=True, text=True,
+                       env={k: v for k, v in env.items() if k != "WORKDIR"}, timeout=60)
     assert p.returncode != 0 and "WORKDIR" in p.stderr  # a missing deployment is an error, not an empty mount
 
 
-def test_up_script(tmp_path, mlp):
+def test_up_script(tmp_path, mlp, compose):
     """docker/up.sh reads the framework from launch.json and resolves the compose configuration (--dry-run)."""
     assert subprocess.run(["bash", "-n", str(DOCKER / "up.sh")]).returncode == 0
     live, specs = prepared("mosec", mlp, tmp_path)
     containers.write_launch_file(live.workdir, specs, live.deployment, live.ctx)
     p = subprocess.run([str(DOCKER / "up.sh"), str(live.workdir), "--dry-run"], capture_output=True, text=True,
                        timeout=60)
-    if p.returncode != 0 and ("docker-compose" in p.stderr and "not found" in p.stderr):
-        pytest.skip("no docker compose client here")
     assert p.returncode == 0, p.stderr
     config = yaml.safe_load(p.stdout)
     assert "mosec" in config["services"]
-    assert f"{live.workdir}:{live.workdir}:rw" in config["services"]["mosec"]["volumes"]
+    assert (str(live.workdir), str(live.workdir), False) in bind_mounts(config["services"]["mosec"]["volumes"])
