@@ -31,6 +31,90 @@ def _check_frameworks(names: list[str]) -> None:
             _fail(f"unknown framework {n!r}.{registry.suggest(n, registry.names())}")
 
 
+RUNTIMES = ["local", "docker"]
+
+
+def _server_setup(framework: str, python: Optional[Path], runtime: str, image: Optional[str], device: str):
+    """``(adapter, python, runtime)`` for ``verify`` / ``serve``, checked as ``run_cell`` checks a suite's
+    ``interpreters:`` and ``runtime: docker``: an interpreter must run and hold the framework, servingbench, torch and
+    numpy (it replaces the harness's ``check_available``); docker needs a client on PATH."""
+    import os
+
+    from servingbench import containers, isolation
+    from servingbench.adapters import registry
+
+    _check_frameworks([framework])
+    if runtime not in RUNTIMES:
+        _fail(f"--runtime {runtime!r} is not a runtime.{registry.suggest(runtime, RUNTIMES)}")
+    if image and runtime != "docker":
+        _fail(f"--image {image} needs --runtime docker (the server runs locally otherwise)")
+    adapter = registry.get(framework)
+    interpreter = None
+    if python is not None:
+        interpreter = os.path.abspath(python)  # not resolve(): a venv's python is a symlink to the base interpreter
+        try:
+            isolation.check_interpreter(interpreter, adapter.distribution)
+        except isolation.IsolationError as e:
+            _fail(f"--python {python}: {e} (or `servingbench isolate {framework}`)")
+    else:
+        adapter.check_available()
+    docker = None
+    if runtime == "docker":
+        if shutil.which("docker") is None:
+            _fail("--runtime docker: no `docker` client on PATH (install Docker, or use --runtime local)")
+        docker = containers.DockerRuntime(image=image or containers.default_image(framework, device))
+        try:
+            containers.venv_prefix(interpreter or sys.executable)
+        except ValueError as e:
+            _fail(f"--runtime docker: {e}; pass --python <venv>/bin/python")
+    return adapter, interpreter, docker
+
+
+@app.command()
+def isolate(
+    framework: str = typer.Argument(..., help="framework whose server gets its own venv"),
+    venv: Optional[Path] = typer.Option(
+        None, "--venv", help="target directory (default: $SERVINGBENCH_CACHE/venvs or ~/.cache/servingbench/venvs, "
+                             "<framework>-<lock sha256[:12]>-py<X.Y>)"),
+    lock: Optional[Path] = typer.Option(None, "--lock", help="pip lock whose pins constrain every install "
+                                                             "(default: the checkout's requirements.lock)"),
+    force: bool = typer.Option(False, "--force", help="rebuild even when a matching venv exists"),
+    source: str = typer.Option("link", "--source", help="how the venv imports servingbench: link (a .pth to this "
+                                                        "checkout's src/) or install (a copy, pip install --no-deps)"),
+    torch_index_url: Optional[str] = typer.Option(
+        None, "--torch-index-url", help="install torch from this index first (a CPU or CUDA build)"),
+) -> None:
+    """Create (or reuse) a framework's own venv from the lock; prints the interpreter to put under `interpreters:`."""
+    from servingbench import isolation
+    from servingbench.adapters import registry
+
+    _check_frameworks([framework])
+    if source not in ("link", "install"):
+        _fail(f"--source {source!r} is not one of link, install.{registry.suggest(source, ['link', 'install'])}")
+    if lock is not None and not lock.is_file():
+        _fail(f"--lock {lock}: no such file (a pip lock of name==version lines, e.g. requirements.lock)")
+    if venv is not None:
+        venv = venv.absolute()
+        if venv.exists() and (not venv.is_dir() or (any(venv.iterdir()) and not (venv / isolation.STAMP).is_file())):
+            # create_venv replaces a directory it does not reuse: never one that it did not create.
+            _fail(f"--venv {venv} exists and is not a servingbench venv (no {isolation.STAMP}): "
+                  "name a new or empty directory")
+    project = None
+    if source == "install":
+        project = Path(isolation.__file__).resolve().parents[2]
+        if not (project / "pyproject.toml").is_file():
+            _fail(f"--source install copies the project from a source checkout; {project} has no pyproject.toml")
+    try:
+        python = isolation.create_venv(framework, venv, lock=lock, torch_index_url=torch_index_url, source=source,
+                                       project=project, reuse=not force,
+                                       log=lambda s: console.print(s, highlight=False, markup=False))
+    except isolation.IsolationError as e:
+        _fail(f"{framework}: {e}", 1)
+        return
+    console.print(f"put it in the suite:\n  interpreters:\n    {framework}: {python}", highlight=False, markup=False)
+    typer.echo(str(python))
+
+
 @app.command()
 def frameworks() -> None:
     """List adapters: installed version and declared capabilities."""
@@ -97,17 +181,23 @@ def run(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this results directory"),
     report: bool = typer.Option(False, "--report/--no-report", help="write the report at the end"),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="allow targets on other hosts (sends load there)"),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="local or docker: overrides the suite's runtime"),
+    generator_workers: Optional[str] = typer.Option(
+        None, "--generator-workers",
+        help="locust worker processes on this machine (master/worker mode): 0-64 or auto (one per generator core); "
+             "overrides the suite's generator.workers"),
 ) -> None:
     """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed."""
     from servingbench.harness import run_suite
     from servingbench.results import ResultsError
-    from servingbench.scenarios.loader import ScenarioError, load_suite
+    from servingbench.scenarios.loader import ScenarioError, apply_overrides, load_suite
 
     if frameworks:
         frameworks = [f for item in frameworks for f in item.split(",") if f]
         _check_frameworks(frameworks)
     try:
         suite = load_suite(scenario)
+        suite = apply_overrides(suite, scenario, runtime=runtime, generator_workers=generator_workers)
     except ScenarioError as e:
         console.print(str(e), highlight=False, markup=False)
         raise typer.Exit(2)
@@ -177,25 +267,28 @@ def verify(
     framework: str = typer.Argument(..., help="framework to check"),
     model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    python: Optional[Path] = typer.Option(
+        None, "--python", help="run the server from this interpreter (a framework venv: `servingbench isolate`)"),
+    runtime: str = typer.Option("local", "--runtime", help="local (processes here) or docker (the framework's image)"),
+    image: Optional[str] = typer.Option(None, "--image", help="image for --runtime docker "
+                                                              "(default servingbench/<framework>:cpu or :cuda)"),
 ) -> None:
     """Contract check: start, ready, outputs match for every model, cold start recorded, clean stop."""
     import tempfile
 
-    from servingbench.adapters import registry
     from servingbench.harness import LiveDeployment, make_deployment
     from servingbench.measure.security import SecretStore
     from servingbench.models import build_artifacts, get_model, list_models
     from servingbench.scenarios.schema import DeploymentConfig
 
-    _check_frameworks([framework])
-    adapter = registry.get(framework)
-    adapter.check_available()
+    adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
     names = model or [m.name for m in list_models()]
     arts = [build_artifacts(get_model(n)) for n in names]
     dep = make_deployment(framework, DeploymentConfig(), arts, device)
     adapter.validate(dep)
     with tempfile.TemporaryDirectory(prefix="servingbench-verify-") as tmp, SecretStore() as store:
-        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False))
+        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False),
+                              python=interpreter, runtime=docker)
         try:
             with live:
                 t = Table("model", "ok", "max abs err", "tolerance (rtol/atol)")
@@ -203,6 +296,9 @@ def verify(
                     t.add_row(name, "yes" if v["ok"] else "NO", f"{v['max_abs_err']:.2e}", f"{v['rtol']:g}/{v['atol']:g}")
                 out.print(t)
                 out.print(f"ready {live.ready_s:.2f} s, cold start (spawn -> first correct answer) {live.cold_start_s:.2f} s")
+                where = f"in image {docker.image} (docker)" if docker else "as local processes"
+                out.print(f"server from {interpreter or sys.executable} {where}: {' '.join(live.launch_argv[0][:2])} ...",
+                          highlight=False, markup=False)
         except Exception as e:  # noqa: BLE001
             _fail(f"{framework}: {e}", 1)
         survivors = [s for r in live.stop_reports for s in r.survivors]
@@ -221,26 +317,29 @@ def serve(
     model: List[str] = typer.Option(["mlp"], "--model", "-m"),
     device: str = typer.Option("cpu"),
     auth: bool = typer.Option(False, help="require a per-run token (printed)"),
+    python: Optional[Path] = typer.Option(
+        None, "--python", help="run the server from this interpreter (a framework venv: `servingbench isolate`)"),
+    runtime: str = typer.Option("local", "--runtime", help="local (processes here) or docker (the framework's image)"),
+    image: Optional[str] = typer.Option(None, "--image", help="image for --runtime docker "
+                                                              "(default servingbench/<framework>:cpu or :cuda)"),
 ) -> None:
     """Bring one deployment up for debugging; Ctrl-C stops it."""
     import tempfile
 
-    from servingbench.adapters import registry
     from servingbench.harness import LiveDeployment, make_deployment
     from servingbench.measure.security import SecretStore
     from servingbench.measure.supervisor import terminate_on_signals
     from servingbench.models import build_artifacts, get_model
     from servingbench.scenarios.schema import DeploymentConfig
 
-    _check_frameworks([framework])
-    adapter = registry.get(framework)
-    adapter.check_available()
+    adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
     arts = [build_artifacts(get_model(n)) for n in model]
     dep = make_deployment(framework, DeploymentConfig(auth=auth), arts, device)
     adapter.validate(dep)
     with tempfile.TemporaryDirectory(prefix="servingbench-serve-") as tmp, SecretStore() as store, terminate_on_signals():
         secrets = store.make(auth, False)
-        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", secrets)
+        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", secrets, python=interpreter,
+                              runtime=docker)
         try:
             with live:
                 for art in arts:
@@ -307,6 +406,86 @@ def cleanup(kill: bool = typer.Option(False, "--kill", help="kill them (SIGKILL 
     if not kill:
         out.print("run `servingbench cleanup --kill` to stop them")
         raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(
+    generator_workers: str = typer.Option("0", "--generator-workers", help="0-64 or auto, as for `run`"),
+    concurrency: List[int] = typer.Option([1, 16], "--concurrency", "-c", help="closed-loop users (repeatable)"),
+    cpu_sets: str = typer.Option("auto", "--cpu-sets", help="auto (last core to the generator) or none"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the calibration as JSON here"),
+) -> None:
+    """The load generator's own ceiling (rps) and latency floor against a trivial endpoint: what no server can
+    beat on this machine.  Every run stores the same measurement in its run.json (``calibration``)."""
+    import json
+    import tempfile
+
+    from servingbench.harness import calibrate_generator, cpu_sets as make_cpu_sets
+    from servingbench.scenarios.schema import Generator
+
+    workers: int | str = generator_workers
+    if generator_workers != "auto":
+        try:
+            workers = int(generator_workers)
+        except ValueError:
+            _fail(f"--generator-workers {generator_workers!r}: give 0-64 or auto")
+    if cpu_sets not in ("auto", "none"):
+        _fail(f"--cpu-sets {cpu_sets!r}: give auto or none (a suite's cpu_sets can name cores)")
+    cpus = make_cpu_sets(cpu_sets)
+    with tempfile.TemporaryDirectory(prefix="servingbench-calibrate-") as tmp:
+        cal = calibrate_generator(cpus, Path(tmp), Path(tmp) / "logs", concurrency=tuple(concurrency),
+                                  generator=Generator(workers=workers))
+    table = Table("users", "rps", "p50", "p99", "generator CPU (busiest process)", "processes", "stable")
+    for p in cal["points"]:
+        table.add_row(str(p["concurrency"]), f"{p['throughput_rps']:.0f}", f"{p['latency_s']['p50'] * 1e3:.2f} ms",
+                      f"{p['latency_s']['p99'] * 1e3:.2f} ms", f"{p['generator_cpu_pct']:.0f} %",
+                      str(p["generator_processes"]), "yes" if p["stable"] else "no")
+    out.print(table)
+    out.print(f"generator ceiling {cal['ceiling_rps']:.0f} rps, latency floor p50 {cal['floor_p50_s'] * 1e3:.2f} ms "
+              f"(generator cores {cal['generator_cpus'] or 'all'})")
+    if json_out:
+        json_out.write_text(json.dumps(cal, indent=1))
+        out.print(f"written: {json_out}")
+
+
+@app.command("generator-worker")
+def generator_worker(
+    master_host: str = typer.Option(..., "--master-host", help="host of the harness whose suite names remote_workers"),
+    master_port: int = typer.Option(..., "--master-port", min=1, max=65535, help="its generator.master_port"),
+    connect_timeout: float = typer.Option(600.0, "--connect-timeout",
+                                          help="seconds to wait for the next load point's master before exiting"),
+    once: bool = typer.Option(False, "--once", help="serve one load point, then exit"),
+) -> None:
+    """A locust worker for another machine's run (generator.remote_workers).  Every load point of the run has its
+    own master; this serves them one after another (each in a fresh process: the generator monkey-patches the
+    standard library with gevent), until no master appears within --connect-timeout, or Ctrl-C."""
+    import signal
+    import subprocess
+
+    argv = [sys.executable, "-m", "servingbench.workloads.generator", "--worker", "--master-host", master_host,
+            "--master-port", str(master_port), "--connect-timeout", str(connect_timeout)]
+    served = 0
+    while True:
+        proc = subprocess.Popen(argv)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise typer.Exit(130)
+        if rc != 0:  # no master within the timeout (2), or a failure the worker printed
+            if served and rc == 2:
+                console.print(f"no master at {master_host}:{master_port} for {connect_timeout:.0f} s after "
+                              f"{served} load point(s): done")
+                return
+            raise typer.Exit(rc)
+        served += 1
+        if once:
+            return
 
 
 def main() -> None:  # pragma: no cover

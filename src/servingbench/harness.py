@@ -42,7 +42,9 @@ from servingbench.measure import supervisor
 from servingbench.measure.resources import Sampler, tree_memory
 from servingbench.measure.supervisor import ServerError, ServerProcess, StopReport
 from servingbench.results import RunResults
-from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement, OpenLoop, SloSearch, Suite
+from servingbench.scenarios.schema import (
+    ClosedLoop, DeploymentConfig, Generator, Measurement, OpenLoop, Shape, SloSearch, Suite,
+)
 
 GENERATOR_BOUND_PCT = 90.0
 
@@ -338,6 +340,7 @@ class PointPlan:
     measurement: Measurement
     repeat: int = 0
     models: list[str] = field(default_factory=list)
+    generator: Generator | None = None  # locust processes (suite.generator); None: one process
 
 
 class InputPool:
@@ -392,7 +395,7 @@ def run_point(
     tag = f"{w.name}-{'-'.join(f'{k}{v:g}' for k, v in plan.load.items())}-r{plan.repeat}"
     gen_plan = {
         "framework": live.deployment.framework,
-        "mode": "closed" if isinstance(w, ClosedLoop) else "open",
+        "mode": "closed" if isinstance(w, ClosedLoop) else "shape" if isinstance(w, Shape) else "open",
         "users": int(plan.load.get("concurrency", 0)),
         "rate": plan.load.get("rate"),
         "arrival": getattr(w, "arrival", "poisson"),
@@ -410,12 +413,53 @@ def run_point(
         "client_cert": str(live.secrets.client_cert) if live.deployment.tls == "mutual" else None,
         "client_key": str(live.secrets.client_key) if live.deployment.tls == "mutual" else None,
         "result": str(workdir / f"gen-{tag}.json"),
+        "generator": generator_plan(plan.generator, gen_cpus),
     }
+    duration = m.warmup + m.max_duration
+    if isinstance(w, Shape):
+        gen_plan.update(stages=[st.model_dump() for st in w.stages], shape=w.shape, start_users=w.start_users)
+        duration = w.total_duration()
     with Sampler(live.processes) as sampler:
         raw = run_generator(gen_plan, gen_cpus, workdir / f"gen-{tag}.plan.json", log_dir / f"generator-{tag}.log",
-                            budget=m.warmup + m.max_duration + 60, watch=live.check_alive, sampler=sampler)
+                            budget=duration + 60 + gen_plan["generator"].get("connect_timeout_s", 0),
+                            watch=live.check_alive, sampler=sampler)
     live.check_alive()
+    if isinstance(w, Shape):
+        return {"stages": shape_stages(raw, sampler, m, w)}
     return summarize_point(raw, sampler.summary(), m, w.batch)
+
+
+def generator_plan(g: Generator | None, gen_cpus: set[int] | None = None) -> dict[str, Any]:
+    """The plan's ``generator`` part: locust processes, and a free master port when workers are wanted."""
+    workers = g.local_workers(gen_cpus) if g is not None else 0
+    if g is None or not (workers or g.remote_workers):
+        return {"workers": 0}
+    return {"workers": workers, "remote_workers": g.remote_workers, "master_bind": g.master_bind,
+            "master_port": g.master_port or supervisor.free_port(), "connect_timeout_s": g.connect_timeout}
+
+
+def shape_stages(raw: dict, sampler: Sampler, m: Measurement, w: Shape) -> list[dict[str, Any]]:
+    """One measured part per stage of a shape run: its windows (transition windows left out), resources sampled
+    while it ran, the same metrics and validity flags as any load point."""
+    out = []
+    t0 = raw.get("t_measure_abs")
+    for i, st in enumerate(w.stages):
+        mine = [x for x in raw["windows"] if x.get("stage") == i]
+        kept = [x for x in mine if not x.get("transition")] or mine
+        values = [x["count"] / max(x["end"] - x["start"], 1e-9) for x in kept]
+        from servingbench.measure.stats import StabilityRule
+
+        stable = w.shape == "ramp" or len(values) < 2 or StabilityRule(
+            windows=len(values), tolerance=m.tolerance).is_stable(values)
+        part = {**raw, "windows": kept, "window_metric": values, "stable": stable,
+                "measured_s": sum(x["end"] - x["start"] for x in kept)}
+        res = sampler.summary(t0 + kept[0]["start"], t0 + kept[-1]["end"]) if t0 is not None else sampler.summary()
+        point = summarize_point(part, res, m, w.batch, min_duration_s=0.95 * part["measured_s"] if kept else None)
+        point["timeline"] = [{k: v for k, v in x.items() if k not in ("histogram", "per_model")} for x in mine]
+        point["errors_scope"] = "run"  # errors_by_kind, late sends: totals of the whole shape run
+        out.append({"stage": i, "users": st.users, "from_users": (w.stages[i - 1].users if i else w.start_users)
+                    if w.shape == "ramp" else st.users, "duration_s": st.duration, **point})
+    return out
 
 
 def run_generator(
@@ -453,10 +497,10 @@ def run_generator(
                 watch()
             time.sleep(0.2)
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # The whole group, even after a normal exit: locust workers the generator started must not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         with contextlib.suppress(OSError):
             plan_path.unlink()
     if proc.returncode != 0 or not result_path.is_file():
@@ -466,7 +510,8 @@ def run_generator(
     return raw
 
 
-def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1) -> dict[str, Any]:
+def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1,
+                    min_duration_s: float | None = None) -> dict[str, Any]:
     """Metrics from the raw windows (merged histograms, our own window clock), plus validity flags."""
     from servingbench.measure.stats import LatencyHistogram
 
@@ -498,14 +543,14 @@ def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1) 
     }
     gen = raw["generator"]
     flags = []
-    if dur < m.window * m.windows * 0.95:
+    if dur < (min_duration_s if min_duration_s is not None else m.window * m.windows * 0.95):
         flags.append("too_short")
     if count < m.min_requests:
         flags.append("too_few_requests")
     if not raw["stable"]:
         flags.append("unstable")
     gen_cores = max(1, len(gen.get("cpus") or [1]))
-    if gen["cpu_pct"] >= GENERATOR_BOUND_PCT:  # locust runs on one core per process
+    if generator_saturated(gen):
         flags.append("generator_bound")
     if metrics["error_rate"] and metrics["error_rate"] > 0.001:
         flags.append("errors")
@@ -520,6 +565,18 @@ def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1) 
         "error_examples": raw.get("error_examples", {}),
         "validity": {"valid": not flags, "flags": flags},
     }
+
+
+def generator_saturated(gen: dict) -> bool:
+    """A locust process drives one core: saturated when its busiest process nears 100 %, or when the processes
+    of one host together near the capacity of the cores they share (two workers pinned to one core)."""
+    if gen["cpu_pct"] >= GENERATOR_BOUND_PCT:
+        return True
+    hosts: dict[str, tuple[float, set[int]]] = {}
+    for p in gen.get("processes") or []:
+        pct, cores = hosts.get(p["host"], (0.0, set()))
+        hosts[p["host"]] = (pct + p["cpu_pct"], cores | set(p.get("cpus") or []))
+    return any(pct >= GENERATOR_BOUND_PCT * max(1, len(cores)) for pct, cores in hosts.values())
 
 
 def points(w: Any) -> Iterator[dict[str, float]]:
@@ -555,7 +612,7 @@ def run_slo_search(live, w, m, group, suite, pool, cpus, scratch, log_dir, resul
     def measure(rate: float) -> tuple[float, float]:
         nonlocal n
         load = {"rate": round(rate, 3)}
-        point = run_point(live, PointPlan(w, load, m, 0, group), pool, cpus[1], scratch, log_dir)
+        point = run_point(live, PointPlan(w, load, m, 0, group, suite.generator), pool, cpus[1], scratch, log_dir)
         results.append({
             "type": "point", **base, "id": f"point:{cid}:{w.name}:{'+'.join(group)}:step{n}",
             "workload": w.name, "kind": w.kind, "models": group, "model": "+".join(group), "batch": w.batch,
@@ -585,6 +642,25 @@ def run_slo_search(live, w, m, group, suite, pool, cpus, scratch, log_dir, resul
     })
     progress(f"{cid} {w.name} {'+'.join(group)}: throughput at SLO "
              f"{'none' if res.max_rate is None else f'{res.max_rate:.0f} rps'} ({res.reason})")
+
+
+def run_shape(live, w: Shape, m, rep, group, suite, pool, cpus, scratch, log_dir, results, base, progress) -> None:
+    """One generator run through every stage of a shape; one point record per stage."""
+    cid = base["cell"]
+    load0 = {"stages": len(w.stages)}
+    out = run_point(live, PointPlan(w, load0, m, rep, group, suite.generator), pool, cpus[1], scratch, log_dir)
+    for st in out["stages"]:
+        load = {"concurrency": st.pop("users"), "stage": st["stage"]}
+        if w.shape == "ramp":
+            load["from_concurrency"] = st["from_users"]
+        rec = {
+            "type": "point", **base, "id": f"point:{cid}:{w.name}:{'+'.join(group)}:{json.dumps(load)}:{rep}",
+            "workload": w.name, "kind": w.kind, "shape": w.shape, "models": group,
+            "model": group[0] if len(group) == 1 else "+".join(group), "batch": w.batch, "load": load,
+            "repeat": rep, **st,
+        }
+        results.append(rec)
+        progress(_point_line(cid, w.name, group, load, rep, st))
 
 
 # ---- the suite ---------------------------------------------------------------------------------------------------
@@ -682,10 +758,16 @@ def run_cell(
                     for group in _groups(w, suite):
                         run_slo_search(live, w, m, group, suite, pool, cpus, scratch, log_dir, results, base, progress)
                     continue
+                if isinstance(w, Shape):
+                    for group in _groups(w, suite):
+                        for rep in range(m.repeats):
+                            run_shape(live, w, m, rep, group, suite, pool, cpus, scratch, log_dir, results, base,
+                                      progress)
+                    continue
                 for group in _groups(w, suite):
                     for load in points(w):
                         for rep in range(m.repeats):
-                            plan = PointPlan(w, load, m, rep, group)
+                            plan = PointPlan(w, load, m, rep, group, suite.generator)
                             point = run_point(live, plan, pool, cpus[1], scratch, log_dir)
                             rec = {
                                 "type": "point", **base,
@@ -732,18 +814,38 @@ def run_probe_cell(fw: str, name: str, suite: Suite, artifacts: dict[str, Any], 
     results.set_cell(cid, "running", framework=fw, probe=name)
     progress(f"{cid}: probing")
     try:
+        python, runtime = _probe_python_runtime(fw, suite)
         ctx = ProbeContext(fw, artifacts, store, results.manifests / safe, results.logs / safe, cpus[0],
-                           startup_timeout=suite.startup_timeout)
+                           startup_timeout=suite.startup_timeout, python=python, runtime=runtime)
+    except AdapterUnavailable as e:  # as run_cell: an unusable interpreter skips the cell, with the reason
+        results.set_cell(cid, "skipped", framework=fw, probe=name, reason=str(e))
+        progress(f"[yellow]{cid}: skipped: {e}")
+        return "skipped"
     except Exception as e:  # noqa: BLE001 - not installed, broken entry point
         results.set_cell(cid, "failed", framework=fw, probe=name, reason=f"{type(e).__name__}: {e}")
         return "failed"
     recs = run_probe(name, ctx)
     results.set_redactions(store.sensitive_strings())
     for r in recs:
+        if python or runtime:  # as run_cell's cell record: where the probed servers ran
+            r["runtime"] = {"kind": "docker" if runtime else "local", "python": python or sys.executable,
+                            "image": runtime.image if runtime else None}
         results.append(r)
         progress(f"{fw} {r['feature']}: {r['verdict']}" + (f" ({r['reason']})" if r["reason"] else ""))
     results.set_cell(cid, "ok", framework=fw, probe=name, verdicts={r["feature"]: r["verdict"] for r in recs})
     return "ok"
+
+
+def _probe_python_runtime(fw: str, suite: Suite) -> tuple[str | None, Any]:
+    """The interpreter (suite ``interpreters:``, checked as run_cell checks it) and runtime (``runtime: docker``)
+    a probe's deployments start with; :class:`AdapterUnavailable` when the interpreter is unusable."""
+    python = suite.interpreters.get(fw)
+    if python:
+        try:
+            isolation.check_interpreter(python, registry.get_class(fw).distribution)
+        except isolation.IsolationError as e:
+            raise AdapterUnavailable(f"{fw}: interpreters: {e}") from e
+    return python, containers.DockerRuntime.for_suite(suite, fw)
 
 
 @dataclass
@@ -780,6 +882,11 @@ def run_suite(
 
     # Performance cells only when there are workloads; a features-only suite runs just the probes.
     cells = plan_cells(suite, frameworks) if suite.workloads else []
+    g = suite.generator
+    if g.remote_workers and g.master_bind not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
+        raise ValueError(f"generator.master_bind {g.master_bind!r} listens beyond this machine for "
+                         f"{g.remote_workers} remote worker(s): the plan (request bodies, auth header) crosses that "
+                         "network in the clear; pass --allow-remote if it is trusted, or bind 127.0.0.1")
     probe_frameworks = list(frameworks or suite.frameworks)
     cpus = cpu_sets(suite.cpu_sets)
     stale = supervisor.stale_servers()
@@ -815,7 +922,7 @@ def run_suite(
             artifacts = build_artifacts_for(suite)
             if cells and "calibration" not in results.read_run():
                 progress("calibrating the load generator against a trivial endpoint")
-                cal = calibrate_generator(cpus, scratch, results.logs)
+                cal = calibrate_generator(cpus, scratch, results.logs, generator=suite.generator)
                 results.update_run(calibration=cal)
                 progress(f"generator ceiling {cal['ceiling_rps']:.0f} rps, latency floor p50 "
                          f"{cal['floor_p50_s'] * 1e3:.2f} ms")
@@ -856,7 +963,7 @@ def run_suite(
 # ---- reference measurements: generator calibration and the in-process limit -------------------------------------
 def calibrate_generator(
     cpus: tuple[set[int] | None, set[int] | None], scratch: Path, log_dir: Path,
-    concurrency: tuple[int, ...] = (1, 16), window_s: float = 1.0,
+    concurrency: tuple[int, ...] = (1, 16), window_s: float = 1.0, generator: Generator | None = None,
 ) -> dict[str, Any]:
     """Closed loop against a trivial endpoint: the generator's ceiling (rps) and the latency floor (p50/p99)."""
     from servingbench.adapters.base import LaunchSpec, ReadyProbe
@@ -882,9 +989,10 @@ def calibrate_generator(
                              "headers": {"Content-Type": "application/json"},
                              "bodies": [base64.b64encode(b'{"inputs": [[0.0]]}').decode()]}],
                 "result": str(scratch / f"calibration-{c}.json"),
+                "generator": generator_plan(generator, cpus[1]),
             }
             raw = run_generator(plan, cpus[1], scratch / f"calibration-{c}.plan.json", log_dir / "calibration-generator.log",
-                                budget=60)
+                                budget=60 + plan["generator"].get("connect_timeout_s", 0))
             h = LatencyHistogram()
             count = 0
             for w in raw["windows"]:
@@ -893,6 +1001,7 @@ def calibrate_generator(
             out["points"].append({
                 "concurrency": c, "throughput_rps": count / raw["measured_s"], "latency_s": h.percentiles(),
                 "generator_cpu_pct": raw["generator"]["cpu_pct"], "stable": raw["stable"],
+                "generator_processes": len(raw["generator"].get("processes") or [1]),
             })
     finally:
         server.stop()

@@ -406,16 +406,27 @@ def _inline_plan(plan: dict) -> dict:
     return out
 
 
-def _spawn_local_workers(n: int, port: int) -> list[subprocess.Popen]:
+def _die_with_parent() -> None:
+    """In a local worker, before exec: SIGKILL when the controller dies, however it dies (Linux prctl)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn_local_workers(n: int, host: str, port: int) -> list[subprocess.Popen]:
     """``n`` worker processes here, spread over this process's cores (one core each where there are enough)."""
     cpus = sorted(os.sched_getaffinity(0))
+    dial = "127.0.0.1" if host in ("0.0.0.0", "*", "::", "") else host
     procs = []
     for i in range(n):
         p = subprocess.Popen(
-            [sys.executable, "-m", "servingbench.workloads.generator", "--worker", "--master-host", "127.0.0.1",
+            [sys.executable, "-m", "servingbench.workloads.generator", "--worker", "--master-host", dial,
              "--master-port", str(port)],
-            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # same session and process group as this controller: the harness's killpg reaches them
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent,
+        )  # same session and process group as this controller: the harness's killpg reaches them too
         try:
             os.sched_setaffinity(p.pid, {cpus[i % len(cpus)]} if len(cpus) >= n else set(cpus))
         except OSError:
@@ -450,11 +461,12 @@ def run(plan: dict) -> dict:
         runner = env.create_master_runner(master_bind_host=host, master_bind_port=port)
         processes = local_workers + remote_workers
         ctl = _Controller(runner, processes, alive)
-        workers = _spawn_local_workers(local_workers, port)
-        ctl.wait(lambda: len(runner.clients.ready) >= processes, float(gen.get("connect_timeout_s", 60.0)),
-                 lambda: f"only {len(runner.clients.ready)} of {processes} workers connected to the master at "
-                         f"{host}:{port}")
+        workers = _spawn_local_workers(local_workers, host, port)
     try:
+        if distributed:
+            ctl.wait(lambda: len(runner.clients.ready) >= processes, float(gen.get("connect_timeout_s", 60.0)),
+                     lambda: f"only {len(runner.clients.ready)} of {processes} workers connected to the master at "
+                             f"{host}:{port}")
         return _drive(plan, runner, ctl, processes, mode, distributed)
     finally:
         runner.quit()
@@ -627,6 +639,16 @@ def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.
 
     env = Environment(user_classes=[BenchUser])
     deadline = time.monotonic() + connect_timeout
+    connected = False
+
+    def give_up() -> None:  # locust itself retries for minutes: no master within the timeout ends this worker
+        gevent.sleep(connect_timeout)
+        if not connected:
+            print(f"generator worker: no master at {master_host}:{master_port} within {connect_timeout:.0f} s",
+                  flush=True)
+            os._exit(2)
+
+    gevent.spawn(give_up)
     while True:
         try:
             runner = env.create_worker_runner(master_host, master_port)
@@ -636,6 +658,7 @@ def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.
                 print(f"generator worker: cannot reach the master at {master_host}:{master_port}: {e}", flush=True)
                 return 2
             gevent.sleep(0.5)
+    connected = True
     _register_load_side(runner)
     signal.signal(signal.SIGTERM, lambda *a: runner.quit())
     runner.greenlet.join()
