@@ -27,37 +27,9 @@ if path=$(find_chromium); then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure_chromium: chromium is not installed and apt-get is not available; install Chromium and put it on PATH (or set CHROMIUM=/path/to/chromium)" >&2
-    exit 1
-fi
-
-SUDO=()
-if [[ "$(id -u)" != "0" ]]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        echo "ensure_chromium: chromium is not installed and installing it needs root (no passwordless sudo); run: apt-get install -y chromium" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-install() {
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium >&2
-}
-
-# Update the package lists first when apt does not know a candidate for chromium (fresh image, empty lists).
-if ! apt-cache policy chromium 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    echo "ensure_chromium: apt-get update (no candidate for chromium yet)" >&2
-    "${SUDO[@]}" apt-get update -q >&2 || { echo "ensure_chromium: apt-get update failed" >&2; exit 1; }
-fi
-
-if ! install; then
-    echo "ensure_chromium: install failed; retrying after apt-get update (stale package lists?)" >&2
-    "${SUDO[@]}" apt-get update -q >&2 || { echo "ensure_chromium: apt-get update failed" >&2; exit 1; }
-    install || { echo "ensure_chromium: apt-get install chromium failed" >&2; exit 1; }
-fi
+# shellcheck source=apt_ensure.sh
+source "$(dirname "$0")/apt_ensure.sh"
+apt_ensure ensure_chromium "install Chromium and put it on PATH (or set CHROMIUM=/path/to/chromium)" chromium
 
 if path=$(find_chromium); then
     echo "$path"

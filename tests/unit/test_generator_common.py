@@ -119,3 +119,12 @@ def test_shape_in_a_suite_file_reports_line_and_field(tmp_path):
     with pytest.raises(ScenarioError) as e:
         load_suite(f)
     assert "workloads.0.stages.0.users" in str(e.value) and "line 8" in str(e.value)
+
+
+def test_report_names_the_generator_processes():
+    from servingbench.report.build import _generator_text
+
+    assert _generator_text({}) == "one locust process" == _generator_text({"workers": 0, "remote_workers": 0})
+    assert _generator_text({"workers": 2}) == "locust master/worker: 2 local worker(s)"
+    assert _generator_text({"workers": "auto", "remote_workers": 3}) == \
+        "locust master/worker: auto local worker(s) + 3 remote worker(s)"

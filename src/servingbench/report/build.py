@@ -186,6 +186,7 @@ def _environment(b: _Builder) -> dict[str, Any]:
         ("Lock sha256", (env.get("lock_sha256") or "–")[:16]),
         ("Load average at start", ", ".join(f"{x:.2f}" for x in la) if la else "–"),
         ("CPU sets", f"server {_cpus(cpus.get('server'))}; generator {_cpus(cpus.get('generator'))}"),
+        ("Load generator", _generator_text((meta.get("suite") or {}).get("generator") or {})),
     ]
     fw = [(k, str(v)) for k, v in (env.get("frameworks") or {}).items()]
     cal = meta.get("calibration") or {}
@@ -200,6 +201,8 @@ def _environment(b: _Builder) -> dict[str, Any]:
                              f"{format_value(p.get('throughput_rps'), 'rps')}, p50 {format_value(lat.get('p50'), 's')}, "
                              f"p99 {format_value(lat.get('p99'), 's')}, generator CPU "
                              f"{format_value(p.get('generator_cpu_pct'), '%')}"
+                             + (f" (busiest of {p['generator_processes']} processes)"
+                                if (p.get("generator_processes") or 1) > 1 else "")
                              + ("" if p.get("stable", True) else " (unstable)")))
     warnings = []
     n = env.get("cpu_count_logical") or 1
@@ -210,6 +213,15 @@ def _environment(b: _Builder) -> dict[str, Any]:
         warnings.append(f"Only {n} logical CPUs: server and load generator share a small machine, so the numbers "
                         "show orders of magnitude rather than a ranking.")
     return {"rows": rows, "frameworks": fw, "calibration": cal_rows, "warnings": warnings}
+
+
+def _generator_text(g: dict) -> str:
+    """The suite's generator processes, as run (locust master/worker mode or a single process)."""
+    local, remote = g.get("workers", 0), g.get("remote_workers", 0)
+    if not local and not remote:
+        return "one locust process"
+    parts = [f"{local} local worker(s)" if local else "", f"{remote} remote worker(s)" if remote else ""]
+    return "locust master/worker: " + " + ".join(p for p in parts if p)
 
 
 def _cpus(v: Any) -> str:

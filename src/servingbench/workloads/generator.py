@@ -590,7 +590,9 @@ def _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measu
             "cpus": local_cpus or sorted(os.sched_getaffinity(0)),
             "pid": os.getpid(),
             "processes": procs,
-            "workers": len(procs) if len(procs) > 1 or (plan.get("generator") or {}).get("workers") else 0,
+            # worker processes (locust master/worker mode); 0: the controller itself sent the load
+            "workers": len(procs) if (plan.get("generator") or {}).get("workers") or
+            (plan.get("generator") or {}).get("remote_workers") else 0,
             "controller_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
             "process_cpu_total_s": (cpu1.user + cpu1.system),
         },
