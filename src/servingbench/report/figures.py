@@ -110,6 +110,8 @@ def latency_vs_throughput(levels: pd.DataFrame, styler: Styler, model: str, slo_
             kw = st.line_kw()
             if g["kind"].iloc[0] == "open_loop":
                 kw["linestyle"] = ":"
+            elif g["kind"].iloc[0] == "shape":  # stages of one shape run: thin line, the framework's markers hollowed
+                kw.update(linewidth=0.9, markerfacecolor="white" if kw["markerfacecolor"] != "white" else kw["color"])
             label = name if levels["workload"].nunique() == 1 else f"{name} · {workload}"
             xerr = yerr = None
             if (g["repeats"] > 1).any():
