@@ -95,10 +95,10 @@ def isolate(
         _fail(f"--lock {lock}: no such file (a pip lock of name==version lines, e.g. requirements.lock)")
     if venv is not None:
         venv = venv.absolute()
-        if venv.exists() and (not venv.is_dir() or (any(venv.iterdir()) and not (venv / isolation.STAMP).is_file())):
-            # create_venv replaces a directory it does not reuse: never one that it did not create.
-            _fail(f"--venv {venv} exists and is not a servingbench venv (no {isolation.STAMP}): "
-                  "name a new or empty directory")
+        try:  # before anything is built: create_venv replaces a directory it does not reuse
+            isolation.check_venv_target(venv)
+        except isolation.IsolationError as e:
+            _fail(f"--venv {e}")
     project = None
     if source == "install":
         project = Path(isolation.__file__).resolve().parents[2]
@@ -423,12 +423,10 @@ def calibrate(
     from servingbench.harness import calibrate_generator, cpu_sets as make_cpu_sets
     from servingbench.scenarios.schema import Generator
 
-    workers: int | str = generator_workers
-    if generator_workers != "auto":
-        try:
-            workers = int(generator_workers)
-        except ValueError:
-            _fail(f"--generator-workers {generator_workers!r}: give 0-64 or auto")
+    try:
+        workers = Generator.parse_workers(generator_workers)
+    except ValueError as e:
+        _fail(f"--generator-workers {e}")
     if cpu_sets not in ("auto", "none"):
         _fail(f"--cpu-sets {cpu_sets!r}: give auto or none (a suite's cpu_sets can name cores)")
     cpus = make_cpu_sets(cpu_sets)

@@ -441,14 +441,14 @@ def generator_plan(g: Generator | None, gen_cpus: set[int] | None = None) -> dic
 def shape_stages(raw: dict, sampler: Sampler, m: Measurement, w: Shape) -> list[dict[str, Any]]:
     """One measured part per stage of a shape run: its windows (transition windows left out), resources sampled
     while it ran, the same metrics and validity flags as any load point."""
+    from servingbench.measure.stats import StabilityRule
+
     out = []
     t0 = raw.get("t_measure_abs")
     for i, st in enumerate(w.stages):
         mine = [x for x in raw["windows"] if x.get("stage") == i]
         kept = [x for x in mine if not x.get("transition")] or mine
         values = [x["count"] / max(x["end"] - x["start"], 1e-9) for x in kept]
-        from servingbench.measure.stats import StabilityRule
-
         stable = w.shape == "ramp" or len(values) < 2 or StabilityRule(
             windows=len(values), tolerance=m.tolerance).is_stable(values)
         part = {**raw, "windows": kept, "window_metric": values, "stable": stable,
@@ -457,8 +457,10 @@ def shape_stages(raw: dict, sampler: Sampler, m: Measurement, w: Shape) -> list[
         point = summarize_point(part, res, m, w.batch, min_duration_s=0.95 * part["measured_s"] if kept else None)
         point["timeline"] = [{k: v for k, v in x.items() if k not in ("histogram", "per_model")} for x in mine]
         point["errors_scope"] = "run"  # errors_by_kind, late sends: totals of the whole shape run
-        out.append({"stage": i, "users": st.users, "from_users": (w.stages[i - 1].users if i else w.start_users)
-                    if w.shape == "ramp" else st.users, "duration_s": st.duration, **point})
+        load = {"concurrency": st.users, "stage": i}
+        if w.shape == "ramp":
+            load["from_concurrency"] = w.stages[i - 1].users if i else w.start_users
+        out.append({"load": load, "stage": i, "users": st.users, "duration_s": st.duration, **point})
     return out
 
 
@@ -650,9 +652,8 @@ def run_shape(live, w: Shape, m, rep, group, suite, pool, cpus, scratch, log_dir
     load0 = {"stages": len(w.stages)}
     out = run_point(live, PointPlan(w, load0, m, rep, group, suite.generator), pool, cpus[1], scratch, log_dir)
     for st in out["stages"]:
-        load = {"concurrency": st.pop("users"), "stage": st["stage"]}
-        if w.shape == "ramp":
-            load["from_concurrency"] = st["from_users"]
+        load = st.pop("load")
+        del st["users"]  # in the load
         rec = {
             "type": "point", **base, "id": f"point:{cid}:{w.name}:{'+'.join(group)}:{json.dumps(load)}:{rep}",
             "workload": w.name, "kind": w.kind, "shape": w.shape, "models": group,
@@ -688,13 +689,9 @@ def run_cell(
     try:
         adapter = registry.get(cell.framework)
         remote = suite.targets.get(cell.framework)
-        python = suite.interpreters.get(cell.framework)  # its own venv (servingbench.isolation), or the harness's
-        if remote is None and python:
-            try:
-                isolation.check_interpreter(python, adapter.distribution)
-            except isolation.IsolationError as e:
-                raise AdapterUnavailable(f"{cell.framework}: interpreters: {e}") from e
-        elif remote is None:  # a remote server needs only the adapter's pure request/decode
+        # A remote server needs only the adapter's pure request/decode: no interpreter, no runtime, no install.
+        python, runtime = server_python_runtime(cell.framework, suite) if remote is None else (None, None)
+        if remote is None and not python:  # an isolated interpreter was checked instead
             adapter.check_available()
         deployment = make_deployment(cell.framework, cell.config, [artifacts[m.name] for m in suite.models],
                                      suite.device)
@@ -728,11 +725,9 @@ def run_cell(
     config = deployment.describe()
     cell_rec: dict[str, Any] = {"type": "cell", "id": f"cell:{cid}", **base, "config": config,
                                 "framework_version": isolation.distribution_version(python, adapter.distribution)
-                                if python and remote is None else adapter.framework_version()}
-    runtime = containers.DockerRuntime.for_suite(suite, cell.framework) if remote is None else None
+                                if python else adapter.framework_version()}
     if python or runtime:
-        cell_rec["runtime"] = {"kind": "docker" if runtime else "local", "python": python or sys.executable,
-                               "image": runtime.image if runtime else None}
+        cell_rec["runtime"] = runtime_record(python, runtime)
     t0 = time.perf_counter()
     live = LiveDeployment(adapter, deployment, workdir, log_dir, secrets, server_cpus=cpus[0],
                           startup_timeout=suite.startup_timeout, remote=remote, python=python, runtime=runtime)
@@ -814,7 +809,7 @@ def run_probe_cell(fw: str, name: str, suite: Suite, artifacts: dict[str, Any], 
     results.set_cell(cid, "running", framework=fw, probe=name)
     progress(f"{cid}: probing")
     try:
-        python, runtime = _probe_python_runtime(fw, suite)
+        python, runtime = server_python_runtime(fw, suite)
         ctx = ProbeContext(fw, artifacts, store, results.manifests / safe, results.logs / safe, cpus[0],
                            startup_timeout=suite.startup_timeout, python=python, runtime=runtime)
     except AdapterUnavailable as e:  # as run_cell: an unusable interpreter skips the cell, with the reason
@@ -828,17 +823,20 @@ def run_probe_cell(fw: str, name: str, suite: Suite, artifacts: dict[str, Any], 
     results.set_redactions(store.sensitive_strings())
     for r in recs:
         if python or runtime:  # as run_cell's cell record: where the probed servers ran
-            r["runtime"] = {"kind": "docker" if runtime else "local", "python": python or sys.executable,
-                            "image": runtime.image if runtime else None}
+            r["runtime"] = runtime_record(python, runtime)
         results.append(r)
         progress(f"{fw} {r['feature']}: {r['verdict']}" + (f" ({r['reason']})" if r["reason"] else ""))
     results.set_cell(cid, "ok", framework=fw, probe=name, verdicts={r["feature"]: r["verdict"] for r in recs})
     return "ok"
 
 
-def _probe_python_runtime(fw: str, suite: Suite) -> tuple[str | None, Any]:
-    """The interpreter (suite ``interpreters:``, checked as run_cell checks it) and runtime (``runtime: docker``)
-    a probe's deployments start with; :class:`AdapterUnavailable` when the interpreter is unusable."""
+def server_python_runtime(fw: str, suite: Suite) -> tuple[str | None, Any]:
+    """Where ``fw``'s servers run: the interpreter of its own venv (suite ``interpreters:``, checked to hold the
+    framework, servingbench, torch and numpy) or None for the harness's, and a
+    :class:`~servingbench.containers.DockerRuntime` (suite ``runtime: docker``) or None for local processes.
+
+    Raises :class:`AdapterUnavailable` (the cell is skipped with the reason) when the interpreter is unusable.
+    """
     python = suite.interpreters.get(fw)
     if python:
         try:
@@ -846,6 +844,12 @@ def _probe_python_runtime(fw: str, suite: Suite) -> tuple[str | None, Any]:
         except isolation.IsolationError as e:
             raise AdapterUnavailable(f"{fw}: interpreters: {e}") from e
     return python, containers.DockerRuntime.for_suite(suite, fw)
+
+
+def runtime_record(python: str | None, runtime: Any) -> dict[str, Any]:
+    """What a cell or probe record says about where its servers ran."""
+    return {"kind": "docker" if runtime else "local", "python": python or sys.executable,
+            "image": runtime.image if runtime else None}
 
 
 @dataclass

@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 __all__ = [
-    "ALWAYS", "EXTRA_REQUIREMENTS", "IsolationError", "check_interpreter", "create_venv", "default_venv_dir",
+    "ALWAYS", "EXTRA_REQUIREMENTS", "IsolationError", "check_interpreter", "check_venv_target", "create_venv",
+    "default_venv_dir",
     "distribution_version", "find_lock", "framework_requirements", "interpreter_facts", "lock_hash",
     "path_with_venv", "read_lock",
 ]
@@ -214,6 +215,13 @@ def default_venv_dir(framework: str, lock: Path, python_version: str | None = No
     return root / "venvs" / f"{framework}-{lock_hash(lock)[:12]}-py{py}"
 
 
+def check_venv_target(venv: Path) -> None:
+    """A venv directory is replaced only when servingbench made it: never a directory someone else owns."""
+    if venv.exists() and (not venv.is_dir() or (any(venv.iterdir()) and not (venv / STAMP).is_file())):
+        raise IsolationError(f"{venv} exists and is not a servingbench venv (no {STAMP}): "
+                             "name a new or empty directory")
+
+
 def create_venv(
     framework: str,
     venv: Path | None = None,
@@ -269,10 +277,7 @@ def create_venv(
                     log(f"reusing {venv} (created in {have.get('seconds', 0):.0f} s)")
                     return python
         if venv.exists():
-            if not venv.is_dir() or (any(venv.iterdir()) and not stamp.is_file()):
-                # Replaced only when servingbench made it: never a directory someone else owns.
-                raise IsolationError(f"{venv} exists and is not a servingbench venv (no {STAMP}): "
-                                     "name a new or empty directory")
+            check_venv_target(venv)
             shutil.rmtree(venv)
         t0 = time.perf_counter()
         log(f"creating {venv} for {framework} from {lock}")

@@ -76,15 +76,15 @@ class Sampler:
             now = time.perf_counter()
             cpu = self._cpu_seconds(procs)
             s: dict[str, float] = {"t": now}
-            s_prev_t = prev_t
+            dt = now - prev_t
             if prev_cpu is not None:
-                s["server_cpu_pct"] = max(0.0, 100.0 * (cpu - prev_cpu) / (now - prev_t))
+                s["server_cpu_pct"] = max(0.0, 100.0 * (cpu - prev_cpu) / dt)
             prev_cpu, prev_t = cpu, now
             s.update(tree_memory(procs))
             if self.generator is not None:
                 gen = self._generator_cpu_seconds()
                 if gen is not None and prev_gen is not None:
-                    s["generator_cpu_pct"] = max(0.0, 100.0 * (gen - prev_gen) / (now - s_prev_t))
+                    s["generator_cpu_pct"] = max(0.0, 100.0 * (gen - prev_gen) / dt)
                 prev_gen = gen
             if self._nvml:
                 with contextlib.suppress(Exception):

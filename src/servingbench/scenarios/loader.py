@@ -99,16 +99,13 @@ def apply_overrides(suite: Suite, path: str | Path, *, runtime: str | None = Non
             raise ScenarioError(Path(path), [f"--runtime: {runtime!r} is not one of 'local', 'docker'"])
         update["runtime"] = runtime
     if generator_workers is not None:
-        given = generator_workers
-        if generator_workers != "auto":
-            try:
-                generator_workers = int(generator_workers)
-            except ValueError:
-                generator_workers = -1
-        if generator_workers != "auto" and not 0 <= generator_workers <= 64:
-            raise ScenarioError(Path(path), [f"--generator-workers {given}: must be 0 (one process) "
-                                             "to 64 locust worker processes, or auto"])
-        update["generator"] = suite.generator.model_copy(update={"workers": generator_workers})
+        from servingbench.scenarios.schema import Generator
+
+        try:
+            workers = Generator.parse_workers(generator_workers)
+        except ValueError as e:
+            raise ScenarioError(Path(path), [f"--generator-workers {e}"]) from None
+        update["generator"] = suite.generator.model_copy(update={"workers": workers})
     return suite.model_copy(update=update) if update else suite
 
 

@@ -183,6 +183,14 @@ class Generator(_Strict):
                              "connect to (e.g. master_port: 5557)")
         return self
 
+    @classmethod
+    def parse_workers(cls, value: Any) -> int | str:
+        """``workers`` from a command line (``"3"``, ``"auto"``), validated as the field is; ValueError if not."""
+        try:
+            return cls(workers=value).workers
+        except ValueError:
+            raise ValueError(f"{value}: must be 0 (one process) to 64 locust worker processes, or auto") from None
+
     def local_workers(self, generator_cpus: set[int] | None = None) -> int:
         """Worker processes to start here; ``auto`` resolves to the generator's cores (or this process's)."""
         if self.workers != "auto":

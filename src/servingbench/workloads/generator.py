@@ -23,9 +23,11 @@ locust's ``LocalRunner``; otherwise the controller runs locust's ``MasterRunner`
 ``WorkerRunner`` (``workers`` started here, ``remote_workers`` connecting from elsewhere).  The same custom
 messages serve both (``LocalRunner.send_message`` calls the listener in-process):
 
-* controller -> load ``sb_plan`` {plan, index, share}: build the targets; answer ``sb_ready``.
-* controller -> load ``sb_window`` {action: open|rotate|close, n}: cut window ``n`` on the local clock; answer
-  ``sb_report`` with its count, errors and HdrHistogram (and, on close, the error kinds and the process's CPU).
+* controller -> load ``sb_plan`` {plan, index, n}: build the targets (process ``index`` of ``n``); answer
+  ``sb_ready``.  The controller re-sends it until answered.
+* controller -> load ``sb_window`` {action, n}: ``start`` (open-loop schedules begin), ``open`` / ``end`` window
+  ``n`` on the local clock, ``final``; every process answers ``sb_report`` (an ended window's count, errors and
+  HdrHistogram; on ``final`` its error kinds, late sends and CPU).
 
 The controller merges every window across processes by adding counts and histograms (never averaging percentiles),
 so a run with workers yields exactly the result format of a single process.  Open-loop rates are split evenly:
@@ -237,7 +239,7 @@ class _Load:
 
         # No framework: calibration against a trivial endpoint, nothing to decode.
         adapter = registry.get(plan["framework"]) if plan.get("framework") else None
-        self.index, self.n = index, n
+        self.index = index
         self.targets = []
         for t in plan["targets"]:
             spec = get_model(t["model_name"], **t.get("model_params", {})) if adapter else None
@@ -338,17 +340,16 @@ class _StageShape(LoadTestShape):
         return shape_users(self.stages, self.ramp, self.start_users, self.get_run_time()), self.spawn_rate
 
 
-def _register_load_side(runner, plan_cb: Callable[[dict], _Load] | None = None) -> None:
+def _register_load_side(runner) -> None:
     """Listeners of the sending side: build the plan's load, cut windows, answer the controller."""
 
     def on_plan(environment, msg, **kw) -> None:
         d = msg.data
         # The master re-sends a plan until it is answered (a plan may arrive before this listener exists).
-        load = _LOAD if _LOAD is not None and _LOAD.index == d["index"] else _Load(d["plan"], d["index"], d["n"])
+        if _LOAD is None or _LOAD.index != d["index"]:
+            _Load(d["plan"], d["index"], d["n"])
         runner.send_message("sb_ready", {"index": d["index"], "pid": os.getpid(), "host": socket.gethostname(),
                                          "cpus": sorted(os.sched_getaffinity(0))})
-        if plan_cb:
-            plan_cb(load)
 
     def on_window(environment, msg, **kw) -> None:
         if _LOAD is not None:
@@ -369,13 +370,19 @@ class _Controller:
         runner.register_message("sb_report",
                                 lambda environment, msg, **kw: self.reports.setdefault(msg.data["n"], []).append(msg.data))
 
-    def wait(self, done: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    def poll(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Let locust's greenlets deliver messages until ``done()`` or ``timeout``; whether it is done."""
         deadline = time.perf_counter() + timeout
         while not done():
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"load generator: {what() if callable(what) else what} within {timeout:.0f} s")
+                return False
             self.alive()
             gevent.sleep(0.002)
+        return True
+
+    def wait(self, done: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+        if not self.poll(done, timeout):
+            raise RuntimeError(f"load generator: {what() if callable(what) else what} within {timeout:.0f} s")
 
     def cut(self, action: str, n: int) -> list[dict]:
         self.runner.send_message("sb_window", {"action": action, "n": n})
@@ -483,18 +490,15 @@ def run(plan: dict) -> dict:
 def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, distributed: bool) -> dict:
     wire = _inline_plan(plan) if distributed else plan
     clients = [c.id for c in runner.clients.all] if distributed else [None]
-    deadline = time.perf_counter() + 60.0
-    while len(ctl.ready) < processes:
+    for _ in range(60):  # a plan sent before a worker's listener existed is lost: re-send every second
         for i, client_id in enumerate(clients):
             if (client_id or "local") not in ctl.ready:
                 runner.send_message("sb_plan", {"plan": wire, "index": i, "n": processes}, client_id=client_id)
-        resend_at = time.perf_counter() + 1.0
-        while len(ctl.ready) < processes and time.perf_counter() < resend_at:
-            ctl.alive()
-            gevent.sleep(0.005)
-        if len(ctl.ready) < processes and time.perf_counter() > deadline:
-            raise RuntimeError(f"load generator: {processes - len(ctl.ready)} generator process(es) did not load "
-                               "the plan within 60 s")
+        if ctl.poll(lambda: len(ctl.ready) >= processes, 1.0):
+            break
+    else:
+        raise RuntimeError(f"load generator: {processes - len(ctl.ready)} generator process(es) did not load the "
+                           "plan within 60 s")
     ready = sorted(ctl.ready.values(), key=lambda r: r["index"])
     cpu0 = os.times()
     t_begin = time.perf_counter()
@@ -640,14 +644,13 @@ def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.
     from servingbench.models import get_model  # noqa: F401
 
     env = Environment(user_classes=[BenchUser])
-    deadline = time.monotonic() + connect_timeout
-    connected = False
+    connected, last_error = False, ""
 
     def give_up() -> None:  # locust itself retries for minutes: no master within the timeout ends this worker
         gevent.sleep(connect_timeout)
         if not connected:
-            print(f"generator worker: no master at {master_host}:{master_port} within {connect_timeout:.0f} s",
-                  flush=True)
+            print(f"generator worker: no master at {master_host}:{master_port} within {connect_timeout:.0f} s"
+                  + (f" ({last_error})" if last_error else ""), flush=True)
             os._exit(2)
 
     gevent.spawn(give_up)
@@ -655,10 +658,8 @@ def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.
         try:
             runner = env.create_worker_runner(master_host, master_port)
             break
-        except Exception as e:  # noqa: BLE001 - the master may not listen yet
-            if time.monotonic() > deadline:
-                print(f"generator worker: cannot reach the master at {master_host}:{master_port}: {e}", flush=True)
-                return 2
+        except Exception as e:  # noqa: BLE001 - the master may not listen yet; give_up() ends the tries
+            last_error = f"{type(e).__name__}: {e}"
             gevent.sleep(0.5)
     connected = True
     _register_load_side(runner)
