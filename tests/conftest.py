@@ -25,6 +25,20 @@ def zoo_artifacts(_artifact_cache):
     return {m.name: build_artifacts(m) for m in list_models()}
 
 
+@pytest.fixture(scope="module")
+def litserve_live(zoo_artifacts, tmp_path_factory):
+    """A real LitServe server with the mlp model (one per test module), stopped after the module."""
+    from servingbench.adapters import registry
+    from servingbench.adapters.base import Secrets
+    from servingbench.harness import LiveDeployment, make_deployment
+    from servingbench.scenarios.schema import DeploymentConfig
+
+    tmp = tmp_path_factory.mktemp("litserve-mlp")
+    dep = make_deployment("litserve", DeploymentConfig(), [zoo_artifacts["mlp"]], "cpu")
+    with LiveDeployment(registry.get("litserve"), dep, tmp / "d", tmp / "logs", Secrets()) as ld:
+        yield ld
+
+
 def marked_leftovers(marker: str) -> list:
     from servingbench.measure.supervisor import marked_processes
 

@@ -28,11 +28,11 @@ M = Measurement(warmup="0.5s", window="1s", windows=2, tolerance=1.0, max_durati
                 sample_every=5)
 
 
-def test_two_local_workers_merge_exactly(live, tmp_path):
+def test_two_local_workers_merge_exactly(litserve_live, tmp_path):
     w = ClosedLoop(name="c", kind="closed_loop", concurrency=[4])
     before = set(p.pid for p in psutil.process_iter())
-    point = run_point(live, PointPlan(w, {"concurrency": 4}, M, 0, ["mlp"], Generator(workers=2)),
-                      InputPool(live), None, tmp_path, tmp_path)
+    point = run_point(litserve_live, PointPlan(w, {"concurrency": 4}, M, 0, ["mlp"], Generator(workers=2)),
+                      InputPool(litserve_live), None, tmp_path, tmp_path)
     gen = point["generator"]
     assert len(gen["processes"]) == 2 and gen["workers"] == 2
     assert len({p["pid"] for p in gen["processes"]}) == 2 and gen["pid"] not in {p["pid"] for p in gen["processes"]}
@@ -56,10 +56,10 @@ def test_two_local_workers_merge_exactly(live, tmp_path):
     assert not leftovers, leftovers
 
 
-def test_open_loop_rate_is_split_over_workers(live, tmp_path):
+def test_open_loop_rate_is_split_over_workers(litserve_live, tmp_path):
     w = OpenLoop(name="o", kind="open_loop", rates=[120], arrival="poisson", max_in_flight=16)
-    point = run_point(live, PointPlan(w, {"rate": 120}, M, 0, ["mlp"], Generator(workers=2)),
-                      InputPool(live), None, tmp_path, tmp_path)
+    point = run_point(litserve_live, PointPlan(w, {"rate": 120}, M, 0, ["mlp"], Generator(workers=2)),
+                      InputPool(litserve_live), None, tmp_path, tmp_path)
     mt = point["metrics"]
     # Two independent Poisson streams at 60/s add up to 120/s (within noise of ~240-360 arrivals).
     assert 85 < mt["throughput_rps"] < 155, mt["throughput_rps"]
@@ -67,7 +67,7 @@ def test_open_loop_rate_is_split_over_workers(live, tmp_path):
     assert min(per_proc) > 0.5 * max(per_proc), per_proc
 
 
-def test_remote_worker_serves_consecutive_points_over_loopback(live, tmp_path):
+def test_remote_worker_serves_consecutive_points_over_loopback(litserve_live, tmp_path):
     """The multi-host recipe on loopback: `servingbench generator-worker` started on its own (as on another host)
     connects to the master's fixed port for every load point of a run, then leaves when no master comes."""
     port = free_port()
@@ -79,8 +79,8 @@ def test_remote_worker_serves_consecutive_points_over_loopback(live, tmp_path):
         pids = []
         for users in (2, 1):
             w = ClosedLoop(name="c", kind="closed_loop", concurrency=[users])
-            point = run_point(live, PointPlan(w, {"concurrency": users}, M, 0, ["mlp"], g), InputPool(live), None,
-                              tmp_path, tmp_path)
+            point = run_point(litserve_live, PointPlan(w, {"concurrency": users}, M, 0, ["mlp"], g),
+                              InputPool(litserve_live), None, tmp_path, tmp_path)
             procs = point["generator"]["processes"]
             assert len(procs) == 1 and procs[0]["pid"] != point["generator"]["pid"]
             pids.append(procs[0]["pid"])
@@ -94,9 +94,10 @@ def test_remote_worker_serves_consecutive_points_over_loopback(live, tmp_path):
             worker.wait()
 
 
-def test_step_shape_one_record_per_stage(live, tmp_path):
+def test_step_shape_one_record_per_stage(litserve_live, tmp_path):
     w = Shape(name="steps", kind="shape", stages=[{"users": 1, "duration": "2s"}, {"users": 4, "duration": "2s"}])
-    out = run_point(live, PointPlan(w, {"stages": 2}, M, 0, ["mlp"]), InputPool(live), None, tmp_path, tmp_path)
+    out = run_point(litserve_live, PointPlan(w, {"stages": 2}, M, 0, ["mlp"]), InputPool(litserve_live), None,
+                    tmp_path, tmp_path)
     stages = out["stages"]
     assert [s["stage"] for s in stages] == [0, 1] and [s["users"] for s in stages] == [1, 4]
     for s in stages:
@@ -107,7 +108,7 @@ def test_step_shape_one_record_per_stage(live, tmp_path):
     assert stages[1]["metrics"]["throughput_rps"] > 0.8 * stages[0]["metrics"]["throughput_rps"]
 
 
-def test_a_worker_killed_mid_point_fails_the_point_and_leaves_no_process(live, tmp_path):
+def test_a_worker_killed_mid_point_fails_the_point_and_leaves_no_process(litserve_live, tmp_path):
     import threading
     import time
 
@@ -130,12 +131,12 @@ def test_a_worker_killed_mid_point_fails_the_point_and_leaves_no_process(live, t
     t = threading.Thread(target=kill_a_worker, daemon=True)
     t.start()
     with pytest.raises(RuntimeError, match="(?s)load generator failed .*worker [0-9]+ exited with -9"):
-        run_point(live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"], Generator(workers=2)), InputPool(live),
-                  None, tmp_path, tmp_path)
+        run_point(litserve_live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"], Generator(workers=2)),
+                  InputPool(litserve_live), None, tmp_path, tmp_path)
     t.join()
     assert killed
     time.sleep(0.5)
     left = [p for p in psutil.process_iter(["cmdline"])
             if "servingbench.workloads.generator" in " ".join(p.info["cmdline"] or [])]
     assert not left, left
-    live.check_alive()  # the server is unharmed
+    litserve_live.check_alive()  # the server is unharmed

@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import docker_standin
 import numpy as np
 import psutil
 import pytest
+from conftest import all_marked_pids
 
 from servingbench import isolation
 from servingbench.adapters import registry
@@ -151,68 +153,14 @@ def test_verify_python_runs_the_server_from_the_venv(litserve_venv, no_leftovers
     assert "litserve: verify passed" in p.stdout and "stop: graceful" in p.stdout
 
 
-# A stand-in docker client: `run` execs the container command here with ONLY the -e environment, the image's venv
-# (/opt/venv) being the isolated venv (an image holds the same lock's versions there); `rm` logs the cleanup.
-FAKE_DOCKER = r'''#!{python}
-import json, os, sys
-args, log, prefix = sys.argv[1:], {log!r}, {prefix!r}
-host = lambda s: s.replace("/opt/venv", prefix)
-if args[0] == "rm":
-    with open(log, "a") as f:
-        f.write(json.dumps(args) + "\n")
-    print("Error response from daemon: No such container: " + args[-1], file=sys.stderr)
-    sys.exit(1)
-valued = {{"--name", "--network", "--pull", "--workdir", "--stop-signal", "--stop-timeout", "--user", "--shm-size",
-          "--cpuset-cpus", "--gpus", "--label", "-v", "-e", "--entrypoint"}}
-env, cwd, i = {{}}, "/", 1
-while args[i].startswith("-"):
-    if args[i] in valued:
-        opt, v = args[i], args[i + 1]
-        if opt == "-e":
-            k, eq, val = v.partition("=")
-            if eq:
-                env[k] = val
-            elif k in os.environ:
-                env[k] = os.environ[k]
-        elif opt == "--workdir":
-            cwd = v
-        elif opt == "-v":
-            assert os.path.exists(v.split(":")[0]), v
-        i += 2
-    else:
-        i += 1
-image, cmd = args[i], args[i + 1:]
-with open(log, "a") as f:
-    f.write(json.dumps({{"image": image, "argv0": cmd[0]}}) + "\n")
-os.chdir(cwd)
-os.execve(host(cmd[0]), [host(a) for a in cmd], {{k: host(v) for k, v in env.items()}})
-'''
-
-
 def fake_docker(tmp_path: Path, venv: Path) -> tuple[Path, Path]:
-    """(bin dir holding `docker`, its log)."""
+    """(bin dir holding a stand-in `docker` whose /opt/venv is ``venv``, its log)."""
     log, bin_dir = tmp_path / "docker.log", tmp_path / "fakebin"
-    bin_dir.mkdir()
-    (bin_dir / "docker").write_text(FAKE_DOCKER.format(python=sys.executable, log=str(log), prefix=str(venv)))
-    (bin_dir / "docker").chmod(0o755)
+    docker_standin.write(bin_dir, log, prefix=str(venv))
     return bin_dir, log
 
 
-def docker_log(log: Path) -> tuple[list[dict], list[list[str]]]:
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
-    return [x for x in lines if isinstance(x, dict)], [x for x in lines if isinstance(x, list)]
-
-
-def marked(prefix: str) -> list[psutil.Process]:
-    """Processes whose SERVINGBENCH_MARKER starts with ``prefix`` (the test's servers, whoever started them)."""
-    out = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("SERVINGBENCH_MARKER", "").startswith(prefix):
-                out.append(proc)
-        except psutil.Error:
-            continue
-    return out
+docker_log = docker_standin.read_log
 
 
 def test_serve_python_with_runtime_docker(litserve_venv, zoo_artifacts, tmp_path, no_leftovers):
@@ -252,7 +200,7 @@ def test_serve_python_with_runtime_docker(litserve_venv, zoo_artifacts, tmp_path
         assert launch["python"] == str(python) and launch["venv_prefix"] == str(venv)
         [run] = docker_log(log)[0]
         assert run == {"image": "servingbench/litserve:cpu", "argv0": "/opt/venv/bin/python"}  # translated prefix
-        procs = marked(no_leftovers)
+        procs = [psutil.Process(pid) for pid in all_marked_pids(no_leftovers)]
         assert procs and all(proc.cmdline()[0] == str(python) for proc in procs
                              if "python" in Path(proc.cmdline()[0]).name)
         libtorch = {m.path for proc in procs for m in _maps(proc) if "libtorch_cpu" in m.path}

@@ -45,12 +45,12 @@ def measure(live, workload, load, tmp_path, stall: bool) -> dict:
     return point["metrics"]
 
 
-def test_open_loop_shows_the_stall_closed_loop_hides_it(live, tmp_path):
+def test_open_loop_shows_the_stall_closed_loop_hides_it(litserve_live, tmp_path):
     closed = ClosedLoop(name="c", kind="closed_loop", concurrency=[2])
     opened = OpenLoop(name="o", kind="open_loop", rates=[150], arrival="constant", max_in_flight=64)
-    base_closed = measure(live, closed, {"concurrency": 2}, tmp_path, stall=False)
-    stalled_closed = measure(live, closed, {"concurrency": 2}, tmp_path, stall=True)
-    stalled_open = measure(live, opened, {"rate": 150}, tmp_path, stall=True)
+    base_closed = measure(litserve_live, closed, {"concurrency": 2}, tmp_path, stall=False)
+    stalled_closed = measure(litserve_live, closed, {"concurrency": 2}, tmp_path, stall=True)
+    stalled_open = measure(litserve_live, opened, {"rate": 150}, tmp_path, stall=True)
 
     # Closed loop: 2 users -> at most ~2 requests wait out the stall among hundreds; p99 barely moves.
     assert stalled_closed["latency_s"]["p99"] < 0.25, stalled_closed["latency_s"]

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker_standin
 import pytest
 import yaml
 
@@ -34,9 +35,7 @@ from servingbench.scenarios.schema import DeploymentConfig
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 IMAGE = "servingbench/test:cpu"
-# Options of `docker run` that take a value (the ones docker_run emits).
-VALUED = {"--name", "--network", "--pull", "--workdir", "--stop-signal", "--stop-timeout", "--user", "--shm-size",
-          "--cpuset-cpus", "--gpus", "--label", "-v", "-e", "--entrypoint"}
+VALUED = docker_standin.VALUED  # options of `docker run` that take a value (the ones docker_run emits)
 HOST_PREFIX = str(Path(sys.executable).parent.parent)
 
 
@@ -287,52 +286,12 @@ def test_serve_command_needs_the_token(mlp, tmp_path):
 
 
 # ---- the harness hook, end to end, with a stand-in docker client -------------------------------------------------
-FAKE_DOCKER = r'''#!{python}
-"""Stand-in for the docker client: `run` execs the container command here with ONLY the -e environment (as a
-container would see it), `rm` logs the cleanup."""
-import json, os, sys
-args = sys.argv[1:]
-log = {log!r}
-if args[0] == "rm":
-    with open(log, "a") as f:
-        f.write(json.dumps(args) + "\n")
-    print("Error response from daemon: No such container: " + args[-1], file=sys.stderr)
-    sys.exit(1)
-valued = {valued!r}
-env, cwd, i = {{}}, "/", 1
-while args[i].startswith("-"):
-    if args[i] in valued:
-        opt, v = args[i], args[i + 1]
-        if opt == "-e":
-            k, eq, val = v.partition("=")
-            if eq:
-                env[k] = val
-            elif k in os.environ:
-                env[k] = os.environ[k]
-        elif opt == "--workdir":
-            cwd = v
-        elif opt == "-v":
-            assert os.path.exists(v.split(":")[0]), v
-        i += 2
-    else:
-        i += 1
-cmd = args[i + 1:]
-with open(log, "a") as f:
-    f.write(json.dumps({{"image": args[i], "env": sorted(env)}}) + "\n")
-os.chdir(cwd)
-os.execve(cmd[0], cmd, env)
-'''
-
-
 @pytest.mark.server
 @pytest.mark.parametrize("name", registry.names())
 def test_live_deployment_through_the_runtime_hook(name, mlp, tmp_path, no_leftovers):
     """LiveDeployment wraps, starts, verifies and stops through the runtime; the server gets only the -e env."""
     log = tmp_path / "docker.log"
-    fake = tmp_path / "bin" / "docker"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_DOCKER.format(python=sys.executable, log=str(log), valued=VALUED))
-    fake.chmod(0o755)
+    fake = docker_standin.write(tmp_path / "bin", log)
     # image_prefix = the host venv: the "image" is this machine, so the container command runs here unchanged.
     runtime = DockerRuntime(image=IMAGE, docker=str(fake), image_prefix=HOST_PREFIX)
     adapter = registry.get(name)
@@ -345,8 +304,7 @@ def test_live_deployment_through_the_runtime_hook(name, mlp, tmp_path, no_leftov
         assert all(argv[0] == str(fake) for argv in live.launch_argv)
         assert (live.workdir / containers.LAUNCH_FILE).is_file()
     assert not live.cleanup_commands
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
-    runs, removals = [x for x in lines if isinstance(x, dict)], [x for x in lines if isinstance(x, list)]
+    runs, removals = docker_standin.read_log(log)
     assert len(runs) == len(removals) == len(live.launch_argv)
     assert all(r[:2] == ["rm", "-f"] for r in removals)
     for r in live.stop_reports:
