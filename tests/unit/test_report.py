@@ -48,7 +48,7 @@ PROBES = [
 
 
 def _records(path: Path, type_: str | None = None) -> list[dict]:
-    return RunResults.open(path).records(type_)
+    return RunResults.open(path, readonly=True).records(type_)
 
 
 def _copy(tmp_path: Path, name: str = "run") -> Path:
@@ -118,7 +118,7 @@ def test_sample_is_small_and_real():
 def test_report_files(sample_report: Path):
     out = sample_report.parent
     assert sample_report.name == "index.html" and sample_report.is_file()
-    assert out.name == RunResults.open(SAMPLE).read_run()["run_id"]
+    assert out.name == RunResults.open(SAMPLE, readonly=True).read_run()["run_id"]
     assert (out / "report.md").is_file()
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) >= 5
@@ -232,13 +232,13 @@ def test_validity_section_lists_flagged_points(sample_report: Path):
     assert set(df["record_id"]) == {p["id"] for p in flagged}
     for flag in {f for p in flagged for f in p["validity"]["flags"]}:
         assert flag in html
-    cal = RunResults.open(SAMPLE).read_run()["calibration"]
+    cal = RunResults.open(SAMPLE, readonly=True).read_run()["calibration"]
     assert format_value(cal["ceiling_rps"], "rps") in html
 
 
 def test_reproduce_section(sample_report: Path):
     html = sample_report.read_text()
-    run = RunResults.open(SAMPLE).read_run()
+    run = RunResults.open(SAMPLE, readonly=True).read_run()
     assert "name: sample" in html and "slo_search" in html  # the suite text
     for f in (SAMPLE / "manifests").rglob("*"):
         if f.is_file():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -554,25 +555,110 @@ def build_context(d: RunData, out: Path, threshold: float = 0.05) -> dict[str, A
     return ctx
 
 
+REPORT_MARKER = ".servingbench-report"
+"""File the report writer creates first in every report directory: only such a directory is ever replaced."""
+_LEGACY_REPORT = {"index.html", "report.md", "figures", "tables"}  # reports written before the marker existed
+
+
+def _looks_like_report(path: Path) -> bool:
+    marker = path / REPORT_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        return True
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    return {"index.html", "report.md"} <= names <= _LEGACY_REPORT
+
+
+def report_dir(out_root: Path, run_id: object, run_json: Path) -> Path:
+    """``<out_root>/<run_id>`` after checking that ``run_id`` is a safe directory name; ResultsError naming the
+    run.json, the field, the value and the fix otherwise.  ``out_root`` is created if missing."""
+    from servingbench.results import RUN_ID_CHARS, RUN_ID_MAX, ResultsError, run_id_problem, sanitise_name
+
+    problem = run_id_problem(run_id)
+    if problem:
+        shown = repr(run_id) if len(repr(run_id)) <= 80 else repr(run_id)[:77] + "..."
+        raise ResultsError(
+            f"{run_json}: field 'run_id' {shown} {problem}, so it cannot name a report directory (results are data, "
+            f"never paths): a run id is 1-{RUN_ID_MAX} of {RUN_ID_CHARS}. Set 'run_id' in that run.json to a safe "
+            f"name such as {sanitise_name(str(run_id), RUN_ID_MAX)!r}")
+    out_root = Path(out_root)
+    if os.path.lexists(out_root) and not out_root.is_dir():
+        raise ResultsError(f"--out {out_root} exists and is not a directory: give a directory for the reports")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsError(f"cannot create the reports directory --out {out_root}: {e.strerror or e}; "
+                           "choose a writable --out directory") from e
+    return out_root.resolve() / str(run_id)
+
+
+def _clear_report_dir(out: Path, results_dir: Path) -> None:
+    """Remove an earlier report at ``out`` (strictly inside --out, a real directory that looks like a report)."""
+    from servingbench.results import ResultsError
+
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ResultsError(f"{out} exists and is not a report directory (a link or a file): servingbench only "
+                           "replaces reports it wrote; move it away or choose another --out")
+    res = results_dir.resolve()
+    if res == out or out in res.parents:
+        raise ResultsError(f"the results directory {results_dir} lies inside the report directory {out}: "
+                           "choose another --out")
+    if not _looks_like_report(out):
+        raise ResultsError(f"{out} exists and is not a servingbench report (no {REPORT_MARKER} file): servingbench "
+                           "only replaces reports it wrote; move that directory away or choose another --out")
+    shutil.rmtree(out)
+
+
 def write_report(results_dir: Path, out_root: Path = Path("reports")) -> Path:
     """Write ``<out_root>/<run-id>/`` (index.html, report.md, figures/, tables/) and return index.html's path.
 
+    The directory name comes only from ``out_root`` and run.json's ``run_id`` once checked as a safe name (no
+    path separators, no leading dot, at most 120 characters); an existing directory there is replaced only when
+    it is a servingbench report (it holds the :data:`REPORT_MARKER` file).  Nothing outside ``out_root`` is
+    created or removed.
+
     Args:
         results_dir: a results directory (``run.json`` + ``records.jsonl``), complete or not.
-        out_root: where reports go; the report directory is replaced if it exists.
+        out_root: where reports go (created if missing); an earlier report of the same run is replaced.
     Raises:
-        servingbench.results.ResultsError: ``results_dir`` is not a results directory.
+        servingbench.results.ResultsError: ``results_dir`` is not a results directory, its files are damaged or
+            not servingbench's, its run id is not a safe name, or the report cannot be written there.
     """
-    d = RunData.load(Path(results_dir))
-    out = Path(out_root) / d.run_id
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "figures").mkdir(parents=True)
-    (out / "tables").mkdir()
-    ctx = build_context(d, out)
-    (out / "index.html").write_text(_env(True).get_template("report.html.j2").render(**ctx))
-    (out / "report.md").write_text(_env(False).get_template("report.md.j2").render(**ctx))
+    import json
+
+    from servingbench.results import ResultsError
+
+    results_dir = Path(results_dir)
+    d = RunData.load(results_dir)
+    out = report_dir(Path(out_root), d.meta.get("run_id"), results_dir / "run.json")
+    try:
+        _clear_report_dir(out, results_dir)
+        out.mkdir()
+        (out / REPORT_MARKER).write_text(json.dumps({"servingbench_report": 1, "run_id": d.run_id}) + "\n")
+        (out / "figures").mkdir()
+        (out / "tables").mkdir()
+    except OSError as e:
+        raise ResultsError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from e
+    try:
+        ctx = build_context(d, out)
+        html = _env(True).get_template("report.html.j2").render(**ctx)
+        md = _env(False).get_template("report.md.j2").render(**ctx)
+    except OSError as e:
+        raise ResultsError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from e
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ResultsError(
+            f"cannot build a report from {results_dir}: {type(e).__name__}: {e}. Its run.json and records.jsonl "
+            "passed the shape checks; if nobody edited them, this is a servingbench bug: please report it") from e
+    try:
+        (out / "index.html").write_text(html)
+        (out / "report.md").write_text(md)
+    except OSError as e:
+        raise ResultsError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from e
     return out / "index.html"
 
 
-__all__ = ["write_report", "build_context"]
+__all__ = ["write_report", "build_context", "report_dir", "REPORT_MARKER"]
