@@ -1,22 +1,36 @@
 """servingbench.measure.stats: histogram error bound and percentile definition against numpy, exact merges,
-serialization, stability rule, SLO search on an analytic queue, coordinated omission, schedules, noise tests."""
+serialization, stability rule (throughput and latency), early stopping against scipy, SLO search on an analytic queue
+(verdicts, confirmation, generator limits, insufficient probes), M/D/1 against a Lindley simulation, coordinated
+omission, schedules, noise tests."""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from servingbench.measure.stats import (
+    NON_FAILING_FLAGS,
     SLO_DOWNWARD_HALVINGS,
     LatencyHistogram,
+    ProbeOutcome,
+    SloPoint,
     StabilityRule,
     constant_schedule,
+    early_stopping_max_over,
     intended_time_latencies,
+    md1_max_rate_for_p99,
+    md1_p99_s,
+    md1_wait_cdf,
+    min_requests_for_p99,
+    p99_early_stopping,
     poisson_schedule,
+    probe_verdict,
     significant_change,
     slo_search,
+    stable_tail,
     summarize_repeats,
 )
 
@@ -218,62 +232,358 @@ def test_stability_rule():
         StabilityRule(windows=0)
 
 
+def test_stable_tail_needs_throughput_and_latency_to_agree():
+    tput = [50, 80, 100, 101, 99]
+    p50 = [0.010, 0.009, 0.0050, 0.0051, 0.0049]
+    assert stable_tail(tput, p50, windows=3, tolerance=0.10) == 2  # report windows[2:]
+    assert StabilityRule(3, 0.10).stable_tail(tput, p50) == 2 and StabilityRule(3, 0.10).both(tput, p50)
+    assert stable_tail(tput, p50, windows=5, tolerance=0.10) is None  # the warm-up windows disagree
+    # Throughput agrees but latency still drifts (a queue building up at a fixed arrival rate): unstable.
+    assert stable_tail([100, 100, 100, 100], [0.005, 0.006, 0.008, 0.012], 3, 0.10) is None
+    # Latency agrees but throughput does not: unstable.
+    assert stable_tail([100, 60, 100, 140], [0.005] * 4, 3, 0.10) is None
+    assert stable_tail([100, 100], [0.005, 0.005], 3, 0.10) is None  # too few windows
+    assert stable_tail([100, 100, 100], [0.005, math.inf, 0.005], 3, 0.10) is None  # a window with no answer
+    assert stable_tail(np.array([100.0, 105.0, 95.0]), np.array([0.005, 0.0052, 0.0048]), 3, 0.10) == 0
+    assert stable_tail([100, 100, 100], [0.005] * 3, 1, 0.0) == 2  # windows=1: the last window alone
+    with pytest.raises(ValueError, match="one of each per window"):
+        stable_tail([100, 100, 100], [0.005, 0.005], 2, 0.10)
+    with pytest.raises(ValueError):
+        stable_tail([1.0], [1.0], 0, 0.1)
+
+
+# ---- early stopping ------------------------------------------------------------------------------------------------
+def test_p99_early_stopping_is_the_one_sided_binomial_test():
+    from scipy.stats import binom
+
+    for n in (1, 100, 298, 299, 300, 472, 473, 1000, 3000, 10_000):
+        for over in sorted({0, 1, 2, 5, 20, 60, n // 100, n}):
+            if over <= n:
+                want = binom.cdf(over, n, 0.01) <= 0.05
+                assert p99_early_stopping(n, over) == want, (n, over)
+    # Exact boundaries: 0.99**299 = 0.0495 <= 0.05 < 0.99**298 = 0.0500.
+    assert p99_early_stopping(299, 0) and not p99_early_stopping(298, 0)
+    assert p99_early_stopping(473, 1) and not p99_early_stopping(472, 1)
+    assert not p99_early_stopping(0, 0)
+    assert p99_early_stopping(459, 0, confidence=0.99) and not p99_early_stopping(458, 0, confidence=0.99)
+    assert p99_early_stopping(59, 0, percentile=0.95) and not p99_early_stopping(58, 0, percentile=0.95)
+    for bad in ((10, 11), (10, -1), (-1, 0)):
+        with pytest.raises(ValueError):
+            p99_early_stopping(*bad)
+    with pytest.raises(ValueError):
+        p99_early_stopping(100, 0, confidence=1.0)
+    with pytest.raises(ValueError):
+        p99_early_stopping(100, 0, percentile=0.0)
+
+
+def test_min_requests_and_max_over_match_a_brute_force_scipy_search():
+    from scipy.stats import binom
+
+    def brute_min(over, c=0.95, q=0.01):
+        n = over + 1
+        while binom.cdf(over, n, q) > 1 - c:
+            n += 1
+        return n
+
+    assert min_requests_for_p99() == 299 == math.ceil(math.log(0.05) / math.log(0.99))
+    assert min_requests_for_p99(confidence=0.99) == 459 == brute_min(0, c=0.99)
+    for over in (0, 1, 2, 3, 10):
+        assert min_requests_for_p99(over=over) == brute_min(over)
+    assert [min_requests_for_p99(over=k) for k in (1, 2)] == [473, 628]
+    assert min_requests_for_p99(percentile=0.999) == brute_min(0, q=0.001) == 2995
+    for n in (0, 298, 299, 472, 473, 1000, 3000, 10_000):
+        k = early_stopping_max_over(n)
+        brute = max([o for o in range(min(n, 200) + 1) if binom.cdf(o, n, 0.01) <= 0.05], default=-1)
+        assert k == brute, n
+    assert [early_stopping_max_over(n) for n in (298, 299, 473, 1000, 3000)] == [-1, 0, 1, 4, 20]
+    with pytest.raises(ValueError):
+        min_requests_for_p99(over=-1)
+
+
+def test_dispersion_scales_the_effective_sample_size():
+    from scipy.stats import binom
+
+    assert p99_early_stopping(1000, 3, dispersion=1.0) == p99_early_stopping(1000, 3)
+    # At multiples of the dispersion the test is the binomial one on n/d requests with over/d overs.
+    for n, over, d in ((600, 2, 2.0), (3000, 10, 5.0), (4000, 40, 10.0)):
+        assert p99_early_stopping(n, over, dispersion=d) == (binom.cdf(over / d, n / d, 0.01) <= 0.05)
+    assert min_requests_for_p99(dispersion=2) in (597, 598)  # 2 x 299, up to the continuous extension
+    assert min_requests_for_p99(dispersion=5) == pytest.approx(5 * 299, rel=0.01)
+    assert early_stopping_max_over(3000, dispersion=5) < early_stopping_max_over(3000)
+    # More dispersion never makes a claim easier.
+    for n, over in ((700, 0), (2000, 5), (5000, 30)):
+        verdicts = [p99_early_stopping(n, over, dispersion=d) for d in (1, 1.5, 2, 3, 5, 10)]
+        assert verdicts == sorted(verdicts, reverse=True)
+    with pytest.raises(ValueError):
+        p99_early_stopping(100, 0, dispersion=0.5)
+
+
 # ---- SLO search ----------------------------------------------------------------------------------------------------
 def mm1_p99(rate: float, capacity: float = 1000.0) -> float:
     """p99 of the sojourn time of an M/M/1 queue (exponential with rate capacity - rate): ln(100) / (mu - lambda)."""
     return math.log(100) / (capacity - rate) if rate < capacity else float("inf")
 
 
+def exact(p99_of: Callable[[float], float], target: float, requests: int = 10_000, err: float = 0.0):
+    """A noiseless ``measure``: p99 from ``p99_of(rate)``; no over when it meets ``target``, 5 % over when not."""
+
+    def measure(rate: float) -> ProbeOutcome:
+        p99 = p99_of(rate)
+        over = 0 if p99 <= target else requests // 20
+        return ProbeOutcome(p99_s=p99, error_rate=err, requests=requests, over_target=over, flags=[],
+                            goodput_rps=rate * (1 - over / requests), offered_rps=rate)
+
+    return measure
+
+
 @pytest.mark.parametrize("target,precision", [(0.005, 0.05), (0.020, 0.02), (0.1, 0.01), (0.0047, 0.05)])
 def test_slo_search_finds_the_analytic_rate_from_below(target, precision):
     truth = 1000.0 - math.log(100) / target  # mm1_p99(truth) == target
-    res = slo_search(lambda r: (mm1_p99(r), 0.0), target, start_rate=10, rel_precision=precision, max_steps=40)
-    assert res.max_rate is not None
+    res = slo_search(exact(mm1_p99, target), target, start_rate=10, rel_precision=precision, max_steps=40)
+    assert res.max_rate is not None and res.confirmed
     assert truth * (1 - precision) <= res.max_rate <= truth
     assert res.first_failing_rate is not None and res.first_failing_rate > truth
     assert (res.first_failing_rate - res.max_rate) / res.max_rate <= precision
-    assert res.reason == f"bisection converged to {100 * precision:g}%"
+    assert res.reason == f"bisection converged to {100 * precision:g}%; confirmed at {res.max_rate:g} rps"
     assert all(p.ok == (p.p99_s <= target) for p in res.points)
-    assert max(p.rate for p in res.points if p.ok) == res.max_rate  # the answer was measured, not interpolated
-    rates = [p.rate for p in res.points]
+    search = [p for p in res.points if not p.confirm]
+    assert max(p.rate for p in search if p.ok) == res.max_rate  # the answer was measured, not interpolated
+    assert [(p.rate, p.confirm, p.verdict) for p in res.points[-1:]] == [(res.max_rate, True, "pass")]
+    rates = [p.rate for p in search]
     assert rates[:3] == [10, 20, 40]  # exponential growth first
     assert len(set(rates)) == len(rates)
+    p = res.points[0]
+    assert (p.requests, p.over_target, p.flags, p.offered_rps, p.goodput_rps) == (10_000, 0, [], 10, 10)
+    assert "supports the claim" in p.reason
+
+
+def test_slo_search_without_confirmation_keeps_the_old_sequence():
+    target = 0.020
+    res = slo_search(exact(mm1_p99, target), target, start_rate=10, confirm=False)
+    assert not res.confirmed and not any(p.confirm for p in res.points)
+    assert res.reason == "bisection converged to 5%"
 
 
 def test_slo_search_errors_count_as_failures():
-    res = slo_search(lambda r: (0.001, 0.01 if r > 300 else 0.0), 0.005, start_rate=10, rel_precision=0.05)
+    def measure(r):
+        return ProbeOutcome(0.001, 0.01 if r > 300 else 0.0, 10_000, 0, [])
+
+    res = slo_search(measure, 0.005, start_rate=10, rel_precision=0.05)
     assert res.max_rate is not None and 300 * 0.95 <= res.max_rate <= 300
-    res = slo_search(lambda r: (float("nan") if r > 300 else 0.001, 0.0), 0.005, start_rate=10)
+    assert any("error rate 0.01 > 0.001" in p.reason for p in res.points)
+    res = slo_search(exact(lambda r: float("nan") if r > 300 else 0.001, 0.005), 0.005, start_rate=10)
     assert res.max_rate is not None and res.max_rate <= 300
+    assert any(p.reason == "no p99" for p in res.points)
 
 
 def test_slo_search_nothing_passes():
-    res = slo_search(lambda r: (1.0, 0.0), 0.005, start_rate=10)
-    assert res.max_rate is None and res.reason == "no rate met the SLO"
+    res = slo_search(exact(lambda r: 1.0, 0.005), 0.005, start_rate=10)
+    assert res.max_rate is None and res.reason == "no rate met the SLO" and not res.confirmed
     assert [p.rate for p in res.points] == [10 / 2**i for i in range(SLO_DOWNWARD_HALVINGS + 1)]
-    assert not any(p.ok for p in res.points)
+    assert not any(p.ok for p in res.points) and res.first_failing_rate == 10 / 2**SLO_DOWNWARD_HALVINGS
 
 
 def test_slo_search_below_the_start_rate():
     """start_rate already fails: halve until a rate passes, then bisect upward."""
-    res = slo_search(lambda r: (mm1_p99(r, capacity=8.0), 0.0), 1.0, start_rate=10, rel_precision=0.05)
+    res = slo_search(exact(lambda r: mm1_p99(r, capacity=8.0), 1.0), 1.0, start_rate=10, rel_precision=0.05)
     truth = 8.0 - math.log(100) / 1.0
     assert [p.rate for p in res.points][:3] == [10, 5, 2.5]
     assert res.max_rate is not None and truth * 0.95 <= res.max_rate <= truth and "converged" in res.reason
 
 
 def test_slo_search_upper_bound_and_step_limits():
-    res = slo_search(lambda r: (0.001, 0.0), 0.005, start_rate=10, max_rate=100)
-    assert res.max_rate == 100 and res.reason.startswith("upper bound not reached")
-    assert [p.rate for p in res.points] == [10, 20, 40, 80, 100]
-    res = slo_search(lambda r: (0.001, 0.0), 0.005, start_rate=10, max_steps=3)
-    assert res.max_rate == 40 and res.reason.startswith("upper bound not reached") and len(res.points) == 3
+    fast = exact(lambda r: 0.001, 0.005)
+    res = slo_search(fast, 0.005, start_rate=10, max_rate=100)
+    assert res.max_rate == 100 and res.reason == "upper bound not reached: max_rate 100/s passed; confirmed at 100 rps"
+    assert [p.rate for p in res.points] == [10, 20, 40, 80, 100, 100] and res.points[-1].confirm
+    res = slo_search(fast, 0.005, start_rate=10, max_steps=3)
+    assert res.max_rate == 40 and res.reason.startswith("upper bound not reached: step limit (3) hit while growing")
+    assert len(res.points) == 4  # 3 search steps and the confirmation
     # Growth takes 8 steps (10 ... 1280, which fails); one bisection step is left.
-    res = slo_search(lambda r: (mm1_p99(r), 0.0), 0.020, start_rate=10, max_steps=9)
-    assert len(res.points) == 9 and res.reason.startswith("step limit") and res.max_rate == 640
+    res = slo_search(exact(mm1_p99, 0.020), 0.020, start_rate=10, max_steps=9)
+    assert len(res.points) == 10 and res.reason.startswith("step limit") and res.max_rate == 640
     assert res.first_failing_rate == 960  # the bisection probe (640 + 1280) / 2 failed
     with pytest.raises(ValueError):
-        slo_search(lambda r: (0.0, 0.0), 0.005, growth=1.0)
+        slo_search(fast, 0.005, growth=1.0)
+    with pytest.raises(ValueError):
+        slo_search(fast, 0.005, dispersion=0.0)
+
+
+def test_slo_search_accepts_the_deprecated_tuple_measure():
+    res = slo_search(lambda r: (mm1_p99(r), 0.0), 0.020, start_rate=10, confirm=False)
+    truth = 1000.0 - math.log(100) / 0.020
+    assert res.max_rate is not None and truth * 0.95 <= res.max_rate <= truth
+    assert all(p.requests is None and "no early-stopping check" in p.reason for p in res.points)
+    assert res.points[0].__dict__["ok"] is True  # the report reads "ok" from the recorded points
+
+
+class FlakyAt:
+    """Exact M/M/1 probes, except that the given rates fail on their 2nd, 3rd, ... measurement."""
+
+    def __init__(self, target: float, flaky: set[float] = frozenset(), always: bool = False):
+        self.inner, self.target, self.flaky, self.always = exact(mm1_p99, target), target, flaky, always
+        self.seen: dict[float, int] = {}
+
+    def __call__(self, rate: float) -> ProbeOutcome:
+        self.seen[rate] = self.seen.get(rate, 0) + 1
+        out = self.inner(rate)
+        if (self.always and self.seen[rate] > 1) or (rate in self.flaky and self.seen[rate] > 1):
+            out.p99_s, out.over_target = 2 * self.target, out.requests // 20
+        return out
+
+
+def test_slo_search_failed_confirmation_steps_down_and_bisects_again():
+    target = 0.020
+    first = slo_search(exact(mm1_p99, target), target, start_rate=10, confirm=False).max_rate
+    res = slo_search(FlakyAt(target, {first}), target, start_rate=10)
+    assert res.confirmed and res.max_rate is not None and res.max_rate < first
+    confirms = [p for p in res.points if p.confirm]
+    assert [(p.rate, p.verdict) for p in confirms] == [(first, "fail"), (res.max_rate, "pass")]
+    assert f"confirmation of {first:g} rps failed" in res.reason and res.reason.endswith(
+        f"confirmed at {res.max_rate:g} rps")
+    assert res.first_failing_rate == first  # the failed confirmation now bounds the answer from above
+    # The step-down resumed bisection: the answer is within the precision of the failed rate, not the next
+    # lower rate of the growth ladder.
+    assert (first - res.max_rate) / res.max_rate <= 0.05
+    assert len(res.points) <= 20 + 2
+
+
+def test_slo_search_unconfirmable_answer_is_none():
+    target = 0.020
+    res = slo_search(FlakyAt(target, always=True), target, start_rate=10, max_steps=12)
+    assert res.max_rate is None and not res.confirmed and "not confirmed" in res.reason
+    assert len(res.points) <= 12 + 2
+    assert all(not p.ok for p in res.points if p.confirm)
+
+
+def test_slo_search_generator_limited_stops_with_a_lower_bound():
+    def measure(rate):
+        flags = ["generator_bound"] if rate > 100 else ["late_sends"]  # late sends alone do not fail a probe
+        return ProbeOutcome(0.001, 0.0, 10_000, 0, flags)
+
+    res = slo_search(measure, 0.005, start_rate=10)
+    assert res.generator_limited and res.confirmed and res.max_rate == 80
+    assert res.reason == ("generator-limited at 160 rps: the server's limit is >= 80 rps; confirmed at 80 rps")
+    assert [(p.rate, p.verdict) for p in res.points] == [
+        (10, "pass"), (20, "pass"), (40, "pass"), (80, "pass"), (160, "generator_limited"), (80, "pass")]
+    assert res.first_failing_rate is None  # a generator limit is not a failure of the server
+    res = slo_search(lambda r: ProbeOutcome(0.001, 0.0, 10_000, 0, ["generator_bound"]), 0.005, start_rate=10)
+    assert res.max_rate is None and res.generator_limited and "before any rate passed" in res.reason
+
+
+def test_slo_search_insufficient_probes():
+    """A 1 s probe at 100 rps has 100 requests: its p99 meets the target, but a p99 claim needs 299 requests."""
+
+    def one_second(rate):
+        n = int(rate)
+        return ProbeOutcome(0.001, 0.0, n, 0, [], offered_rps=rate)
+
+    res = slo_search(one_second, 0.005, start_rate=100)
+    assert res.max_rate is None and [p.verdict for p in res.points] == ["insufficient"]  # halving cannot help
+    assert "had 100 requests, fewer than the 299" in res.reason and "insufficient" in res.reason
+    assert "needs >= 299 requests at 0 over" in res.points[0].reason
+    # Above 299 rps the probes are long enough; the search brackets like with failures below that.
+    res = slo_search(one_second, 0.005, start_rate=400, max_rate=1000)
+    assert res.max_rate == 1000 and res.confirmed
+
+
+def test_probe_verdict_rules():
+    t = 0.010
+
+    def v(**kw):
+        base = dict(p99_s=0.005, error_rate=0.0, requests=1000, over_target=0, flags=[])
+        return probe_verdict(ProbeOutcome(**{**base, **kw}), 100.0, t)
+
+    assert v()[0] == "pass"
+    assert v(flags=["late_sends"])[0] == "pass" and "late_sends" in NON_FAILING_FLAGS
+    assert v(flags=["generator_bound", "unstable"])[0] == "generator_limited"
+    assert v(flags=["unstable", "late_sends"]) == ("fail", "flagged: unstable")
+    assert v(flags=["interference"])[0] == "fail"
+    assert v(flags=["too_few_requests"])[0] == "insufficient"
+    assert v(error_rate=0.002) == ("fail", "error rate 0.002 > 0.001")
+    assert v(error_rate=None)[0] == "fail" and v(requests=0, over_target=0)[0] == "fail"
+    assert v(offered_rps=70.0)[0] == "fail" and v(offered_rps=90.0)[0] == "pass"
+    assert v(p99_s=0.011)[0] == "fail" and v(p99_s=None)[0] == "fail" and v(p99_s=float("nan"))[0] == "fail"
+    assert v(over_target=11)[0] == "fail"  # more than 1 % over: the point estimate fails whatever p99_s says
+    assert v(over_target=10)[0] == "insufficient"  # <= 1 %, but 10 of 1000 cannot support the claim
+    assert v(over_target=4)[0] == "pass" and v(over_target=5)[0] == "insufficient"  # max over at n=1000 is 4
+    assert v(requests=200)[0] == "insufficient" and "needs >= 299" in v(requests=200)[1]
+    assert v(requests=1000, over_target=0)[0] == "pass"
+    assert probe_verdict(ProbeOutcome(0.005, 0.0, 1000, 0, []), 100.0, t, dispersion=5)[0] == "insufficient"
+    with pytest.raises(ValueError):
+        v(over_target=1001)
+    with pytest.raises(ValueError):
+        SloPoint(rate=1.0, p99_s=0.1, error_rate=0.0, verdict="maybe")
+
+
+# ---- M/D/1 (the calibration server's analytic answer) --------------------------------------------------------------
+def lindley_sojourns(rate: float, service_s: float, n: int, seed: int) -> np.ndarray:
+    """Direct simulation: W_1 = 0, W_{k+1} = max(0, W_k + S - A_{k+1}) with exponential gaps A; sojourn W + S."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
+    w = [0.0] * n
+    s_minus_a = (service_s - gaps).tolist()
+    acc = 0.0
+    for k in range(1, n):  # the recursion itself, step by step
+        acc = max(0.0, acc + s_minus_a[k])
+        w[k] = acc
+    return np.array(w) + service_s
+
+
+def test_md1_against_a_lindley_simulation():
+    s = 0.002
+    for rho, tol in ((0.3, 0.01), (0.6, 0.02), (0.85, 0.04)):
+        x = lindley_sojourns(rho / s, s, 1_000_000, seed=int(rho * 100))
+        sim = float(np.percentile(x, 99, method="inverted_cdf"))
+        assert md1_p99_s(rho / s, s) == pytest.approx(sim, rel=tol), rho
+        for t in (0.0, s / 2, 3 * s, 10 * s):  # the whole waiting-time distribution, not just the p99
+            assert md1_wait_cdf(t, rho / s, s) == pytest.approx(np.mean(x - s <= t), abs=0.01)
+
+
+def test_md1_exact_properties():
+    s, lam = 0.002, 300.0
+    rho = lam * s
+    assert md1_wait_cdf(0.0, lam, s) == pytest.approx(1 - rho)  # P(no wait) = 1 - rho
+    assert md1_wait_cdf(0.001, lam, s) == pytest.approx((1 - rho) * math.exp(lam * 0.001))  # t < S: one term
+    assert md1_wait_cdf(-1.0, lam, s) == 0.0 and md1_wait_cdf(10.0, lam, s) == pytest.approx(1.0)
+    # Mean wait from the distribution equals Pollaczek-Khinchine's rho * S / (2 (1 - rho)).
+    ts = np.linspace(0.0, 0.06, 601)  # P(W > 0.06 s) < 1e-9
+    tail = np.array([1 - md1_wait_cdf(t, lam, s) for t in ts])
+    assert tail[-1] < 1e-9
+    assert float(np.sum((tail[1:] + tail[:-1]) / 2 * np.diff(ts))) == pytest.approx(rho * s / (2 * (1 - rho)),
+                                                                                    rel=1e-3)
+    assert md1_p99_s(1.0, s) == s  # 99 % of arrivals find the server idle
+    assert md1_p99_s(500.0, s) == math.inf and md1_p99_s(600.0, s) == math.inf
+    assert md1_wait_cdf(md1_p99_s(lam, s) - s, lam, s) == pytest.approx(0.99, abs=1e-9)
+    ps = [md1_p99_s(r, s) for r in (50, 150, 250, 350, 450)]
+    assert ps == sorted(ps)
+    for target in (0.005, 0.010, 0.020, 0.050):
+        r = md1_max_rate_for_p99(target, s)
+        assert 0 < r < 1 / s and md1_p99_s(r, s) == pytest.approx(target, rel=1e-6)
+        assert md1_p99_s(r * 1.001, s) > target
+    assert md1_max_rate_for_p99(0.001, s) == 0.0
+    assert md1_max_rate_for_p99(0.020, s) == pytest.approx(386.74, abs=0.01)
+    assert md1_wait_cdf(0.5, 499.0, s) < 1  # near saturation the high-precision sum still works
+    # Far in the tail the sum is skipped by Kingman's bound P(W > t) <= exp(-theta t); the bound holds everywhere.
+    from servingbench.measure.stats import _kingman_theta
+
+    theta = _kingman_theta(lam, s)
+    assert lam * math.expm1(theta * s) == pytest.approx(theta)
+    for t in (0.002, 0.01, 0.05, 0.1):
+        assert 1 - md1_wait_cdf(t, lam, s) <= math.exp(-theta * t) + 1e-12
+    assert md1_wait_cdf(41 / theta, lam, s) == 1.0
+
+
+def test_count_above_is_consistent_with_percentile():
+    h = hist_of(SAMPLES["lognormal"][:20_000])
+    n = h.count
+    for target in (0.001, 0.002, 0.005, 0.010, 0.050):
+        over = h.count_above(target)
+        assert over >= int(np.sum(SAMPLES["lognormal"][:20_000] > target * 1.01))  # conservative, within a bucket
+        assert over <= int(np.sum(SAMPLES["lognormal"][:20_000] > target * 0.99))
+        for p in (50, 90, 99, 99.9):
+            rank = max(1, math.ceil(p / 100 * n))
+            assert (h.percentile(p) <= target) == (over <= n - rank), (target, p)
+    assert LatencyHistogram().count_above(0.001) == 0
 
 
 # ---- coordinated omission ------------------------------------------------------------------------------------------

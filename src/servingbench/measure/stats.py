@@ -1,7 +1,9 @@
 """Statistics that make the benchmark numbers trustworthy.
 
 Everything here is pure (no I/O, no clocks): latency histograms, the stability rule for measurement windows, the
-SLO search, noise-aware comparison of repeated runs, coordinated-omission-safe latency, and send schedules.
+early-stopping bound of a p99 claim, the SLO search, noise-aware comparison of repeated runs,
+coordinated-omission-safe latency, send schedules, and the M/D/1 queue (the analytic answer of the calibration
+server, ``servingbench.measure.calibration_server``).
 
 Latency histograms
     Latencies are kept in an HdrHistogram (the ``hdrhistogram`` package, HdrHistogram_py) of integer microseconds.
@@ -29,6 +31,7 @@ import functools
 import math
 import statistics
 from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -43,7 +46,21 @@ __all__ = [
     "SloPoint",
     "SloResult",
     "SLO_DOWNWARD_HALVINGS",
+    "NON_FAILING_FLAGS",
+    "INSUFFICIENT_FLAGS",
+    "GENERATOR_FLAG",
+    "OFFERED_RATE_MIN_FRACTION",
+    "VERDICTS",
+    "ProbeOutcome",
+    "probe_verdict",
     "slo_search",
+    "stable_tail",
+    "p99_early_stopping",
+    "early_stopping_max_over",
+    "min_requests_for_p99",
+    "md1_wait_cdf",
+    "md1_p99_s",
+    "md1_max_rate_for_p99",
     "summarize_repeats",
     "significant_change",
     "intended_time_latencies",
@@ -231,6 +248,16 @@ class LatencyHistogram:
                 out[_pkey(p)] = int(self._layout.highest[i]) / _US_PER_S
         return out
 
+    def count_above(self, seconds: float) -> int:
+        """How many recorded samples may exceed ``seconds``: those in buckets whose upper edge is above it.
+
+        Conservative by at most one bucket width (< 1 %: a sample just below ``seconds`` can be counted, one above
+        never missed) and consistent with :meth:`percentile`: ``percentile(p) <= seconds`` iff
+        ``count_above(seconds) <= N - max(1, ceil(p / 100 * N))``.  Meant for :class:`ProbeOutcome.over_target`.
+        """
+        c = self._counts()
+        return int(c[self._layout.highest / _US_PER_S > float(seconds)].sum())
+
     def mean(self) -> float:
         """Mean latency (s), each sample counted at the middle of its bucket (as HdrHistogram does); NaN if empty."""
         c = self._counts()
@@ -324,8 +351,9 @@ class StabilityRule:
     """A load point is stable when its last ``windows`` measurement windows agree.
 
     Agreement: the relative spread ``(max - min) / |median|`` of the metric over those windows is at most
-    ``tolerance`` (e.g. 0.10 = 10 %).  The metric is whatever the caller measures per window (throughput in a
-    closed loop, median latency in an open loop).
+    ``tolerance`` (e.g. 0.10 = 10 %).  :meth:`is_stable` judges one metric; the measurement rule (DESIGN.md,
+    "Measurement rules") needs throughput *and* latency to agree: :meth:`both` and :meth:`stable_tail` (or the
+    module function :func:`stable_tail`).
     """
 
     windows: int = 3
@@ -357,39 +385,323 @@ class StabilityRule:
         s = self.spread(values)
         return s is not None and s <= self.tolerance
 
+    def both(self, tput: Sequence[float], p50: Sequence[float]) -> bool:
+        """True iff the last ``windows`` windows agree on throughput *and* on p50 latency (each spread <=
+        ``tolerance``).  The two series are per window, in the same order (ValueError if their lengths differ)."""
+        if len(tput) != len(p50):
+            raise ValueError(f"{len(tput)} throughput values but {len(p50)} p50 values: one of each per window")
+        return self.is_stable(tput) and self.is_stable(p50)
+
+    def stable_tail(self, tput: Sequence[float], p50: Sequence[float]) -> int | None:
+        """Index of the first reported window: ``len - windows`` when :meth:`both` holds, else None (unstable)."""
+        return len(tput) - self.windows if self.both(tput, p50) else None
+
+
+def stable_tail(tput: Sequence[float], p50: Sequence[float], windows: int, tolerance: float) -> int | None:
+    """Where the reported (stable) windows begin, or None when the point is unstable.
+
+    ``tput[i]`` and ``p50[i]`` are window ``i``'s throughput (requests/s) and median latency (s).  The point is
+    stable when its last ``windows`` windows agree on *both* metrics: each has relative spread
+    ``(max - min) / |median|`` <= ``tolerance`` over those windows (see :class:`StabilityRule`; a non-finite value,
+    e.g. the ``inf`` p50 of a window without answers, never agrees).  Returns ``len(tput) - windows``: report
+    metrics from ``windows[start:]`` only (the earlier windows stay in the timeline).  None when there are fewer
+    than ``windows`` windows or the last ``windows`` disagree: flag the point ``unstable``.
+
+    Only the last ``windows`` windows are reported, never a longer agreeing run: a generator that stops at the
+    first agreement (as servingbench's does) never has a longer one, since the run one window longer contains the
+    ``windows`` windows that disagreed at the previous check.
+    """
+    return StabilityRule(windows=windows, tolerance=tolerance).stable_tail(tput, p50)
+
+
+# ---- early stopping (how many requests a p99 claim needs) ------------------------------------------------------------
+def _check_claim_args(confidence: float, percentile: float, dispersion: float = 1.0) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not 0 < percentile < 1:
+        raise ValueError(f"percentile must be in (0, 1), got {percentile}")
+    if not (dispersion >= 1 and math.isfinite(dispersion)):
+        raise ValueError(f"dispersion must be a finite number >= 1, got {dispersion}")
+
+
+def _tail_cdf(n: int, over: int, q: float, dispersion: float) -> float:
+    """``P(X <= over)`` for ``X ~ Binomial(n, q)``; with ``dispersion`` d > 1, the same at ``n / d`` trials and
+    ``over / d`` successes, continued to real arguments by the regularized incomplete beta function
+    (``binom.cdf(k, n, q) = I_{1-q}(n - k, k + 1)``, exact at d = 1)."""
+    if dispersion == 1:
+        from scipy.stats import binom
+
+        return float(binom.cdf(over, n, q))
+    from scipy.special import betainc
+
+    if over >= n:
+        return 1.0
+    return float(betainc((n - over) / dispersion, over / dispersion + 1, 1.0 - q))
+
+
+def p99_early_stopping(n: int, over: int, confidence: float = 0.95, percentile: float = 0.99,
+                       dispersion: float = 1.0) -> bool:
+    """Do ``n`` requests, ``over`` of them slower than the latency target, show at ``confidence`` that the true
+    fraction of requests slower than the target is at most ``1 - percentile`` (1 % for the p99)?
+
+    One-sided binomial test, in the manner of MLPerf Inference LoadGen's *early stopping* (mlcommons/inference,
+    ``loadgen/early_stopping.cc``, ``MinPassingQueriesFinder``; LoadGen uses ``confidence = 0.99``).  Null
+    hypothesis: each request is over the target independently with probability exactly ``q = 1 - percentile``
+    (a larger ``q`` only makes few overs less likely).  The claim "``P(latency > target) <= q``" is supported iff
+    observing ``over`` or fewer overs would be unlikely under the null::
+
+        P(X <= over) <= 1 - confidence,   X ~ Binomial(n, q),   i.e.  scipy.stats.binom.cdf(over, n, q) <= 1 - c
+
+    (LoadGen writes it as ``I_percentile(h, over + 1) <= 1 - c`` with ``h = n - over`` requests under the
+    target: the same number.)  With no overs this is ``percentile ** n <= 1 - confidence``: n >= 299 for the p99 at
+    95 % (459 at 99 %); with 1 over n >= 473; see :func:`min_requests_for_p99` and :func:`early_stopping_max_over`.
+
+    ``dispersion`` (default 1: the test above, exactly): the binomial test assumes independent requests, but the
+    latencies of a queue are positively correlated: overs come in bursts, and the over count of a probe varies far
+    more than a binomial one (its variance-to-mean ratio, for an M/D/1 queue at its p99 limit, is about 7 for a
+    target of 5 service times, 30 for 10 and 200 for 25; tests/unit/test_slo_search_sim.py).  Then the test is
+    optimistic: a short probe at or above the limit often sees no over at all and "passes".  ``dispersion = d``
+    makes the test count every ``d`` requests as one independent observation: it is evaluated at ``n / d``
+    requests with ``over / d`` overs (effective sample size; the binomial cdf continued to real arguments), so a
+    claim needs ``d`` times as many requests.  ``n = 0`` never supports the claim.
+    """
+    _check_claim_args(confidence, percentile, dispersion)
+    n, over = int(n), int(over)
+    if n < 0 or not 0 <= over <= n:
+        raise ValueError(f"need 0 <= over <= n, got n={n}, over={over}")
+    if n == 0:
+        return False
+    return _tail_cdf(n, over, 1.0 - percentile, float(dispersion)) <= 1.0 - confidence
+
+
+def early_stopping_max_over(n: int, confidence: float = 0.95, percentile: float = 0.99,
+                            dispersion: float = 1.0) -> int:
+    """The largest ``over`` for which :func:`p99_early_stopping` ``(n, over, ...)`` holds; -1 when even 0 does
+    not (too few requests for any claim).  E.g. 0 for 299..472 requests, 1 for 473..627, 20 for 3000."""
+    _check_claim_args(confidence, percentile, dispersion)
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not p99_early_stopping(n, 0, confidence, percentile, dispersion):
+        return -1
+    lo, hi = 0, n  # the test holds at lo; P(X <= over) grows with over, so bisect for the last k where it holds
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if p99_early_stopping(n, mid, confidence, percentile, dispersion):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def min_requests_for_p99(confidence: float = 0.95, percentile: float = 0.99, over: int = 0,
+                         dispersion: float = 1.0) -> int:
+    """The smallest ``n`` for which ``over`` overs in ``n`` requests support the p99 claim
+    (:func:`p99_early_stopping`): 299 for 0 overs at 95 % (``ceil(ln(0.05) / ln(0.99))``), 473 for 1, 628 for 2;
+    about ``dispersion`` times as many with a ``dispersion`` > 1.
+
+    ``P(X <= over)`` decreases as ``n`` grows, so the answer is found by doubling and bisection.  A probe needs at
+    least this many requests *at the over count it actually sees*; plan probes of ``min_requests_for_p99() / rate``
+    seconds or more (several times more near the limit, where overs occur).
+    """
+    _check_claim_args(confidence, percentile, dispersion)
+    if over < 0:
+        raise ValueError(f"over must be >= 0, got {over}")
+    return _min_requests(float(confidence), float(percentile), int(over), float(dispersion))
+
+
+@functools.lru_cache(maxsize=1024)
+def _min_requests(confidence: float, percentile: float, over: int, dispersion: float) -> int:
+    lo, hi = over, max(over + 1, 2)  # p99_early_stopping(over, over) is False (P(X <= n) == 1)
+    while not p99_early_stopping(hi, over, confidence, percentile, dispersion):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if p99_early_stopping(mid, over, confidence, percentile, dispersion):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
 
 # ---- SLO search ----------------------------------------------------------------------------------------------------
+#: Validity flags that do not fail an SLO probe.  ``late_sends``: in an open loop latency is measured from the
+#: *intended* send time, so a late send's delay is already inside the p99 the probe is judged by; a generator that
+#: is late because it is saturated is caught by ``generator_bound`` (and a short offered rate by ``offered_rps``).
+#: Every other flag (``too_short``, ``unstable``, ``stalled``, ``errors``, ``interference``, ...) fails the probe.
+NON_FAILING_FLAGS: tuple[str, ...] = ("late_sends",)
+
+#: Flags that mean "not enough data" rather than "too slow": a probe whose only problems are these and the
+#: early-stopping bound is ``insufficient``, not ``fail``.
+INSUFFICIENT_FLAGS: tuple[str, ...] = ("too_few_requests",)
+
+#: The flag of a probe the load generator could not drive: its rate cannot be judged and the search stops there.
+GENERATOR_FLAG = "generator_bound"
+
+#: A probe whose offered rate (``ProbeOutcome.offered_rps``) is below this fraction of the asked rate fails: it
+#: was judged at a lighter load than claimed (Poisson noise of a 1 s probe at 100 rps is 10 %: 0.8 is 2 sigma there,
+#: far more at higher rates).
+OFFERED_RATE_MIN_FRACTION = 0.8
+
+#: How many halvings below ``start_rate`` slo_search tries before it reports that nothing meets the SLO.
+SLO_DOWNWARD_HALVINGS = 4
+
+
+@dataclass
+class ProbeOutcome:
+    """What ``measure(rate)`` returns to :func:`slo_search` for one probe (one open-loop load point).
+
+    ``p99_s``: p99 latency (s) of the measured requests, from the intended send time (None: nothing answered).
+    ``error_rate``: failed / measured requests, 0..1 (None: nothing measured).
+    ``requests``: requests measured (the reported windows only, errors included).
+    ``over_target``: of those, how many were slower than the SLO's p99 target *or failed* (an error is not an
+    answer within the target); e.g. ``LatencyHistogram.count_above(target) + errors``.
+    ``flags``: the point's validity flags (see :data:`NON_FAILING_FLAGS`, :data:`INSUFFICIENT_FLAGS`,
+    :data:`GENERATOR_FLAG`).  ``goodput_rps``: answers within the target per second; ``offered_rps``: the
+    arrival rate the generator actually offered (sends / measured s); both are recorded, and a short
+    ``offered_rps`` fails the probe (:data:`OFFERED_RATE_MIN_FRACTION`).
+    """
+
+    p99_s: float | None
+    error_rate: float | None
+    requests: int
+    over_target: int
+    flags: list[str] = field(default_factory=list)
+    goodput_rps: float | None = None
+    offered_rps: float | None = None
+
+
+#: Verdicts of an SLO probe.
+VERDICTS = ("pass", "fail", "insufficient", "generator_limited")
+
+
 @dataclass
 class SloPoint:
-    """One measured load level: offered ``rate`` (requests/s), its p99 latency (s), error rate (0..1), verdict."""
+    """One probe of :func:`slo_search`: the asked ``rate`` (requests/s), what was measured (see
+    :class:`ProbeOutcome`), the ``verdict`` (one of :data:`VERDICTS`) and its ``reason``.  ``confirm``: a
+    re-measurement of the answer after the search.  ``ok`` is ``verdict == "pass"`` (kept for the report)."""
 
     rate: float
-    p99_s: float
-    error_rate: float
-    ok: bool
+    p99_s: float | None
+    error_rate: float | None
+    requests: int | None = None
+    over_target: int | None = None
+    flags: list[str] = field(default_factory=list)
+    verdict: str = "fail"
+    reason: str = ""
+    goodput_rps: float | None = None
+    offered_rps: float | None = None
+    confirm: bool = False
+    ok: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        self.ok = self.verdict == "pass"
 
 
 @dataclass
 class SloResult:
     """Outcome of :func:`slo_search`.
 
-    ``max_rate``: the highest *measured* rate that met the SLO (None if none did); ``points``: every measurement in
-    order; ``reason``: why the search stopped; ``first_failing_rate``: the lowest rate above ``max_rate`` that
-    failed (None if none), so ``[max_rate, first_failing_rate]`` brackets the true answer.
+    ``max_rate``: the highest *measured* rate that passed (and, with ``confirm``, passed again when re-measured);
+    None if none did.  ``points``: every probe in order (confirmations with ``confirm=True``).  ``reason``: why the
+    search stopped, and what the confirmation found.  ``first_failing_rate``: the lowest rate above ``max_rate``
+    that failed or was insufficient (None if none), so ``[max_rate, first_failing_rate]`` brackets the true answer.
+    ``confirmed``: the answer passed its confirmation probe.  ``generator_limited``: the search stopped because
+    the generator could not drive a rate: ``max_rate`` is then only a lower bound of the server's limit.
     """
 
     max_rate: float | None
     points: list[SloPoint] = field(default_factory=list)
     reason: str = ""
     first_failing_rate: float | None = None
+    confirmed: bool = False
+    generator_limited: bool = False
 
 
-#: How many halvings below ``start_rate`` slo_search tries before it reports that nothing meets the SLO.
-SLO_DOWNWARD_HALVINGS = 4
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def probe_verdict(
+    outcome: ProbeOutcome,
+    rate: float,
+    p99_target_s: float,
+    max_error_rate: float = 0.001,
+    confidence: float = 0.95,
+    percentile: float = 0.99,
+    dispersion: float = 1.0,
+) -> tuple[str, str]:
+    """``(verdict, reason)`` of one probe at ``rate``; the rules of :func:`slo_search`, in this order:
+
+    1. ``generator_bound`` in the flags: ``"generator_limited"`` (the rate cannot be judged).
+    2. any other flag not in :data:`NON_FAILING_FLAGS` / :data:`INSUFFICIENT_FLAGS`: ``"fail"``.
+    3. nothing measured, ``error_rate`` missing / NaN / above ``max_error_rate``: ``"fail"``.
+    4. ``offered_rps`` below ``OFFERED_RATE_MIN_FRACTION * rate``: ``"fail"``.
+    5. ``p99_s`` missing / NaN / above the target, or ``over_target`` more than ``(1 - percentile) * requests``
+       (the point estimate of the tail already exceeds it): ``"fail"``.
+    6. the point estimate passes, but :func:`p99_early_stopping` (with ``dispersion``) does not hold or an
+       insufficiency flag is set:
+       ``"insufficient"`` (too few requests to *claim* the p99; a longer probe might pass).
+    7. otherwise ``"pass"``.
+    """
+    flags = list(outcome.flags or [])
+    if GENERATOR_FLAG in flags:
+        return "generator_limited", f"generator-limited at {rate:g} rps (flag {GENERATOR_FLAG})"
+    failing = [f for f in flags if f not in NON_FAILING_FLAGS and f not in INSUFFICIENT_FLAGS]
+    if failing:
+        return "fail", f"flagged: {', '.join(failing)}"
+    n, over = int(outcome.requests), int(outcome.over_target)
+    if n <= 0:
+        return "fail", "no request measured"
+    if not 0 <= over <= n:
+        raise ValueError(f"over_target must be in [0, requests], got {over} of {n}")
+    err = _finite_or_none(outcome.error_rate)
+    if err is None:
+        return "fail", "no error rate"
+    if err > max_error_rate:
+        return "fail", f"error rate {err:.3g} > {max_error_rate:g}"
+    offered = _finite_or_none(outcome.offered_rps)
+    if offered is not None and offered < OFFERED_RATE_MIN_FRACTION * rate:
+        return "fail", (f"offered {offered:.4g} rps, below {OFFERED_RATE_MIN_FRACTION:.0%} of the asked "
+                        f"{rate:g} rps")
+    p99 = None if outcome.p99_s is None or math.isnan(float(outcome.p99_s)) else float(outcome.p99_s)
+    if p99 is None:
+        return "fail", "no p99"
+    if p99 > p99_target_s:
+        return "fail", f"p99 {p99 * 1e3:.4g} ms > target {p99_target_s * 1e3:.4g} ms"
+    allowed = n - math.ceil(Fraction(repr(float(percentile))) * n)  # overs a passing point estimate can have
+    if over > allowed:
+        return "fail", f"{over} of {n} requests over the target (more than {1 - percentile:.2%})"
+    short = [f for f in flags if f in INSUFFICIENT_FLAGS]
+    claim = p99_early_stopping(n, over, confidence, percentile, dispersion)
+    if not claim or short:
+        why = (f"flagged {', '.join(short)}; " if short else "")
+        if not claim:
+            need = min_requests_for_p99(confidence, percentile, over, dispersion)
+            why += (f"{over} of {n} requests over the target cannot support the p99 claim at {confidence:.0%} "
+                    f"confidence (needs >= {need} requests at {over} over"
+                    + (f", dispersion {dispersion:g})" if dispersion != 1 else ")"))
+        return "insufficient", f"insufficient: p99 {p99 * 1e3:.4g} ms <= target but {why.rstrip('; ')}"
+    return "pass", (f"p99 {p99 * 1e3:.4g} ms <= target; {over} of {n} over the target supports the claim at "
+                    f"{confidence:.0%}")
+
+
+def _too_few_at_any_count(p: SloPoint, confidence: float, dispersion: float) -> bool:
+    """An insufficient probe with fewer requests than the claim needs even with no request over the target."""
+    return (p.verdict == "insufficient" and p.requests is not None
+            and p.requests < min_requests_for_p99(confidence, dispersion=dispersion))
+
+
+def _legacy_verdict(p99: float, err: float, p99_target_s: float, max_error_rate: float) -> tuple[str, str]:
+    ok = p99 <= p99_target_s and err <= max_error_rate  # NaN fails
+    return ("pass" if ok else "fail"), (f"legacy (p99, error_rate) probe: p99 {p99 * 1e3:.4g} ms, error rate "
+                                        f"{err:.3g}; no request counts, so no early-stopping check")
 
 
 def slo_search(
-    measure: Callable[[float], tuple[float, float]],
+    measure: Callable[[float], ProbeOutcome],
     p99_target_s: float,
     max_error_rate: float = 0.001,
     start_rate: float = 10.0,
@@ -397,22 +709,41 @@ def slo_search(
     growth: float = 2.0,
     rel_precision: float = 0.05,
     max_steps: int = 20,
+    confidence: float = 0.95,
+    confirm: bool = True,
+    dispersion: float = 1.0,
 ) -> SloResult:
-    """Highest arrival rate (requests/s) with p99 latency <= ``p99_target_s`` and error rate <= ``max_error_rate``.
+    """Highest arrival rate (requests/s) whose p99 latency is <= ``p99_target_s`` (claimed at ``confidence``) and
+    error rate <= ``max_error_rate``.
 
-    ``measure(rate) -> (p99_seconds, error_rate)`` runs one load point.  A point passes iff
-    ``p99 <= p99_target_s and error_rate <= max_error_rate`` (NaN fails).
+    ``measure(rate) -> ProbeOutcome`` runs one probe (an open-loop point at ``rate``, the server drained before
+    it).  Each probe gets a verdict (:func:`probe_verdict`): ``"pass"`` needs no failing flag, the error rate
+    within bounds, and enough requests for the p99 claim (:func:`p99_early_stopping`); a probe whose point
+    estimate passes but whose requests are too few for the claim is ``"insufficient"``, which brackets like a
+    failure (its reason says so, and so does the result's).  (Deprecated: ``measure`` may still return a
+    ``(p99_s, error_rate)`` tuple; such a probe is judged by those two numbers only, without the early-stopping
+    check, and its reason says so.)
 
-    1. Growth: measure ``start_rate``, ``start_rate * growth``, ... (capped at ``max_rate``) until a rate fails.
-       If ``start_rate`` itself fails, halve downward (at most ``SLO_DOWNWARD_HALVINGS`` times) until one passes.
-    2. Bisection between the last passing rate ``lo`` and the first failing rate ``hi`` until
+    1. Growth: probe ``start_rate``, ``start_rate * growth``, ... (capped at ``max_rate``) until a rate does not
+       pass.  If ``start_rate`` itself does not pass, halve downward (at most ``SLO_DOWNWARD_HALVINGS`` times)
+       until one passes; but not below an ``"insufficient"`` probe that had fewer requests than the claim needs
+       even with none over the target (:func:`min_requests_for_p99`): a lower rate would have even fewer.
+    2. Bisection between the last passing rate ``lo`` and the lowest non-passing rate ``hi`` until
        ``(hi - lo) / lo <= rel_precision``.
+    ``max_steps`` bounds the probes of steps 1-2.  A ``"generator_limited"`` probe stops the search at once:
+    ``generator_limited=True``, reason ``"generator-limited at X rps: the server's limit is >= <lo> rps"``.
+    3. Confirmation (``confirm=True``): the answer ``lo`` is probed once more (a point with ``confirm=True``).
+       If that fails, the failed rate becomes the upper bound and the answer steps down to the next lower rate
+       that passed; while probes are left, the bisection resumes between the two (near the limit a probe passes
+       only by chance, so the next lower pass can be far below: after the growth phase, half the rate), and
+       the new answer is confirmed the same way.  At most ``max_steps + 2`` probes in all: an answer that could
+       not be confirmed within them is None, with the reason saying so.
 
-    ``max_steps`` bounds the number of measurements in total.  The answer is always a rate that was measured and
-    passed (never interpolated), so under a monotone latency curve it is at most the true limit and, on
-    convergence, within ``rel_precision`` below it.  ``reason`` is one of ``"bisection converged to 5%"``,
-    ``"no rate met the SLO"``, ``"upper bound not reached: ..."`` (max_rate passed, or the step limit hit while
-    growing) or ``"step limit reached before convergence ..."``.
+    The answer is always a rate that was measured and passed (never interpolated), so under a monotone latency
+    curve it is at most the true limit and, on convergence, within ``rel_precision`` below it.  ``reason`` starts
+    with ``"bisection converged to 5%"``, ``"no rate met the SLO"``, ``"upper bound not reached: ..."`` (max_rate
+    passed, or the step limit hit while growing), ``"step limit reached before convergence ..."`` or
+    ``"generator-limited at ..."``, followed by what the confirmation found and how many probes were insufficient.
     """
     if not start_rate > 0:
         raise ValueError(f"start_rate must be > 0, got {start_rate}")
@@ -424,59 +755,130 @@ def slo_search(
         raise ValueError(f"rel_precision must be > 0, got {rel_precision}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    _check_claim_args(confidence, 0.99, dispersion)
 
     res = SloResult(max_rate=None)
 
-    def probe(rate: float) -> bool:
-        p99, err = measure(rate)
-        p99, err = float(p99), float(err)
-        ok = p99 <= p99_target_s and err <= max_error_rate
-        res.points.append(SloPoint(rate=rate, p99_s=p99, error_rate=err, ok=ok))
-        return ok
+    def probe(rate: float, is_confirm: bool = False) -> SloPoint:
+        out = measure(rate)
+        if isinstance(out, tuple):  # deprecated (p99_s, error_rate)
+            p99, err = float(out[0]), float(out[1])
+            verdict, reason = _legacy_verdict(p99, err, p99_target_s, max_error_rate)
+            pt = SloPoint(rate=rate, p99_s=p99, error_rate=err, verdict=verdict, reason=reason, confirm=is_confirm)
+        else:
+            verdict, reason = probe_verdict(out, rate, p99_target_s, max_error_rate, confidence,
+                                            dispersion=dispersion)
+            pt = SloPoint(
+                rate=rate, p99_s=None if out.p99_s is None else float(out.p99_s),
+                error_rate=None if out.error_rate is None else float(out.error_rate),
+                requests=int(out.requests), over_target=int(out.over_target), flags=list(out.flags or []),
+                verdict=verdict, reason=reason, goodput_rps=out.goodput_rps, offered_rps=out.offered_rps,
+                confirm=is_confirm,
+            )
+        res.points.append(pt)
+        return pt
 
     lo: float | None = None  # highest passing rate so far
-    hi: float | None = None  # lowest failing rate above lo
+    hi: float | None = None  # lowest non-passing rate above lo
+    gen_at: float | None = None  # rate of a generator-limited probe
+    too_few = False  # the downward search stopped: a probe was too short for the claim even without overs
     rate = start_rate
     halvings = 0
     # Phase 1: bracket the limit.
     while len(res.points) < max_steps:
-        if probe(rate):
+        v = probe(rate).verdict
+        if v == "generator_limited":
+            gen_at = rate
+            break
+        if v == "pass":
             lo = rate
-            if hi is not None:
-                break  # a pass below a failure (downward search)
-            if rate >= max_rate:
-                res.max_rate = lo
-                res.reason = f"upper bound not reached: max_rate {max_rate:g}/s passed"
-                return res
+            if hi is not None or rate >= max_rate:
+                break  # a pass below a failure (downward search), or the upper bound passed
             rate = min(rate * growth, max_rate)
         else:
             hi = rate
-            if lo is not None:
-                break  # a failure above a pass (growth)
-            if halvings >= SLO_DOWNWARD_HALVINGS:
-                break
+            if lo is not None or halvings >= SLO_DOWNWARD_HALVINGS:
+                break  # a failure above a pass (growth), or nothing passes
+            if _too_few_at_any_count(res.points[-1], confidence, dispersion):
+                too_few = True
+                break  # a lower rate gives a probe of the same length even fewer requests
             halvings += 1
             rate = rate / 2
-    if lo is None:
-        res.reason = "no rate met the SLO"
-        res.first_failing_rate = hi
-        return res
-    if hi is None:
-        res.max_rate = lo
-        res.reason = f"upper bound not reached: step limit ({max_steps}) hit while growing"
-        return res
     # Phase 2: bisection.
-    while (hi - lo) / lo > rel_precision and len(res.points) < max_steps:
-        mid = (lo + hi) / 2
-        if probe(mid):
-            lo = mid
-        else:
-            hi = mid
-    res.max_rate, res.first_failing_rate = lo, hi
-    if (hi - lo) / lo <= rel_precision:
+    if gen_at is None and lo is not None and hi is not None:
+        while (hi - lo) / lo > rel_precision and len(res.points) < max_steps:
+            mid = (lo + hi) / 2
+            v = probe(mid).verdict
+            if v == "generator_limited":
+                gen_at = mid
+                break
+            if v == "pass":
+                lo = mid
+            else:
+                hi = mid
+    if gen_at is not None:
+        res.generator_limited = True
+        res.reason = (f"generator-limited at {gen_at:g} rps: the server's limit is >= {lo:g} rps" if lo is not None
+                      else f"generator-limited at {gen_at:g} rps before any rate passed: the server's limit is "
+                           "not known")
+    elif lo is None:
+        res.reason = "no rate met the SLO"
+        if too_few:
+            res.reason += (f" (the probe at {hi:g} rps had {res.points[-1].requests} requests, fewer than the "
+                           f"{min_requests_for_p99(confidence, dispersion=dispersion)} a p99 claim needs even with "
+                           "none over the target: "
+                           "halving the rate would not help; lengthen the probes or start higher)")
+    elif hi is None:
+        res.reason = ("upper bound not reached: " + (f"max_rate {max_rate:g}/s passed" if lo >= max_rate
+                                                     else f"step limit ({max_steps}) hit while growing"))
+    elif (hi - lo) / lo <= rel_precision:
         res.reason = f"bisection converged to {100 * rel_precision:g}%"
     else:
         res.reason = f"step limit ({max_steps}) reached before convergence; bracket [{lo:g}, {hi:g}]/s"
+    res.max_rate = lo
+
+    # Phase 3: confirmation.
+    if confirm and lo is not None:
+        notes: list[str] = []
+        answer: float | None = None
+        cand: float | None = lo
+        while cand is not None:
+            if len(res.points) >= max_steps + 2:
+                notes.append(f"no probe left to confirm {cand:g} rps")
+                break
+            pt = probe(cand, is_confirm=True)
+            if pt.ok:
+                answer = cand
+                break
+            notes.append(f"confirmation of {cand:g} rps failed ({pt.reason})")
+            # The failed rate is the new upper bound: step down to the next lower rate that passed (and whose
+            # confirmation has not failed), and bisect up from it again while probes are left (one is kept for
+            # the confirmation).
+            top = cand
+            below = [p.rate for p in res.points if p.ok and p.rate < top
+                     and not any(c.confirm and not c.ok and c.rate == p.rate for c in res.points)]
+            cand = max(below) if below else None
+            while cand is not None and (top - cand) / cand > rel_precision and len(res.points) < max_steps + 1:
+                mid = (cand + top) / 2
+                v = probe(mid).verdict
+                if v == "generator_limited":
+                    break
+                if v == "pass":
+                    cand = mid
+                else:
+                    top = mid
+        res.max_rate, res.confirmed = answer, answer is not None
+        if answer is None:
+            res.reason += "; not confirmed: " + "; ".join(notes or ["no passing rate left"])
+        else:
+            res.reason += "".join(f"; {n}" for n in notes) + f"; confirmed at {answer:g} rps"
+    failing = [p.rate for p in res.points if p.verdict in ("fail", "insufficient")
+               and (res.max_rate is None or p.rate > res.max_rate)]
+    res.first_failing_rate = min(failing) if failing else None
+    short = sum(p.verdict == "insufficient" for p in res.points)
+    if short:
+        res.reason += (f"; {short} probe(s) insufficient: too few requests for the p99 claim at {confidence:.0%} "
+                       "confidence (counted as failures; lengthen the probes)")
     return res
 
 
@@ -627,3 +1029,115 @@ def constant_schedule(rate: float, duration_s: float) -> np.ndarray:
     n = max(0, math.ceil(rate * duration_s))
     t = np.arange(n, dtype=float) / rate
     return t[t < duration_s]
+
+
+# ---- the M/D/1 queue (analytic answer of the calibration server) ---------------------------------------------------
+def md1_wait_cdf(t: float, rate: float, service_s: float) -> float:
+    """``P(W <= t)`` for the stationary FIFO waiting time ``W`` (before service) of an M/D/1 queue: Poisson
+    arrivals of ``rate`` per s, one server, deterministic service time ``service_s``, ``rho = rate * service_s < 1``.
+
+    Exact, by Erlang's formula (Erlang 1909; e.g. Franx, "A simple solution for the M/D/c waiting time
+    distribution", Oper. Res. Lett. 29, 2001, with c = 1)::
+
+        P(W <= t) = (1 - rho) * sum_{k=0}^{floor(t / D)} (rate * (k D - t))**k / k! * exp(rate * (t - k D))
+
+    The terms alternate in sign and grow like ``exp(rate * t)``, so the sum is evaluated in ``decimal`` with
+    ``2 * rate * t / ln 10 + 30`` significant digits (no cancellation error in the result's 15 digits); far in the
+    tail (Kingman's bound ``P(W > t) <= exp(-theta t)`` below 5e-18) it is 1.0 without the sum.  The atom at 0 is
+    ``P(W = 0) = 1 - rho``.  0 for ``t < 0``; for ``rho >= 1`` there is no stationary distribution (0).
+    """
+    rate, D, t = float(rate), float(service_s), float(t)
+    if not (rate >= 0 and D > 0):
+        raise ValueError(f"need rate >= 0 and service_s > 0, got {rate}, {service_s}")
+    rho = rate * D
+    if t < 0 or rho >= 1:
+        return 0.0
+    if rate == 0 or not math.isfinite(t):
+        return 1.0
+    m = int(math.floor(t / D))
+    if m > 50 and _kingman_theta(rate, D) * t > 40:
+        return 1.0  # Kingman's bound: P(W > t) <= exp(-theta t) < 5e-18, below a double's resolution near 1
+    with localcontext() as ctx:
+        ctx.prec = int(2 * rate * t / math.log(10)) + 30
+        lam, T, Dd = Decimal(rate), Decimal(t), Decimal(D)
+        e0 = (lam * T).exp()  # exp(rate * t)
+        q = (-(lam * Dd)).exp()  # exp(-rate * D): exp(rate * (t - k D)) = e0 * q**k
+        total = Decimal(0)
+        fact = Decimal(1)
+        for k in range(m + 1):
+            if k:
+                fact *= k
+                total += (lam * (k * Dd - T) * q) ** k / fact
+            else:
+                total += 1
+        val = (1 - lam * Dd) * total * e0
+    return min(1.0, max(0.0, float(val)))
+
+
+def _kingman_theta(rate: float, service_s: float) -> float:
+    """The decay rate ``theta > 0`` of Kingman's bound ``P(W > t) <= exp(-theta t)`` for M/D/1: the root of
+    ``E[exp(theta (S - A))] = 1``, i.e. ``rate * (exp(theta S) - 1) = theta`` (needs ``rate * S < 1``)."""
+
+    def f(th: float) -> float:  # f(0) = 0, f'(0) = rate * S - 1 < 0, convex: one positive root
+        return rate * math.expm1(th * service_s) - th
+
+    lo, hi = 0.0, 1.0 / service_s
+    while f(hi) <= 0:
+        lo, hi = hi, hi * 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if f(mid) <= 0:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def md1_p99_s(rate: float, service_s: float, percentile: float = 0.99) -> float:
+    """p99 (by default) of the M/D/1 *sojourn* time (wait + service) in s: ``service_s + w`` with ``w`` the
+    smallest wait such that ``md1_wait_cdf(w) >= percentile`` (found by bisection to 1e-12 relative).
+
+    ``inf`` when ``rate * service_s >= 1`` (no steady state); ``service_s`` when ``1 - rho >= percentile`` (99 %
+    of arrivals find the server idle).  For the calibration server: capacity ``1 / service_s``, and with Poisson
+    arrivals its latency is this queue's (plus the HTTP round trip).
+    """
+    if not 0 < percentile < 1:
+        raise ValueError(f"percentile must be in (0, 1), got {percentile}")
+    if not (rate >= 0 and service_s > 0):
+        raise ValueError(f"need rate >= 0 and service_s > 0, got {rate}, {service_s}")
+    if rate * service_s >= 1:
+        return math.inf
+    if md1_wait_cdf(0.0, rate, service_s) >= percentile:
+        return float(service_s)
+    lo, hi = 0.0, float(service_s)
+    while md1_wait_cdf(hi, rate, service_s) < percentile:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-12 * hi:
+        mid = (lo + hi) / 2
+        if md1_wait_cdf(mid, rate, service_s) >= percentile:
+            hi = mid
+        else:
+            lo = mid
+    return float(service_s) + hi
+
+
+def md1_max_rate_for_p99(target_s: float, service_s: float, percentile: float = 0.99) -> float:
+    """The highest Poisson arrival rate (per s) at which the M/D/1 sojourn-time p99 is <= ``target_s``: the
+    supremum of ``{rate : md1_wait_cdf(target_s - service_s, rate) >= percentile}`` (the waiting time grows
+    stochastically with the rate), by bisection on the rate to 1e-10 relative.  0 when ``target_s < service_s``;
+    always below the capacity ``1 / service_s``."""
+    if not 0 < percentile < 1:
+        raise ValueError(f"percentile must be in (0, 1), got {percentile}")
+    if not service_s > 0:
+        raise ValueError(f"service_s must be > 0, got {service_s}")
+    w = float(target_s) - float(service_s)
+    if w < 0:
+        return 0.0
+    lo, hi = 0.0, 1.0 / service_s
+    while hi - lo > 1e-10 * hi:
+        mid = (lo + hi) / 2
+        if md1_wait_cdf(w, mid, service_s) >= percentile:
+            lo = mid
+        else:
+            hi = mid
+    return lo
