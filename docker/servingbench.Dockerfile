@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One servingbench image per framework: python:3.11-slim and a venv at /opt/venv holding torch, numpy, the
 # framework's pins from requirements.lock (built by the same helper as `servingbench isolate FRAMEWORK`,
-# servingbench/isolation.py) and servingbench itself (--no-deps).  Build from the repository root:
+# servingbench/runtime/isolation.py) and servingbench itself (--no-deps).  Build from the repository root:
 #
 #   docker build -f docker/servingbench.Dockerfile --build-arg FRAMEWORK=litserve -t servingbench/litserve:cpu .
 #   docker build -f docker/servingbench.Dockerfile --build-arg FRAMEWORK=litserve \
@@ -25,7 +25,7 @@ RUN test -n "${FRAMEWORK}" || { echo "--build-arg FRAMEWORK=<litserve|mosec|mlse
 WORKDIR /build
 COPY pyproject.toml requirements.lock README.md ./
 COPY src ./src
-RUN PYTHONPATH=/build/src python -m servingbench.isolation create "${FRAMEWORK}" \
+RUN PYTHONPATH=/build/src python -m servingbench.runtime.isolation create "${FRAMEWORK}" \
         --venv /opt/venv --lock requirements.lock --torch-index-url "${TORCH_INDEX_URL}" \
         --source install --project /build \
     && rm -rf /build /root/.cache
@@ -35,5 +35,5 @@ ENV PATH=/opt/venv/bin:${PATH} \
     SERVINGBENCH_FRAMEWORK=${FRAMEWORK}
 WORKDIR /tmp
 # No ENTRYPOINT: `runtime: docker` runs the harness's own command line (docker run ... IMAGE /opt/venv/bin/python ...),
-# and docker/compose.yaml starts a generated deployment with `python -m servingbench.containers serve WORKDIR`.
-CMD ["python", "-m", "servingbench.containers", "--help"]
+# and docker/compose.yaml starts a generated deployment with `python -m servingbench.runtime.containers serve WORKDIR`.
+CMD ["python", "-m", "servingbench.runtime.containers", "--help"]

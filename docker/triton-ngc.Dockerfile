@@ -11,7 +11,7 @@
 # >= 3.11 (servingbench's floor: releases on Ubuntu 24.04, i.e. 24.xx from late 2024 on / 25.xx, have 3.12), and
 # for backend: libtorch a libtorch able to load TorchScript saved by the lock's torch.
 # TORCH_INDEX_URL: empty = PyPI's default torch build (CUDA on Linux x86_64); or a PyTorch CUDA index.
-# TRITON_SERVER_ROOT tells servingbench.containers to run this image's tritonserver, backends and caches in place of
+# TRITON_SERVER_ROOT tells servingbench.runtime.containers to run this image's tritonserver, backends and caches in place of
 # the wheel's paths in the harness's command line (containers.use_triton_root).
 ARG TRITON_VERSION=25.10
 FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3
@@ -28,7 +28,7 @@ RUN apt-get update \
 WORKDIR /build
 COPY pyproject.toml requirements.lock README.md ./
 COPY src ./src
-RUN PYTHONPATH=/build/src python3 -m servingbench.isolation create triton --runtime-only \
+RUN PYTHONPATH=/build/src python3 -m servingbench.runtime.isolation create triton --runtime-only \
         --venv /opt/venv --lock requirements.lock --torch-index-url "${TORCH_INDEX_URL}" \
         --source install --project /build \
     && rm -rf /build /root/.cache
@@ -39,4 +39,4 @@ ENV PATH=/opt/venv/bin:${PATH} \
     SERVINGBENCH_FRAMEWORK=triton
 WORKDIR /tmp
 # The NGC entrypoint (/opt/nvidia/nvidia_entrypoint.sh) stays: it execs the command it is given.
-CMD ["python", "-m", "servingbench.containers", "--help"]
+CMD ["python", "-m", "servingbench.runtime.containers", "--help"]

@@ -29,8 +29,8 @@ def zoo_artifacts(_artifact_cache):
 def litserve_live(zoo_artifacts, tmp_path_factory):
     """A real LitServe server with the mlp model (one per test module), stopped after the module."""
     from servingbench.adapters import registry
-    from servingbench.adapters.base import Secrets
-    from servingbench.harness import LiveDeployment, make_deployment
+    from servingbench.contract import Secrets
+    from servingbench.deploy.live import LiveDeployment, make_deployment
     from servingbench.scenarios.schema import DeploymentConfig
 
     tmp = tmp_path_factory.mktemp("litserve-mlp")
@@ -40,7 +40,7 @@ def litserve_live(zoo_artifacts, tmp_path_factory):
 
 
 def marked_leftovers(marker: str) -> list:
-    from servingbench.measure.supervisor import marked_processes
+    from servingbench.runtime.supervisor import marked_processes
 
     return marked_processes(marker)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -34,13 +35,34 @@ def _check_frameworks(names: list[str]) -> None:
 RUNTIMES = ["local", "docker"]
 
 
+PYTHON_OPTION = typer.Option(
+    None, "--python", help="run the server from this interpreter (a framework venv: `servingbench isolate`)")
+RUNTIME_OPTION = typer.Option("local", "--runtime", help="local (processes here) or docker (the framework's image)")
+IMAGE_OPTION = typer.Option(None, "--image", help="image for --runtime docker "
+                                                  "(default servingbench/<framework>:cpu or :cuda)")
+
+
+def _one_deployment(framework: str, models: list[str], device: str, python: Optional[Path], runtime: str,
+                    image: Optional[str], **cfg):
+    """(adapter, deployment, interpreter, docker runtime) of a single deployment for ``verify`` and ``serve``."""
+    from servingbench.deploy.live import make_deployment
+    from servingbench.models import build_artifacts, get_model
+    from servingbench.scenarios.schema import DeploymentConfig
+
+    adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
+    arts = [build_artifacts(get_model(n)) for n in models]
+    dep = make_deployment(framework, DeploymentConfig(**cfg), arts, device)
+    adapter.validate(dep)
+    return adapter, dep, interpreter, docker
+
+
 def _server_setup(framework: str, python: Optional[Path], runtime: str, image: Optional[str], device: str):
     """``(adapter, python, runtime)`` for ``verify`` / ``serve``, checked as ``run_cell`` checks a suite's
     ``interpreters:`` and ``runtime: docker``: an interpreter must run and hold the framework, servingbench, torch and
     numpy (it replaces the harness's ``check_available``); docker needs a client on PATH."""
     import os
 
-    from servingbench import containers, isolation
+    from servingbench.runtime import containers, isolation
     from servingbench.adapters import registry
 
     _check_frameworks([framework])
@@ -85,7 +107,7 @@ def isolate(
         None, "--torch-index-url", help="install torch from this index first (a CPU or CUDA build)"),
 ) -> None:
     """Create (or reuse) a framework's own venv from the lock; prints the interpreter to put under `interpreters:`."""
-    from servingbench import isolation
+    from servingbench.runtime import isolation
     from servingbench.adapters import registry
 
     _check_frameworks([framework])
@@ -101,7 +123,7 @@ def isolate(
             _fail(f"--venv {e}")
     project = None
     if source == "install":
-        project = Path(isolation.__file__).resolve().parents[2]
+        project = Path(isolation.__file__).resolve().parents[3]
         if not (project / "pyproject.toml").is_file():
             _fail(f"--source install copies the project from a source checkout; {project} has no pyproject.toml")
     try:
@@ -126,7 +148,7 @@ def frameworks() -> None:
             cls = registry.get_class(name)
             a = cls()
             t.add_row(name, a.framework_version() or "[red]not installed", ", ".join(sorted(c.value for c in cls.capabilities)),
-                      ", ".join(sorted(cls.options_doc)))
+                      ", ".join(cls.options_doc()))
         except Exception as e:  # noqa: BLE001
             t.add_row(name, f"[red]broken: {e}", "", "")
     out.print(t)
@@ -167,7 +189,7 @@ def validate(
     except ScenarioError as e:
         console.print(str(e), highlight=False, markup=False)
         raise typer.Exit(2)
-    from servingbench.harness import plan_cells
+    from servingbench.suite import plan_cells
 
     cells = plan_cells(suite)
     out.print(f"{scenario}: ok - {len(cells)} cell(s), {len(suite.models)} model(s), {len(suite.workloads)} workload(s)")
@@ -188,7 +210,7 @@ def run(
              "overrides the suite's generator.workers"),
 ) -> None:
     """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed."""
-    from servingbench.harness import run_suite
+    from servingbench.suite import run_suite
     from servingbench.results import ResultsError
     from servingbench.scenarios.loader import ScenarioError, apply_overrides, load_suite
 
@@ -210,7 +232,12 @@ def run(
         return
     console.print(f"done in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{c} {s}" for c, s in outcome.statuses.items()))
     if report and not outcome.interrupted:
-        _write_report(outcome.results.path)
+        from servingbench.results import ResultsError
+
+        try:
+            _write_report(outcome.results.path)
+        except ResultsError as e:
+            out.print(f"[red]report: {e}")
     out.print(f"results: {outcome.results.path}")
     if outcome.interrupted:
         raise typer.Exit(130)
@@ -219,9 +246,16 @@ def run(
 
 
 def _write_report(results_path: Path, out_root: Path = Path("reports")) -> None:
+    import warnings
+
     from servingbench.report.build import write_report
 
-    out.print(f"report: {write_report(results_path, out_root)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_report(results_path, out_root)
+    for w in caught:
+        out.print(f"[yellow]warning: {w.message}", highlight=False)
+    out.print(f"report: {path}")
 
 
 @app.command()
@@ -267,25 +301,19 @@ def verify(
     framework: str = typer.Argument(..., help="framework to check"),
     model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    python: Optional[Path] = typer.Option(
-        None, "--python", help="run the server from this interpreter (a framework venv: `servingbench isolate`)"),
-    runtime: str = typer.Option("local", "--runtime", help="local (processes here) or docker (the framework's image)"),
-    image: Optional[str] = typer.Option(None, "--image", help="image for --runtime docker "
-                                                              "(default servingbench/<framework>:cpu or :cuda)"),
+    python: Optional[Path] = PYTHON_OPTION,
+    runtime: str = RUNTIME_OPTION,
+    image: Optional[str] = IMAGE_OPTION,
 ) -> None:
-    """Contract check: start, ready, outputs match for every model, cold start recorded, clean stop."""
+    """Start, ready, outputs match for every model, cold start recorded, clean stop (see also `contract`)."""
     import tempfile
 
-    from servingbench.harness import LiveDeployment, make_deployment
-    from servingbench.measure.security import SecretStore
-    from servingbench.models import build_artifacts, get_model, list_models
-    from servingbench.scenarios.schema import DeploymentConfig
+    from servingbench.deploy.live import LiveDeployment
+    from servingbench.models import list_models
+    from servingbench.runtime.secrets import SecretStore
 
-    adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
-    names = model or [m.name for m in list_models()]
-    arts = [build_artifacts(get_model(n)) for n in names]
-    dep = make_deployment(framework, DeploymentConfig(), arts, device)
-    adapter.validate(dep)
+    adapter, dep, interpreter, docker = _one_deployment(framework, model or [m.name for m in list_models()], device,
+                                                        python, runtime, image)
     with tempfile.TemporaryDirectory(prefix="servingbench-verify-") as tmp, SecretStore() as store:
         live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False),
                               python=interpreter, runtime=docker)
@@ -312,30 +340,51 @@ def verify(
 
 
 @app.command()
+def contract(
+    framework: List[str] = typer.Argument(..., help="registered adapter(s) to check (entry point or "
+                                                     "SERVINGBENCH_ADAPTERS=name=module:Class)"),
+    fast: bool = typer.Option(False, "--fast", help="only the checks that start no server"),
+    pytest_args: Optional[List[str]] = typer.Option(None, "--pytest-arg", help="extra pytest argument (repeatable)"),
+) -> None:
+    """Run the adapter contract suite (servingbench.testing.contract) on FRAMEWORK: real servers, every zoo model."""
+    try:
+        import pytest
+    except ImportError:
+        _fail("the contract suite needs pytest: pip install 'servingbench[test]' (or pip install pytest)")
+    from servingbench.testing import contract as suite_module
+
+    _check_frameworks(framework)
+    os.environ[suite_module.SELECT] = ",".join(framework)
+    args = [suite_module.__file__, "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-o", "markers=server: starts a "
+            "real framework server", "--rootdir", str(Path(suite_module.__file__).parent)]
+    if fast:
+        args += ["-m", "not server"]
+    rc = pytest.main(args + list(pytest_args or []))
+    if rc != 0:
+        _fail(f"contract suite: {', '.join(framework)} failed (pytest exit {int(rc)})", 1)
+    out.print(f"[green]{', '.join(framework)}: contract suite passed")
+
+
+@app.command()
 def serve(
     framework: str = typer.Argument(...),
     model: List[str] = typer.Option(["mlp"], "--model", "-m"),
     device: str = typer.Option("cpu"),
     auth: bool = typer.Option(False, help="require a per-run token (printed)"),
-    python: Optional[Path] = typer.Option(
-        None, "--python", help="run the server from this interpreter (a framework venv: `servingbench isolate`)"),
-    runtime: str = typer.Option("local", "--runtime", help="local (processes here) or docker (the framework's image)"),
-    image: Optional[str] = typer.Option(None, "--image", help="image for --runtime docker "
-                                                              "(default servingbench/<framework>:cpu or :cuda)"),
+    python: Optional[Path] = PYTHON_OPTION,
+    runtime: str = RUNTIME_OPTION,
+    image: Optional[str] = IMAGE_OPTION,
 ) -> None:
     """Bring one deployment up for debugging; Ctrl-C stops it."""
     import tempfile
 
-    from servingbench.harness import LiveDeployment, make_deployment
-    from servingbench.measure.security import SecretStore
-    from servingbench.measure.supervisor import terminate_on_signals
-    from servingbench.models import build_artifacts, get_model
-    from servingbench.scenarios.schema import DeploymentConfig
+    from servingbench.deploy.live import LiveDeployment
+    from servingbench.models import get_model
+    from servingbench.runtime.secrets import SecretStore
+    from servingbench.runtime.supervisor import terminate_on_signals
 
-    adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
-    arts = [build_artifacts(get_model(n)) for n in model]
-    dep = make_deployment(framework, DeploymentConfig(auth=auth), arts, device)
-    adapter.validate(dep)
+    adapter, dep, interpreter, docker = _one_deployment(framework, model, device, python, runtime, image, auth=auth)
+    arts = dep.models
     with tempfile.TemporaryDirectory(prefix="servingbench-serve-") as tmp, SecretStore() as store, terminate_on_signals():
         secrets = store.make(auth, False)
         live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", secrets, python=interpreter,
@@ -343,7 +392,7 @@ def serve(
         try:
             with live:
                 for art in arts:
-                    req = adapter.request(get_model(art.name), get_model(art.name).example_inputs(1), secrets)
+                    req = live.codec.request(get_model(art.name), get_model(art.name).example_inputs(1), secrets)
                     out.print(f"{art.name}: {req.method} {live.url(req)}")
                 if secrets.token:
                     out.print(f"token (this session only): {secrets.token}")
@@ -358,16 +407,18 @@ def serve(
 @app.command()
 def matrix(results_dir: Path = typer.Argument(..., help="a results directory with feature probes")) -> None:
     """Frameworks x features: the verdicts the probes measured (claims that disagree are marked with !)."""
-    from servingbench.probes import FEATURES
+    from servingbench.contract import FEATURES
     from servingbench.results import ResultsError, RunResults
 
     try:
-        recs = RunResults.open(results_dir).records("probe")
+        recs = RunResults.open(results_dir, readonly=True).records("probe")
     except ResultsError as e:
         _fail(str(e))
         return
     if not recs:
         _fail(f"{results_dir} has no feature probe results (run a suite with 'features:', e.g. scenarios/features.yaml)")
+    recs = [r for r in recs if isinstance(r.get("framework"), str) and isinstance(r.get("feature"), str)
+            and isinstance(r.get("verdict"), str)]
     cells = {(r["framework"], r["feature"]): r for r in recs}
     fws = list(dict.fromkeys(r["framework"] for r in recs))
     feats = [f for f in FEATURES if any(k[1] == f for k in cells)]
@@ -393,14 +444,14 @@ def matrix(results_dir: Path = typer.Argument(..., help="a results directory wit
 @app.command()
 def cleanup(kill: bool = typer.Option(False, "--kill", help="kill them (SIGKILL to each process)")) -> None:
     """List (and with --kill, stop) server processes left behind by a harness that died."""
-    from servingbench.measure.supervisor import _describe, stale_servers
+    from servingbench.runtime.supervisor import describe_process, stale_servers
 
     stale = stale_servers()
     if not stale:
         out.print("no stale servingbench servers")
         return
     for p, marker in stale:
-        out.print(f"stale: {_describe(p)} (deployment marker {marker[:12]})")
+        out.print(f"stale: {describe_process(p)} (deployment marker {marker[:12]})")
         if kill:
             p.kill()
     if not kill:
@@ -420,7 +471,8 @@ def calibrate(
     import json
     import tempfile
 
-    from servingbench.harness import calibrate_generator, cpu_sets as make_cpu_sets
+    from servingbench.load.calibration import calibrate_generator
+    from servingbench.suite import cpu_sets as make_cpu_sets
     from servingbench.scenarios.schema import Generator
 
     try:
@@ -460,7 +512,7 @@ def generator_worker(
     import signal
     import subprocess
 
-    argv = [sys.executable, "-m", "servingbench.workloads.generator", "--worker", "--master-host", master_host,
+    argv = [sys.executable, "-m", "servingbench.load.generator", "--worker", "--master-host", master_host,
             "--master-port", str(master_port), "--connect-timeout", str(connect_timeout)]
     served = 0
     while True:

@@ -6,9 +6,9 @@ import pytest
 import requests
 
 from servingbench.adapters import registry
-from servingbench.adapters.base import Capability, Secrets
-from servingbench.harness import LiveDeployment, make_deployment
-from servingbench.measure.supervisor import marked_processes
+from servingbench.contract import Capability, Deployment, Secrets
+from servingbench.deploy.live import LiveDeployment, make_deployment
+from servingbench.runtime.supervisor import marked_processes
 from servingbench.scenarios.schema import DeploymentConfig
 
 
@@ -23,7 +23,7 @@ def test_one_port_per_model_and_no_multi_model_claim():
     assert Capability.MULTI_MODEL not in adapter.capabilities
     assert "not native" in adapter.docs_claims["multi_model"]
     for name in ("mlp", "encoder"):
-        req = adapter.request(get_model(name), get_model(name).example_inputs(2))
+        req = adapter.codec(Deployment("mlflow", [])).request(get_model(name), get_model(name).example_inputs(2))
         assert (req.path, req.port) == ("/invocations", f"http-{name}")
 
 
@@ -46,7 +46,7 @@ def test_two_models_run_two_servers(zoo_artifacts, tmp_path):
 
 @pytest.mark.server
 def test_tls_verifies_over_https(zoo_artifacts, tmp_path):
-    from servingbench.measure.security import SecretStore
+    from servingbench.runtime.secrets import SecretStore
 
     adapter = registry.get("mlflow")
     dep = _deployment(zoo_artifacts, ["mlp"], tls=True)

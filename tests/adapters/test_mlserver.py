@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from servingbench.adapters.base import Deployment, Ports, RunContext, Secrets, UnsupportedDeployment
+from servingbench.contract import Deployment, Ports, RunContext, Secrets, UnsupportedDeployment
 from servingbench.adapters.mlserver import IMPLEMENTATION, MLServerAdapter
-from servingbench.harness import LiveDeployment
+from servingbench.deploy.live import LiveDeployment
 
 
 def _spec(name):
@@ -65,7 +65,8 @@ def test_parallel_workers_option_and_plain_settings(zoo_artifacts, tmp_path):
 
 
 def test_requests_are_plain_v2_json(zoo_artifacts):
-    req = MLServerAdapter().request(_spec("encoder"), _spec("encoder").example_inputs(2))
+    req = MLServerAdapter().codec(Deployment("mlserver", [zoo_artifacts["encoder"]])).request(
+        _spec("encoder"), _spec("encoder").example_inputs(2))
     doc = json.loads(req.body)
     assert req.path == "/v2/models/encoder/infer" and doc["inputs"][0]["datatype"] == "INT64"
     assert "Inference-Header-Content-Length" not in req.headers and "parameters" not in doc["outputs"][0]
@@ -73,7 +74,7 @@ def test_requests_are_plain_v2_json(zoo_artifacts):
 
 # ---- real servers --------------------------------------------------------------------------------------------------
 def _send(live, req):
-    return live._session.request(req.method, live.url(req), data=req.body, headers=dict(req.headers), timeout=30)
+    return live.http.request(req.method, live.url(req), data=req.body, headers=dict(req.headers), timeout=30)
 
 
 @pytest.mark.server
@@ -91,13 +92,13 @@ def test_parallel_workers_and_load_unload(zoo_artifacts, tmp_path, no_leftovers)
         expected = live.infer(spec, x)
         assert np.array_equal(a.grpc_infer(dep, live.ctx, spec, x), expected)  # V2 gRPC endpoint
 
-        index = _send(live, a.repository_request("index")).json()
+        index = _send(live, live.codec.repository_request("index", None)).json()
         assert {m["name"]: m["state"] for m in index} == {n: "READY" for n in zoo_artifacts}
-        assert _send(live, a.repository_request("unload", "mlp")).status_code == 200
+        assert _send(live, live.codec.repository_request("unload", "mlp")).status_code == 200
         status, body, _ = live.send(spec, x)
         assert status == 404, body
         assert live.infer(_spec("cnn"), _spec("cnn").example_inputs(1)).shape == (1, 10)  # others unaffected
-        assert _send(live, a.repository_request("load", "mlp")).status_code == 200
+        assert _send(live, live.codec.repository_request("load", "mlp")).status_code == 200
         assert np.array_equal(live.infer(spec, x), expected)
 
 
@@ -117,7 +118,7 @@ def test_adaptive_batching_and_cache(zoo_artifacts, tmp_path, no_leftovers):
             rt = load_runtime(zoo_artifacts[name].dir, fmt="eager", device="cpu", threads=1)
             xs = [spec.example_inputs(1 + i % 3, seed=2000 + i) for i in range(32)]
             with cf.ThreadPoolExecutor(16) as pool:
-                outs = list(pool.map(lambda v: live.adapter.decode(spec, *live.send(spec, v)[:2]), xs))
+                outs = list(pool.map(lambda v: live.codec.decode(spec, *live.send(spec, v)[:2]), xs))
             for v, y in zip(xs, outs):
                 assert np.allclose(y, rt.predict(v), rtol=spec.rtol, atol=spec.atol)
             x = xs[0]

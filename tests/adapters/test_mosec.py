@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from servingbench.adapters import registry
-from servingbench.adapters.base import DecodeError, Secrets, UnsupportedDeployment
-from servingbench.harness import LiveDeployment, make_deployment
-from servingbench.measure.supervisor import marked_processes
+from servingbench.contract import DecodeError, Secrets, UnsupportedDeployment
+from servingbench.deploy.live import LiveDeployment, make_deployment
+from servingbench.runtime.supervisor import marked_processes
 from servingbench.scenarios.schema import DeploymentConfig
 
 
@@ -27,23 +27,95 @@ def test_msgpack_request_decode_roundtrip(zoo_artifacts):
     from servingbench.models import get_model
 
     adapter = registry.get("mosec")
-    adapter.validate(_deployment(zoo_artifacts, options={"mosec": {"serialization": "msgpack"}}))
+    dep = _deployment(zoo_artifacts, options={"mosec": {"serialization": "msgpack"}})
+    adapter.validate(dep)
+    codec = adapter.codec(dep)
     spec = get_model("mlp")
     x = spec.example_inputs(3)
-    req = adapter.request(spec, x)
+    req = codec.request(spec, x)
     assert req.headers["Content-Type"] == "application/msgpack"
     sent = msgpack.unpackb(req.body)
     assert np.array_equal(np.frombuffer(sent["inputs"], sent["dtype"]).reshape(sent["shape"]), x)
     y = np.arange(30, dtype=np.float32).reshape(3, 10)
-    assert np.array_equal(adapter.decode(spec, 200, msgpack.packb({"outputs": y.tobytes(), "shape": [3, 10]})), y)
+    assert np.array_equal(codec.decode(spec, 200, msgpack.packb({"outputs": y.tobytes(), "shape": [3, 10]})), y)
     for status, body in [(500, b"boom"), (200, b"not msgpack"), (200, msgpack.packb({"outputs": b"\0" * 8}))]:
         with pytest.raises(DecodeError):
-            adapter.decode(spec, status, body)
+            codec.decode(spec, status, body)
 
 
-def test_rejects_unknown_serialization(zoo_artifacts):
-    with pytest.raises(UnsupportedDeployment, match="serialization"):
-        registry.get("mosec").validate(_deployment(zoo_artifacts, options={"mosec": {"serialization": "xml"}}))
+def test_codec_is_the_deployments_own(zoo_artifacts):
+    """A fresh adapter, never validated, gives the same codec from the configuration alone (as the generator,
+    in its own process, rebuilds it from ``Deployment.describe()``)."""
+    from servingbench.contract import Deployment
+    from servingbench.models import get_model
+
+    dep = _deployment(zoo_artifacts, options={"mosec": {"serialization": "msgpack"}})
+    rebuilt = registry.get("mosec").codec(Deployment.from_description(dep.describe()))
+    spec = get_model("mlp")
+    x = spec.example_inputs(2)
+    assert rebuilt.request(spec, x) == registry.get("mosec").codec(dep).request(spec, x)
+    assert rebuilt.request(spec, x).headers["Content-Type"] == "application/msgpack"
+    assert registry.get("mosec").codec(_deployment(zoo_artifacts)).request(spec, x).headers["Content-Type"] == \
+        "application/json"
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"serialization": "xml"}, ["serialization", "'xml'", "json", "msgpack"]),
+    ({"capacity": "lots"}, ["capacity", "'lots'", "integer", ">= 1"]),
+    ({"capcity": 3}, ["capcity", "Did you mean 'capacity'"]),
+])
+def test_rejects_bad_options_naming_option_and_value(zoo_artifacts, options, words):
+    import dataclasses
+
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError) as e:  # at suite validation
+        DeploymentConfig(options={"mosec": options})
+    assert all(w in str(e.value) for w in ["mosec", *words]), str(e.value)
+    raw = dataclasses.replace(_deployment(zoo_artifacts), options=options)  # and again before prepare
+    with pytest.raises(UnsupportedDeployment) as e:
+        registry.get("mosec").validate(raw)
+    assert all(w in str(e.value) for w in ["mosec", *words]), str(e.value)
+
+
+def test_validate_command_names_the_bad_option(tmp_path):
+    """`servingbench validate` refuses a bad option value before anything runs, naming option, value and line."""
+    import subprocess
+    import sys
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nframeworks: [mosec]\nmodels: [mlp]\ndeployments:\n  - label: d\n"
+                     "    options: {mosec: {capacity: lots}}\n"
+                     "workloads: [{name: c, kind: closed_loop, concurrency: [1]}]\n")
+    p = subprocess.run([sys.executable, "-m", "servingbench.cli", "validate", str(suite)], capture_output=True,
+                       text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "capacity" in out and "'lots'" in out and "line 6" in out and "s.yaml" in out, out
+
+
+@pytest.mark.server
+def test_run_point_with_msgpack_has_no_errors(zoo_artifacts, tmp_path):
+    """The load generator decodes sampled answers with the deployment's codec: msgpack under load, 0 errors.
+
+    (Before the per-deployment codec, the generator built a fresh adapter and decoded msgpack as JSON: every
+    sampled answer was counted malformed.)"""
+    from servingbench.load.plan import PointPlan
+    from servingbench.load.point import run_point
+    from servingbench.load.pool import InputPool
+    from servingbench.scenarios.schema import ClosedLoop, Measurement
+
+    dep = _deployment(zoo_artifacts, models=["mlp"], options={"mosec": {"serialization": "msgpack"}})
+    adapter = registry.get("mosec")
+    adapter.validate(dep)
+    w = ClosedLoop(name="msgpack", kind="closed_loop", concurrency=[2], input_pool=4)
+    m = Measurement(warmup="0.5s", window="1s", windows=2, max_duration="3s", min_requests=10, sample_every=2)
+    with LiveDeployment(adapter, dep, tmp_path / "deploy", tmp_path / "logs", Secrets(), startup_timeout=120) as live:
+        point = run_point(live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"]), InputPool(live), None, tmp_path,
+                          tmp_path)
+    mt = point["metrics"]
+    assert mt["requests"] > 20
+    assert mt["errors"] == 0, (mt["errors_by_kind"], point["error_examples"])
 
 
 def _batch_sizes(live) -> tuple[float, float]:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from servingbench.adapters import registry
-from servingbench.adapters.base import Ports, RunContext
-from servingbench.harness import LiveDeployment, make_deployment
-from servingbench.measure.supervisor import marked_processes
+from servingbench.contract import Ports, RunContext
+from servingbench.deploy.live import LiveDeployment, make_deployment
+from servingbench.runtime.supervisor import marked_processes
 from servingbench.scenarios.schema import DeploymentConfig
 
 
@@ -43,7 +43,7 @@ def test_config_file_is_the_manifest(zoo_artifacts, tmp_path):
     assert spec.env["RAY_worker_niceness"] == "0" and "RAY_ADDRESS" not in spec.env
     assert not spec.signal_group and spec.cleanup_globs and len(spec.cleanup_globs[0]) < 40
     mlp = get_model("mlp")
-    assert "serve_multiplexed_model_id" not in adapter.request(mlp, mlp.example_inputs(1)).headers
+    assert "serve_multiplexed_model_id" not in adapter.codec(dep).request(mlp, mlp.example_inputs(1)).headers
 
 
 def _listening(procs) -> dict[tuple[str, int], str]:
@@ -61,7 +61,7 @@ def _listening(procs) -> dict[tuple[str, int], str]:
 @pytest.mark.server
 @pytest.mark.parametrize("multiplex", [False, True], ids=["applications-tls", "multiplex-batched"])
 def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, multiplex):
-    from servingbench.measure.security import SecretStore
+    from servingbench.runtime.secrets import SecretStore
     from servingbench.models import get_model
 
     cfg = {"max_batch_size": 4} if multiplex else {"tls": True}
@@ -75,7 +75,7 @@ def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, m
         assert set(live.verification) == {"mlp", "encoder"}
         assert live.base_url().startswith("http://" if multiplex else "https://")
         if multiplex:  # one application, models picked by header
-            req = adapter.request(get_model("encoder"), get_model("encoder").example_inputs(1))
+            req = live.codec.request(get_model("encoder"), get_model("encoder").example_inputs(1))
             assert req.headers["serve_multiplexed_model_id"] == "encoder"
         ours = set(live.ctx.ports.assigned().values())
         listening = _listening(live.processes())

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import requests
 
-from servingbench.adapters.base import Deployment, Ports, RunContext, Secrets, UnsupportedDeployment
+from servingbench.contract import Deployment, Ports, RunContext, Secrets, UnsupportedDeployment
 from servingbench.adapters.tritonserver import INPUT, OUTPUT, TritonAdapter
-from servingbench.harness import LiveDeployment
-from servingbench.measure.security import SecretStore
+from servingbench.deploy.live import LiveDeployment
+from servingbench.runtime.secrets import SecretStore
 
 
 def _spec(name):
@@ -68,7 +68,8 @@ def test_auth_flags_and_token_redaction(zoo_artifacts, tmp_path):
                and x.endswith(":admin-key=s3cr3t-token") for x in argv)
     assert any(x.startswith("--grpc-restricted-protocol=") for x in argv)
     assert "s3cr3t-token" not in (tmp_path / "command.txt").read_text()
-    assert a.request(_spec("mlp"), np.zeros((1, 64), np.float32), secrets).headers["admin-key"] == "s3cr3t-token"
+    assert a.codec(dep).request(_spec("mlp"), np.zeros((1, 64), np.float32), secrets).headers["admin-key"] == \
+        "s3cr3t-token"
 
 
 def test_unsupported_deployments(zoo_artifacts):
@@ -76,7 +77,7 @@ def test_unsupported_deployments(zoo_artifacts):
     with pytest.raises(UnsupportedDeployment, match="HTTPS"):
         a.validate(Deployment("triton", [zoo_artifacts["mlp"]], tls=True))
     a.validate(Deployment("triton", [zoo_artifacts["mlp"]], tls=True, protocol="grpc"))
-    if not a.server({}).has_backend("pytorch"):
+    if not a.server().has_backend("pytorch"):
         with pytest.raises(UnsupportedDeployment, match="libtorch"):
             a.validate(Deployment("triton", [zoo_artifacts["mlp"]], options={"backend": "libtorch"}))
     with pytest.raises(UnsupportedDeployment):
@@ -86,10 +87,11 @@ def test_unsupported_deployments(zoo_artifacts):
 def test_binary_inputs_by_default_json_on_request(zoo_artifacts):
     a = TritonAdapter()
     x = np.zeros((2, 64), np.float32)
-    req = a.request(_spec("mlp"), x)
+    req = a.codec(Deployment("triton", [zoo_artifacts["mlp"]])).request(_spec("mlp"), x)
     assert int(req.headers["Inference-Header-Content-Length"]) == len(req.body) - x.nbytes
-    a.validate(Deployment("triton", [zoo_artifacts["mlp"]], options={"binary_inputs": False}))
-    req = a.request(_spec("mlp"), x)
+    json_dep = Deployment("triton", [zoo_artifacts["mlp"]], options={"binary_inputs": False})
+    a.validate(json_dep)
+    req = a.codec(json_dep).request(_spec("mlp"), x)
     assert "Inference-Header-Content-Length" not in req.headers
     assert json.loads(req.body)["inputs"][0]["data"] == [0.0] * 128
 
@@ -98,12 +100,13 @@ def test_probe_hooks(zoo_artifacts, tmp_path):
     a = TritonAdapter()
     body = json.dumps({"model_stats": [{"name": "mlp", "inference_stats": {
         "cache_hit": {"count": 7, "ns": 1}, "cache_miss": {"count": 2, "ns": 1}}}]}).encode()
-    assert a.parse_cache_stats("mlp", 200, body) == {"hits": 7, "misses": 2}
-    assert a.parse_cache_stats("mlp", 403, b"forbidden") is None
-    secrets = Secrets(token="t0k")
-    assert a.cache_stats_request("mlp", secrets).headers == {"admin-key": "t0k"}
-    assert a.repository_request("unload", "mlp", secrets).path == "/v2/repository/models/mlp/unload"
     dep = Deployment("triton", [zoo_artifacts["mlp"]])
+    c = a.codec(dep)
+    assert c.parse_cache_stats("mlp", 200, body) == {"hits": 7, "misses": 2}
+    assert c.parse_cache_stats("mlp", 403, b"forbidden") is None
+    secrets = Secrets(token="t0k")
+    assert c.cache_stats_request("mlp", secrets).headers == {"admin-key": "t0k"}
+    assert c.repository_request("unload", "mlp", secrets).path == "/v2/repository/models/mlp/unload"
     ctx = _ctx(tmp_path)
     a.prepare(dep, ctx)
     cmd = a.manifest_command(dep, ctx)
@@ -113,7 +116,7 @@ def test_probe_hooks(zoo_artifacts, tmp_path):
 
 # ---- real servers --------------------------------------------------------------------------------------------------
 def _send(live, req, **kw):
-    return live._session.request(req.method, live.url(req), data=req.body, headers=dict(req.headers), timeout=30, **kw)
+    return live.http.request(req.method, live.url(req), data=req.body, headers=dict(req.headers), timeout=30, **kw)
 
 
 def _metric(text: str, name: str, model: str) -> float:
@@ -138,8 +141,8 @@ def test_cache_and_dynamic_batching(zoo_artifacts, tmp_path, no_leftovers):
             assert np.array_equal(live.infer(spec, x), first)
         metrics = requests.get(f"http://127.0.0.1:{live.ctx.ports['metrics']}/metrics", timeout=10).text
         assert _metric(metrics, "nv_cache_num_hits_per_model", "mlp") >= 5
-        r = _send(live, a.cache_stats_request("mlp"))
-        counts = a.parse_cache_stats("mlp", r.status_code, r.content)
+        r = _send(live, live.codec.cache_stats_request("mlp"))
+        counts = live.codec.parse_cache_stats("mlp", r.status_code, r.content)
         assert counts["hits"] >= 5 and counts["misses"] >= 1, counts
 
         # Distinct inputs (no cache hits) sent concurrently: the dynamic batcher merges them.
@@ -148,10 +151,10 @@ def test_cache_and_dynamic_batching(zoo_artifacts, tmp_path, no_leftovers):
         rt = load_runtime(zoo_artifacts["mlp"].dir, fmt="eager", device="cpu", threads=1)
         xs = [spec.example_inputs(1, seed=1000 + i) for i in range(48)]
         with cf.ThreadPoolExecutor(16) as pool:
-            outs = list(pool.map(lambda v: live.adapter.decode(spec, *live.send(spec, v)[:2]), xs))
+            outs = list(pool.map(lambda v: live.codec.decode(spec, *live.send(spec, v)[:2]), xs))
         for v, y in zip(xs, outs):
             assert np.allclose(y, rt.predict(v), rtol=spec.rtol, atol=spec.atol)
-        s = _send(live, a.cache_stats_request("mlp")).json()["model_stats"][0]
+        s = _send(live, live.codec.cache_stats_request("mlp")).json()["model_stats"][0]
         assert max(b["batch_size"] for b in s["batch_stats"]) > 1, s["batch_stats"]
 
 
@@ -167,16 +170,16 @@ def test_auth_grpc_tls_and_load_unload(zoo_artifacts, tmp_path, no_leftovers):
         with LiveDeployment(a, dep, tmp_path / "deploy", tmp_path / "logs", secrets) as live:
             spec = _spec("mlp")
             x = spec.example_inputs(2)
-            req = a.request(spec, x, secrets)
+            req = live.codec.request(spec, x, secrets)
             anon = {k: v for k, v in req.headers.items() if k != "admin-key"}
-            r = live._session.post(live.url(req), data=req.body, headers=anon, timeout=30)
+            r = live.http.post(live.url(req), data=req.body, headers=anon, timeout=30)
             assert r.status_code == 403, r.text
-            r = live._session.post(live.url(req), data=req.body, headers=anon | {"admin-key": "wrong"}, timeout=30)
+            r = live.http.post(live.url(req), data=req.body, headers=anon | {"admin-key": "wrong"}, timeout=30)
             assert r.status_code == 403
             r = _send(live, req)
             assert r.status_code == 200
-            expected = a.decode(spec, r.status_code, r.content)
-            assert live._session.get(live.base_url() + "/v2/health/ready", timeout=10).status_code == 200
+            expected = live.codec.decode(spec, r.status_code, r.content)
+            assert live.http.get(live.base_url() + "/v2/health/ready", timeout=10).status_code == 200
             assert store.token not in (live.workdir / "command.txt").read_text()
 
             # gRPC: TLS with a client certificate, and the restricted protocol's header.
@@ -202,13 +205,13 @@ def test_auth_grpc_tls_and_load_unload(zoo_artifacts, tmp_path, no_leftovers):
                 plain.close()
 
             # Repository API (restricted too).
-            unload = a.repository_request("unload", "mlp", secrets)
-            assert live._session.post(live.url(unload), data=unload.body, headers={}, timeout=30).status_code == 403
+            unload = live.codec.repository_request("unload", "mlp", secrets)
+            assert live.http.post(live.url(unload), data=unload.body, headers={}, timeout=30).status_code == 403
             assert _send(live, unload).status_code == 200
             r = _send(live, req)
             assert r.status_code in (400, 404, 503), r.text
-            index = _send(live, a.repository_request("index", secrets=secrets)).json()
+            index = _send(live, live.codec.repository_request("index", secrets=secrets)).json()
             assert any(m["name"] == "mlp" and m.get("state") != "READY" for m in index), index
-            assert _send(live, a.repository_request("load", "mlp", secrets)).status_code == 200
+            assert _send(live, live.codec.repository_request("load", "mlp", secrets)).status_code == 200
             r = _send(live, req)
-            assert r.status_code == 200 and np.array_equal(a.decode(spec, r.status_code, r.content), expected)
+            assert r.status_code == 200 and np.array_equal(live.codec.decode(spec, r.status_code, r.content), expected)

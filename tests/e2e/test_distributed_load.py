@@ -17,9 +17,11 @@ import sys
 import psutil
 import pytest
 
-from servingbench.harness import InputPool, PointPlan, run_point
+from servingbench.load.plan import PointPlan
+from servingbench.load.point import run_point
+from servingbench.load.pool import InputPool
 from servingbench.measure.stats import LatencyHistogram
-from servingbench.measure.supervisor import free_port
+from servingbench.runtime.supervisor import free_port
 from servingbench.scenarios.schema import ClosedLoop, Generator, Measurement, OpenLoop, Shape
 
 pytestmark = pytest.mark.server
@@ -52,7 +54,7 @@ def test_two_local_workers_merge_exactly(litserve_live, tmp_path):
     assert "wrong_output" not in mt["errors_by_kind"]
     # The generator's workers are gone with it.
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before
-                 and "servingbench.workloads.generator" in " ".join(p.info["cmdline"] or [])]
+                 and "servingbench.load.generator" in " ".join(p.info["cmdline"] or [])]
     assert not leftovers, leftovers
 
 
@@ -121,7 +123,7 @@ def test_a_worker_killed_mid_point_fails_the_point_and_leaves_no_process(litserv
         while time.time() < deadline and not killed:
             for p in psutil.process_iter(["cmdline"]):
                 cmd = " ".join(p.info["cmdline"] or [])
-                if "servingbench.workloads.generator --worker" in cmd:
+                if "servingbench.load.generator --worker" in cmd:
                     time.sleep(2.0)  # well into the measurement
                     p.kill()
                     killed.append(p.pid)
@@ -137,6 +139,6 @@ def test_a_worker_killed_mid_point_fails_the_point_and_leaves_no_process(litserv
     assert killed
     time.sleep(0.5)
     left = [p for p in psutil.process_iter(["cmdline"])
-            if "servingbench.workloads.generator" in " ".join(p.info["cmdline"] or [])]
+            if "servingbench.load.generator" in " ".join(p.info["cmdline"] or [])]
     assert not left, left
     litserve_live.check_alive()  # the server is unharmed

@@ -19,10 +19,10 @@ import psutil
 import pytest
 from conftest import all_marked_pids
 
-from servingbench import isolation
+from servingbench.runtime import isolation
 from servingbench.adapters import registry
-from servingbench.adapters.base import Secrets
-from servingbench.harness import LiveDeployment, make_deployment
+from servingbench.contract import Deployment, Secrets
+from servingbench.deploy.live import LiveDeployment, make_deployment
 from servingbench.scenarios.schema import DeploymentConfig
 
 pytestmark = pytest.mark.server
@@ -108,7 +108,7 @@ workloads:
 
 
 def test_suite_interpreters_reach_the_cells(litserve_venv, tmp_path, no_leftovers):
-    from servingbench.harness import run_suite
+    from servingbench.suite import run_suite
     from servingbench.scenarios.loader import load_suite
 
     python, _ = litserve_venv
@@ -207,9 +207,10 @@ def test_serve_python_with_runtime_docker(litserve_venv, zoo_artifacts, tmp_path
         assert libtorch and all(path.startswith(str(venv)) for path in libtorch), libtorch
         spec = get_model("mlp")
         inputs, expected = zoo_artifacts["mlp"].reference()
-        req = registry.get("litserve").request(spec, inputs[:1], Secrets())
+        codec = registry.get("litserve").codec(Deployment("litserve", []))
+        req = codec.request(spec, inputs[:1], Secrets())
         r = requests.post(url, data=req.body, headers=dict(req.headers), timeout=30)
-        got = registry.get("litserve").decode(spec, r.status_code, r.content)
+        got = codec.decode(spec, r.status_code, r.content)
         assert np.allclose(got, expected[:1], rtol=spec.rtol, atol=spec.atol)
     finally:
         p.send_signal(signal.SIGINT)
@@ -232,7 +233,7 @@ interpreters:
 
 def test_probes_start_from_the_cells_interpreter_and_runtime(litserve_venv, tmp_path, monkeypatch, no_leftovers):
     """A feature probe's deployments go through the suite's interpreters: and runtime: docker, as run_cell's do."""
-    from servingbench.harness import run_suite
+    from servingbench.suite import run_suite
     from servingbench.scenarios.loader import load_suite
 
     python, venv = litserve_venv

@@ -14,7 +14,10 @@ import time
 
 import pytest
 
-from servingbench.harness import InputPool, LiveDeployment, PointPlan, run_point
+from servingbench.deploy.live import LiveDeployment
+from servingbench.load.plan import PointPlan
+from servingbench.load.point import run_point
+from servingbench.load.pool import InputPool
 from servingbench.scenarios.schema import ClosedLoop, Measurement, OpenLoop
 
 pytestmark = pytest.mark.server

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from servingbench.adapters import registry
-from servingbench.harness import LiveDeployment, make_deployment, run_suite
-from servingbench.measure.security import SecretStore
+from servingbench.deploy.live import LiveDeployment, make_deployment
+from servingbench.suite import run_suite
+from servingbench.runtime.secrets import SecretStore
 from servingbench.scenarios.loader import load_suite
 from servingbench.scenarios.schema import DeploymentConfig
 

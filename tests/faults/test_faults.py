@@ -15,10 +15,13 @@ import numpy as np
 import psutil
 import pytest
 
-from servingbench.adapters import _json
-from servingbench.adapters.base import Adapter, LaunchSpec, ReadyProbe, RequestSpec, Secrets
-from servingbench.harness import InputPool, LiveDeployment, PointPlan, VerificationError, make_deployment, run_point, run_suite
-from servingbench.measure.supervisor import PortInUse, ServerProcess
+from servingbench.contract import Adapter, JsonCodec, LaunchSpec, ReadyProbe, Secrets
+from servingbench.deploy.live import LiveDeployment, VerificationError, make_deployment
+from servingbench.load.plan import PointPlan
+from servingbench.load.point import run_point
+from servingbench.load.pool import InputPool
+from servingbench.suite import run_suite
+from servingbench.runtime.supervisor import PortInUse, ServerProcess
 from servingbench.scenarios.loader import load_suite
 from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement
 
@@ -68,7 +71,7 @@ def test_kill9_of_a_server_under_load(tmp_path, no_leftovers):
     def killer() -> None:
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            gens = [p for p in psutil.process_iter(["cmdline"]) if "servingbench.workloads.generator" in " ".join(p.info["cmdline"] or [])]
+            gens = [p for p in psutil.process_iter(["cmdline"]) if "servingbench.load.generator" in " ".join(p.info["cmdline"] or [])]
             if gens:
                 time.sleep(1.0)  # under load
                 for p in psutil.process_iter(["cmdline"]):
@@ -150,11 +153,8 @@ class GarbageAdapter(Adapter):
         return [LaunchSpec(argv=[sys.executable, str(HERE / "garbage_server.py"), str(ctx.ports["http"]), self.mode],
                            env=ctx.base_env(), cwd=ctx.workdir, ready=ReadyProbe(path="/health"), name="garbage")]
 
-    def request(self, model, batch, secrets=None) -> RequestSpec:
-        return RequestSpec("POST", "/predict", _json.encode_inputs(batch), {"Content-Type": "application/json"})
-
-    def decode(self, model, status, body):
-        return _json.decode_outputs(model, status, body)
+    def codec(self, deployment):
+        return JsonCodec(path="/predict")
 
 
 @pytest.mark.parametrize("mode,kind", [("notjson", "malformed"), ("shape", "shape"), ("nan", "nan"),
@@ -192,7 +192,7 @@ class MixedGarbageAdapter(GarbageAdapter):
 
 
 def test_secrets_never_reach_results(tmp_path, no_leftovers, monkeypatch):
-    from servingbench.measure import security
+    from servingbench.runtime import secrets as security
 
     stores = []
     orig = security.SecretStore.__init__
@@ -229,7 +229,7 @@ def test_stale_server_from_a_dead_harness_is_found_and_cleaned(tmp_path):
     env = {**os.environ, "SERVINGBENCH_MARKER": "stale-test", "SERVINGBENCH_HARNESS_PID": str(dead.pid)}
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True)
     try:
-        from servingbench.measure.supervisor import stale_servers
+        from servingbench.runtime.supervisor import stale_servers
 
         deadline = time.time() + 10
         while orphan.pid not in {p.pid for p, _ in stale_servers()} and time.time() < deadline:

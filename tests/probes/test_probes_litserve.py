@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from servingbench.measure.security import SecretStore
+from servingbench.runtime.secrets import SecretStore
 from servingbench.probes import ProbeContext, run_probe
 
 pytestmark = pytest.mark.server

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from servingbench import isolation
+from servingbench.runtime import isolation
 from servingbench.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_runtime_docker_needs_a_client(tmp_path):
 
 # ---- probes honour the suite's interpreters: ---------------------------------------------------------------------
 def test_probe_cells_skip_an_interpreter_without_the_framework(tmp_path):
-    from servingbench.harness import run_suite
+    from servingbench.suite import run_suite
     from servingbench.scenarios.loader import load_suite
 
     path = tmp_path / "features.yaml"
@@ -132,7 +132,7 @@ def test_probe_cells_skip_an_interpreter_without_the_framework(tmp_path):
 
 def test_probe_context_runtime_for_the_gpu_probe(tmp_path):
     """The gpu probe deploys with device cuda: a default :cpu image becomes :cuda, a suite's own image stays."""
-    from servingbench.containers import DockerRuntime
+    from servingbench.runtime.containers import DockerRuntime
     from servingbench.probes import ProbeContext
 
     def ctx(runtime):

@@ -25,11 +25,11 @@ import docker_standin
 import pytest
 import yaml
 
-from servingbench import containers
+from servingbench.runtime import containers
 from servingbench.adapters import registry
-from servingbench.adapters.base import LaunchSpec, ReadyProbe, Secrets
-from servingbench.containers import DockerRuntime, Mount, docker_run, translate
-from servingbench.harness import LiveDeployment, make_deployment
+from servingbench.contract import LaunchSpec, ReadyProbe, Secrets
+from servingbench.runtime.containers import DockerRuntime, Mount, docker_run, translate
+from servingbench.deploy.live import LiveDeployment, make_deployment
 from servingbench.scenarios.schema import DeploymentConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def test_suite_runtime_fields(tmp_path):
 MANIFEST_SKIP = {"command.txt", containers.LAUNCH_FILE}  # human-readable commands / the launch record itself
 
 
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", registry.builtin_names())
 def test_every_adapter_launch_runs_in_a_container(name, mlp, tmp_path):
     live, specs = prepared(name, mlp, tmp_path)
     runtime = DockerRuntime(image=IMAGE)
@@ -205,7 +205,7 @@ def test_every_adapter_launch_runs_in_a_container(name, mlp, tmp_path):
             host, inside = v.split(":")[:2]
             assert host == inside and Path(host).exists(), v
         if name == "triton":  # through `containers exec`, so an NGC image can swap in its own tritonserver
-            assert cmd[:5] == ["/opt/venv/bin/python", "-m", "servingbench.containers", "exec", "--"]
+            assert cmd[:5] == ["/opt/venv/bin/python", "-m", "servingbench.runtime.containers", "exec", "--"]
             cmd = cmd[5:]
         assert cmd == [translate(a, {HOST_PREFIX: "/opt/venv"}) for a in original.argv]
         # Every path the command names: the image's venv (mirrors the host venv, built from the same lock), a
@@ -238,7 +238,7 @@ def test_every_adapter_launch_runs_in_a_container(name, mlp, tmp_path):
 
 
 def test_cuda_secrets_and_token(mlp, tmp_path):
-    from servingbench.measure.security import SecretStore
+    from servingbench.runtime.secrets import SecretStore
 
     with SecretStore() as store:
         secrets = store.make(auth=True, tls=True)
@@ -274,7 +274,7 @@ def test_launch_file_and_serve_command(mlp, tmp_path):
 
 
 def test_serve_command_needs_the_token(mlp, tmp_path):
-    from servingbench.measure.security import SecretStore
+    from servingbench.runtime.secrets import SecretStore
 
     with SecretStore() as store:
         live, specs = prepared("litserve", mlp, tmp_path, store.make(auth=True, tls=False), auth=True)
@@ -287,7 +287,7 @@ def test_serve_command_needs_the_token(mlp, tmp_path):
 
 # ---- the harness hook, end to end, with a stand-in docker client -------------------------------------------------
 @pytest.mark.server
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", registry.builtin_names())
 def test_live_deployment_through_the_runtime_hook(name, mlp, tmp_path, no_leftovers):
     """LiveDeployment wraps, starts, verifies and stops through the runtime; the server gets only the -e env."""
     log = tmp_path / "docker.log"
@@ -354,12 +354,12 @@ def test_dockerfile_copies_existing_files_and_declares_its_args(path):
                 assert src.split("/")[0] in allowed, f"{path.name}: COPY {src} is excluded by the .dockerignore"
     # The installer the images run is this repository's, with options it knows.
     run = " ".join(a for i, a in ins if i == "RUN")
-    assert "servingbench.isolation create" in run
-    from servingbench import isolation
+    assert "servingbench.runtime.isolation create" in run
+    from servingbench.runtime import isolation
 
     source = Path(isolation.__file__).read_text()
-    for opt in re.findall(r"(--[a-z-]+)", run.split("servingbench.isolation create", 1)[1].split("&&")[0]):
-        assert f'add_argument("{opt}"' in source, f"{path.name}: servingbench.isolation create has no {opt}"
+    for opt in re.findall(r"(--[a-z-]+)", run.split("servingbench.runtime.isolation create", 1)[1].split("&&")[0]):
+        assert f'add_argument("{opt}"' in source, f"{path.name}: servingbench.runtime.isolation create has no {opt}"
 
 
 ENSURE_COMPOSE = ROOT / "scripts" / "ensure_compose.sh"
@@ -414,11 +414,11 @@ def test_compose_services_build_and_mount_what_they_need(tmp_path):
     env = compose_env(tmp_path)
     base = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     gpu = yaml.safe_load((DOCKER / "compose.gpu.yaml").read_text())
-    frameworks = set(registry.names())
+    frameworks = set(registry.builtin_names())
     assert frameworks | {"triton-ngc"} == set(base["services"]) == set(gpu["services"])
     for name, svc in base["services"].items():
         assert svc["network_mode"] == "host" and svc["init"] is True and svc["profiles"] == [name]
-        assert svc["entrypoint"][-2:] == ["servingbench.containers", "serve"]
+        assert svc["entrypoint"][-2:] == ["servingbench.runtime.containers", "serve"]
         build = svc["build"]
         dockerfile = (DOCKER / build["context"]).resolve() / build["dockerfile"]
         assert dockerfile.is_file() and (DOCKER / build["context"]).resolve() == ROOT
@@ -447,7 +447,7 @@ def test_compose_config_resolves_the_files(files, compose, tmp_path):
     p = subprocess.run([*compose, *args, "config"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     config = yaml.safe_load(p.stdout)
-    assert set(config["services"]) == set(registry.names()) | {"triton-ngc"} == set(names)
+    assert set(config["services"]) == set(registry.builtin_names()) | {"triton-ngc"} == set(names)
     gpu = len(files) == 2
     for name, svc in config["services"].items():
         mounts = bind_mounts(svc["volumes"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from servingbench.adapters import v2
-from servingbench.adapters.base import DecodeError
+from servingbench.contract import DecodeError
 
 
 def spec(in_shape=(64,), in_dtype="float32", out_shape=(10,), out_dtype="float32", name="mlp"):

@@ -1,29 +1,3 @@
-"""Framework adapters.  The contract is :mod:`servingbench.adapters.base`; adapters register through entry points."""
-
-from servingbench.adapters.base import (
-    Adapter,
-    AdapterUnavailable,
-    Capability,
-    DecodeError,
-    Deployment,
-    LaunchSpec,
-    ReadyProbe,
-    RequestSpec,
-    RunContext,
-    Secrets,
-    UnsupportedDeployment,
-)
-
-__all__ = [
-    "Adapter",
-    "AdapterUnavailable",
-    "Capability",
-    "DecodeError",
-    "Deployment",
-    "LaunchSpec",
-    "ReadyProbe",
-    "RequestSpec",
-    "RunContext",
-    "Secrets",
-    "UnsupportedDeployment",
-]
+"""Framework adapters: one short module per framework, registered through the ``servingbench.adapters`` entry-point
+group (:mod:`servingbench.adapters.registry`).  The contract they implement is :mod:`servingbench.contract`; the
+shared V2 codec is :mod:`servingbench.adapters.v2`; server scripts they copy into workdirs live in ``servers/``."""

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Literal
 
-from servingbench.adapters import _json
-from servingbench.adapters.base import (
-    Adapter, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
+from pydantic import Field
+
+from servingbench.contract import (
+    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RunContext, server_env,
 )
-from servingbench.isolation import path_with_venv
 
 SERVER = Path(__file__).parent / "servers" / "litserve_server.py"
+CODEC = JsonCodec(path="/predict/{model}", auth_header="X-API-Key")  # LIT_SERVER_API_KEY is checked on X-API-Key
+
+
+class LitServeOptions(AdapterOptions):
+    num_api_servers: int | None = Field(None, ge=1, le=64, description="uvicorn API server processes in front of "
+                                        "the workers (LitServer num_api_servers; LitServe's default: one)")
+    devices: int | Literal["auto"] | None = Field(None, description="number of GPUs, or 'auto' (LitServer devices)")
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="request timeout inside LitServe "
+                                    "(servingbench's default when unset: 60)",
+                                    json_schema_extra={"framework_default": 30})
 
 
 class LitServeAdapter(Adapter):
@@ -23,11 +33,7 @@ class LitServeAdapter(Adapter):
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.AUTH, Capability.TLS, Capability.GPU,
     })
-    options_doc = {
-        "num_api_servers": "uvicorn API server processes in front of the workers (LitServer.run num_api_servers)",
-        "devices": "number of GPUs to use, or 'auto' (LitServer devices)",
-        "timeout_s": "request timeout inside LitServe (default 60)",
-    }
+    Options = LitServeOptions
     open_paths = ("/health", "/info", "/docs", "/openapi.json")
     docs_claims = {
         "multi_model": "yes: several LitAPIs with distinct api_path in one LitServer",
@@ -52,7 +58,7 @@ class LitServeAdapter(Adapter):
             "models": [
                 {"name": m.name, "dir": str(m.dir), "input_dtype": _input_dtype(m)} for m in deployment.models
             ],
-            **{k: v for k, v in deployment.options.items()},
+            **self.options_of(deployment).model_dump(exclude_none=True),
         }
         if deployment.tls:
             cfg.update(ssl_keyfile=str(ctx.secrets.server_key), ssl_certfile=str(ctx.secrets.server_cert))
@@ -62,12 +68,11 @@ class LitServeAdapter(Adapter):
         shutil.copy(SERVER, ctx.workdir / SERVER.name)
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
-        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads),
-                           PATH=path_with_venv(ctx.python, os.environ.get("PATH")))  # ctx.python's venv first
+        env = server_env(ctx, deployment.threads)
         headers = {}
         if deployment.auth and ctx.secrets.token:
             env["LIT_SERVER_API_KEY"] = ctx.secrets.token  # read by litserve at import time
-            headers = self.auth_headers(ctx.secrets)  # /health is gated too
+            headers = CODEC.auth_headers(ctx.secrets)  # /health is gated too
         return [LaunchSpec(
             argv=[ctx.python, str(ctx.workdir / SERVER.name), str(ctx.workdir / "deployment.json")],
             env=env,
@@ -80,19 +85,8 @@ class LitServeAdapter(Adapter):
             name="litserve",
         )]
 
-    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
-        return RequestSpec(
-            method="POST",
-            path=f"/predict/{model.name}",
-            body=_json.encode_inputs(batch),
-            headers={"Content-Type": "application/json", **self.auth_headers(secrets)},
-        )
-
-    def decode(self, model, status, body):
-        return _json.decode_outputs(model, status, body, key="outputs")
-
-    def auth_headers(self, secrets: Secrets | None) -> dict[str, str]:
-        return {"X-API-Key": secrets.token} if secrets and secrets.token else {}
+    def codec(self, deployment: Deployment) -> JsonCodec:
+        return CODEC
 
 
 def _input_dtype(art) -> str:

@@ -6,17 +6,28 @@ The module is not called ``mlflow.py``: that would shadow the ``mlflow`` package
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import signal
 from pathlib import Path
+from typing import Literal
 
-from servingbench.adapters import _json
-from servingbench.adapters.base import (
-    Adapter, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets, UnsupportedDeployment,
+from pydantic import Field
+
+from servingbench.contract import (
+    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RunContext,
+    UnsupportedDeployment, server_env, write_command_file,
 )
 
 APP = "mlflow.pyfunc.scoring_server.app:app"
+# One server per model, each on its own port ``http-<model>``.
+CODEC = JsonCodec(path="/invocations", output_key="predictions", port="http-{model}")
+
+
+class MLflowOptions(AdapterOptions):
+    serialization_format: Literal["pt2", "pickle"] | None = Field(
+        None, description="'pt2' (torch.export) or 'pickle'; unset: pt2 for eager models (pickle where torch.export "
+                          "fails), pickle for torchscript", json_schema_extra={"framework_default": "pt2"})
+    timeout_s: int = Field(60, ge=1, le=3600, description="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: per-request "
+                           "timeout")
 
 
 class MLflowAdapter(Adapter):
@@ -33,11 +44,7 @@ class MLflowAdapter(Adapter):
     distribution = "mlflow"
     capabilities = frozenset({Capability.TLS, Capability.MANIFEST})
     native_manifest = ("*/MLmodel",)
-    options_doc = {
-        "serialization_format": "'pt2' (torch.export; MLflow's default) or 'pickle'; default: pt2 for eager "
-                                "models (pickle where torch.export fails), pickle for torchscript",
-        "timeout_s": "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: per-request timeout (default 60)",
-    }
+    Options = MLflowOptions
     docs_claims = {
         "multi_model": "no: one model per `mlflow models serve` (not native: one server per model)",
         "manifest": "partly: the MLmodel file describes the model, not the server (flags on the CLI)",
@@ -51,23 +58,19 @@ class MLflowAdapter(Adapter):
         super().validate(deployment)
         if deployment.tls == "mutual":
             raise UnsupportedDeployment("mlflow: the TLS path does not require client certificates")
-        fmt = deployment.options.get("serialization_format")
-        if fmt not in (None, "pt2", "pickle"):
-            raise UnsupportedDeployment(f"mlflow: options.serialization_format is {fmt!r}; valid: 'pt2', 'pickle'")
+        fmt = self.options_of(deployment).serialization_format
         if fmt == "pt2" and deployment.model_format == "torchscript":
             raise UnsupportedDeployment("mlflow: pt2 cannot export a TorchScript module; use serialization_format "
                                         "'pickle' or model_format 'eager'")
 
     # ---- manifests -----------------------------------------------------------------------------------------------
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
-        self.validate(deployment)
         formats = {m.name: self._save(m, deployment, ctx.workdir / m.name) for m in deployment.models}
         (ctx.workdir / "serialization_formats.json").write_text(json.dumps(formats, indent=2))
-        lines = ["# with the benchmark venv's bin first on PATH (the CLI execs `uvicorn` from PATH)"]
-        for m in deployment.models:
-            env = {k: v for k, v in self._env(deployment, ctx, m.name).items() if k in _SHOWN_ENV}
-            lines.append(shlex.join([f"{k}={v}" for k, v in env.items()] + self._argv(deployment, ctx, m.name)))
-        (ctx.workdir / "command.txt").write_text("\n".join(lines) + "\n")
+        env = {k: v for k, v in self._env(deployment, ctx, deployment.models[0].name).items() if k in _SHOWN_ENV}
+        env.pop("__pyfunc_model_path__", None)
+        write_command_file(ctx, [self._argv(deployment, ctx, m.name) for m in deployment.models], env,
+                           comment="with the benchmark venv's bin first on PATH (the CLI execs `uvicorn` from PATH)")
 
     def _save(self, art, deployment: Deployment, path: Path) -> str:
         """Save one zoo model with mlflow.pytorch; returns the serialization format used."""
@@ -79,12 +82,12 @@ class MLflowAdapter(Adapter):
         rt = load_runtime(art.dir, fmt=deployment.model_format, device="cpu", threads=deployment.threads)
         x = art.reference()[0][:2]  # batch >= 2: with a batch-1 example torch.export fixes the batch dimension
         sig = infer_signature(x, rt.predict(x))
-        fmt = deployment.options.get("serialization_format")
+        fmt = self.options_of(deployment).serialization_format
         fmt = fmt or ("pickle" if deployment.model_format == "torchscript" else "pt2")
         try:
             mlflow.pytorch.save_model(rt.module, str(path), signature=sig, input_example=x, serialization_format=fmt)
         except Exception:
-            if fmt != "pt2" or deployment.options.get("serialization_format"):
+            if fmt != "pt2" or self.options_of(deployment).serialization_format:
                 raise
             import shutil
 
@@ -95,12 +98,9 @@ class MLflowAdapter(Adapter):
 
     # ---- processes ---------------------------------------------------------------------------------------------
     def _env(self, deployment: Deployment, ctx: RunContext, model: str) -> dict[str, str]:
-        env = ctx.base_env(
-            OMP_NUM_THREADS=str(deployment.threads), MKL_NUM_THREADS=str(deployment.threads),
-            MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=str(int(deployment.options.get("timeout_s", 60))),
-        )
         # `mlflow models serve` runs `bash -c "exec uvicorn ..."`: the venv's bin must come first on PATH.
-        env["PATH"] = os.pathsep.join([str(Path(ctx.python).parent), env.get("PATH", "")])
+        env = server_env(ctx, deployment.threads, MKL_NUM_THREADS=str(deployment.threads),
+                         MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=str(self.options_of(deployment).timeout_s))
         if deployment.tls:
             env["__pyfunc_model_path__"] = str(ctx.workdir / model)  # what `mlflow models serve` sets for uvicorn
         return env
@@ -135,12 +135,8 @@ class MLflowAdapter(Adapter):
         return self._argv(deployment, ctx, deployment.models[0].name)
 
     # ---- requests ------------------------------------------------------------------------------------------------
-    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
-        return RequestSpec(method="POST", path="/invocations", body=_json.encode_inputs(batch),
-                           headers={"Content-Type": "application/json"}, port=f"http-{model.name}")
-
-    def decode(self, model, status, body):
-        return _json.decode_outputs(model, status, body, key="predictions")
+    def codec(self, deployment: Deployment) -> JsonCodec:
+        return CODEC
 
 
 _SHOWN_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "__pyfunc_model_path__")

@@ -8,16 +8,28 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import Field
+
 from servingbench.adapters import v2
-from servingbench.adapters.base import (
-    Adapter, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
-    UnsupportedDeployment,
+from servingbench.contract import (
+    Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RunContext,
+    UnsupportedDeployment, server_env, write_command_file,
 )
-from servingbench.isolation import path_with_venv
 
 RUNTIME = Path(__file__).parent / "servers" / "mlserver_runtime.py"
 IMPLEMENTATION = "mlserver_runtime.ZooRuntime"
 INPUT, OUTPUT = "input", "output"
+
+
+class MLServerOptions(AdapterOptions):
+    parallel_workers: int | None = Field(None, ge=0, le=256, description="override settings.parallel_workers (0: "
+                                         "inference in the server process; unset: workers)",
+                                         json_schema_extra={"framework_default": 1})
+    cache_size: int = Field(100, ge=1, le=10_000_000, description="entries in MLServer's response cache "
+                            "(settings.cache_size)")
+    debug: bool = Field(False, description="settings.debug: DEBUG logging and per-request access logs",
+                        json_schema_extra={"framework_default": True})
+    gzip: bool = Field(True, description="settings.gzip_enabled (requests ask for identity encoding anyway)")
 
 
 class MLServerAdapter(Adapter):
@@ -44,13 +56,7 @@ class MLServerAdapter(Adapter):
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.RESPONSE_CACHE, Capability.MANIFEST,
         Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD,
     })
-    options_doc = {
-        "parallel_workers": "override settings.parallel_workers (0: inference in the server process; "
-                            "default: workers)",
-        "cache_size": "entries in MLServer's response cache (settings.cache_size, default 100)",
-        "debug": "settings.debug: DEBUG logging and per-request access logs (default false; MLServer's is true)",
-        "gzip": "settings.gzip_enabled (MLServer's default true; requests ask for identity encoding anyway)",
-    }
+    Options = MLServerOptions
     docs_claims = {
         "multi_model": "yes: every model folder in the repository is served",
         "batching": "yes: adaptive batching (max_batch_size, max_batch_time)",
@@ -62,32 +68,26 @@ class MLServerAdapter(Adapter):
         "auth": "no", "tls": "no", "model_cache": "no",
     }
 
-    def validate(self, deployment: Deployment) -> None:
-        super().validate(deployment)
-        pw = deployment.options.get("parallel_workers", deployment.workers)
-        if not isinstance(pw, int) or pw < 0:
-            raise UnsupportedDeployment(f"mlserver: parallel_workers must be an integer >= 0, got {pw!r}")
-
     # ---- deployment -------------------------------------------------------------------------------------------
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
         root = ctx.workdir.resolve()
-        opts = deployment.options
+        opts = self.options_of(deployment)
         settings = {
             "host": ctx.host,
             "http_port": ctx.ports["http"],
             "grpc_port": ctx.ports["grpc"],
             "metrics_port": ctx.ports["metrics"],
-            "parallel_workers": int(opts.get("parallel_workers", deployment.workers)),
+            "parallel_workers": deployment.workers if opts.parallel_workers is None else opts.parallel_workers,
             # Both default to the cwd; keep them in the deployment's directory.
             "metrics_dir": str(root / "run" / "metrics"),
             "environments_dir": str(root / "run" / "envs"),
-            "debug": bool(opts.get("debug", False)),
-            "gzip_enabled": bool(opts.get("gzip", True)),
+            "debug": opts.debug,
+            "gzip_enabled": opts.gzip,
             "load_models_at_startup": True,
             "cache_enabled": deployment.cache,
         }
         if deployment.cache:
-            settings["cache_size"] = int(opts.get("cache_size", 100))
+            settings["cache_size"] = opts.cache_size
         (root / "run" / "metrics").mkdir(parents=True, exist_ok=True)
         (root / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         shutil.copy(RUNTIME, root / "mlserver_runtime.py")
@@ -96,8 +96,7 @@ class MLServerAdapter(Adapter):
             folder.mkdir(exist_ok=True)
             (folder / "model-settings.json").write_text(json.dumps(self.model_settings(deployment, art), indent=2))
         self._check(root, settings)
-        (root / "command.txt").write_text(
-            "# start this deployment by hand:\n" + " ".join(self._argv(ctx)) + "\n")
+        write_command_file(ctx, [self._argv(ctx)], comment="start this deployment by hand:")
 
     def model_settings(self, deployment: Deployment, art) -> dict:
         meta = json.loads(Path(art.meta).read_text())
@@ -152,8 +151,7 @@ class MLServerAdapter(Adapter):
         return [str(exe), "start", str(ctx.workdir.resolve())]
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
-        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads))
-        env["PATH"] = path_with_venv(ctx.python, env.get("PATH"))  # ctx.python's venv first
+        env = server_env(ctx, deployment.threads)
         for k in [k for k in env if k.startswith("MLSERVER_")]:  # the settings files are the only configuration
             del env[k]
         return [LaunchSpec(
@@ -164,25 +162,15 @@ class MLServerAdapter(Adapter):
             name="mlserver",
         )]
 
-    # ---- requests (pure) -----------------------------------------------------------------------------------------
-    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
+    def codec(self, deployment: Deployment) -> v2.V2Codec:
         # MLServer's REST endpoint does not take Triton's binary tensor extension: JSON only.
-        body, headers = v2.infer_request(model, batch, INPUT, OUTPUT)
-        return RequestSpec("POST", f"/v2/models/{model.name}/infer", body, headers)
-
-    def decode(self, model, status, body):
-        return v2.decode_response(model, status, body, output_name=OUTPUT)
+        return v2.V2Codec(INPUT, OUTPUT, binary=False)
 
     # ---- hooks for the feature probes -----------------------------------------------------------------------
     native_manifest = ("settings.json", "*/model-settings.json")
 
     def manifest_command(self, deployment: Deployment, ctx: RunContext) -> list[str]:
         return self._argv(ctx)
-
-    def repository_request(self, action: str, model: str | None = None,
-                           secrets: Secrets | None = None) -> RequestSpec:
-        """``index`` / ``load`` / ``unload`` through the V2 repository API (load of a known folder ~15 ms)."""
-        return RequestSpec("POST", v2.repository_path(action, model), b"{}", {"Content-Type": "application/json"})
 
     def grpc_infer(self, deployment: Deployment, ctx: RunContext, model, batch):
         """Inference over MLServer's V2 gRPC endpoint (tritonclient.grpc speaks it)."""

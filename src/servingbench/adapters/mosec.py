@@ -2,24 +2,59 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from servingbench.adapters import _json
-from servingbench.adapters.base import (
-    Adapter, Capability, DecodeError, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
-    UnsupportedDeployment,
+from servingbench.contract import (
+    Adapter, AdapterOptions, Capability, Codec, DecodeError, Deployment, JsonCodec, LaunchSpec, ReadyProbe,
+    RequestSpec, RunContext, Secrets, as_output, check_status, model_entry, server_env, write_command_file,
+    write_deployment_json,
 )
-from servingbench.isolation import path_with_venv
 
 SERVER = Path(__file__).parent / "servers" / "mosec_server.py"
 MAX_SOCKET_DIR = 80  # unix socket paths are limited to ~107 bytes; mosec appends /ipc_<Stage>_<n>.socket
+
+
+class MosecOptions(AdapterOptions):
+    pipeline: bool = Field(False, description="two stages per route, Decode (request -> validated array) and Infer "
+                           "(the model), each its own processes (MOSEC's CPU/GPU pipelining)")
+    decode_workers: int = Field(1, ge=1, le=64, description="processes of the Decode stage when pipeline is on")
+    serialization: Literal["json", "msgpack"] = Field(
+        "json", description="'json' (MOSEC's default mixin) or 'msgpack' (MsgpackMixin; raw little-endian tensor "
+                            "bytes + shape + dtype)")
+    timeout_ms: int = Field(60000, ge=1, le=3_600_000, description="MOSEC --timeout: per-request service timeout",
+                            json_schema_extra={"framework_default": 3000})
+    capacity: int = Field(1024, ge=1, le=1_000_000, description="MOSEC --capacity: queue length beyond which "
+                          "requests get 429")
+
+
+@dataclass(frozen=True)
+class MsgpackCodec(Codec):
+    """MOSEC's MsgpackMixin: ``{"inputs": raw bytes, "dtype", "shape"}`` in, ``{"outputs", "shape"}`` out."""
+
+    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
+        import msgpack
+
+        x = np.ascontiguousarray(batch)
+        body = msgpack.packb({"inputs": x.tobytes(), "dtype": x.dtype.str, "shape": list(x.shape)})
+        return RequestSpec("POST", f"/predict/{model.name}", body, {"Content-Type": "application/msgpack"})
+
+    def decode(self, model, status, body):
+        import msgpack
+
+        check_status(status, body)
+        try:
+            data = msgpack.unpackb(body)
+            out = np.frombuffer(data["outputs"], dtype="<f4").reshape(data["shape"])
+        except Exception as e:  # noqa: BLE001 - anything unparsable is a malformed answer
+            raise DecodeError(f"response is not the msgpack tensor answer: {body[:80]!r}", kind="malformed") from e
+        return as_output(model, out)
 
 
 class MosecAdapter(Adapter):
@@ -33,15 +68,7 @@ class MosecAdapter(Adapter):
     name = "mosec"
     distribution = "mosec"
     capabilities = frozenset({Capability.MULTI_MODEL, Capability.BATCHING, Capability.GPU})
-    options_doc = {
-        "pipeline": "true: two stages per route, Decode (request -> validated array) and Infer (the model), "
-                    "each its own processes (MOSEC's CPU/GPU pipelining); default false",
-        "decode_workers": "processes of the Decode stage when pipeline is on (default 1)",
-        "serialization": "'json' (default, MOSEC's default mixin) or 'msgpack' (MsgpackMixin; raw little-endian "
-                         "tensor bytes + shape + dtype)",
-        "timeout_ms": "MOSEC --timeout: per-request service timeout in ms (default 60000; MOSEC's own is 3000)",
-        "capacity": "MOSEC --capacity: queue length beyond which requests get 429 (default 1024)",
-    }
+    Options = MosecOptions
     docs_claims = {
         "multi_model": "yes: several append_worker(..., route=...) in one Server",
         "batching": "yes: dynamic batching, max_batch_size / max_wait_time per stage",
@@ -51,19 +78,8 @@ class MosecAdapter(Adapter):
         "model_cache": "no", "grpc": "no", "load_unload": "no",
     }
 
-    def __init__(self) -> None:
-        self._msgpack = False
-
-    def validate(self, deployment: Deployment) -> None:
-        super().validate(deployment)
-        ser = deployment.options.get("serialization", "json")
-        if ser not in ("json", "msgpack"):
-            raise UnsupportedDeployment(f"mosec: options.serialization is {ser!r}; valid: 'json', 'msgpack'")
-        self._msgpack = ser == "msgpack"
-
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
-        self.validate(deployment)
-        opts = deployment.options
+        opts = self.options_of(deployment)
         cfg = {
             "workers": deployment.workers,
             "threads": deployment.threads,
@@ -72,33 +88,32 @@ class MosecAdapter(Adapter):
             "max_batch_size": deployment.max_batch_size,
             # MOSEC takes whole milliseconds (>= 1) and falls back to its --wait default below 1.
             "max_wait_time_ms": max(1, round(deployment.batch_timeout_ms)),
-            "pipeline": bool(opts.get("pipeline", False)),
-            "decode_workers": int(opts.get("decode_workers", 1)),
-            "serialization": opts.get("serialization", "json"),
-            "models": [{"name": m.name, "dir": str(m.dir), "input": m.metadata()["input"]} for m in deployment.models],
+            "pipeline": opts.pipeline,
+            "decode_workers": opts.decode_workers,
+            "serialization": opts.serialization,
+            "models": [model_entry(m) for m in deployment.models],
         }
-        (ctx.workdir / "deployment.json").write_text(json.dumps(cfg, indent=2))
+        write_deployment_json(ctx, cfg)
         shutil.copy(SERVER, ctx.workdir / SERVER.name)
-        (ctx.workdir / "command.txt").write_text(shlex.join(self._argv(deployment, ctx)) + "\n")
+        write_command_file(ctx, [self._argv(deployment, ctx)])
 
     def _ipc_dir(self, ctx: RunContext) -> Path:
         ipc = ctx.workdir / "ipc"
         return ipc if len(str(ipc)) <= MAX_SOCKET_DIR else Path(f"/tmp/sb-mosec-{ctx.marker[:12]}")
 
     def _argv(self, deployment: Deployment, ctx: RunContext) -> list[str]:
-        opts = deployment.options
+        opts = self.options_of(deployment)
         return [
             ctx.python, str(ctx.workdir / SERVER.name), str(ctx.workdir / "deployment.json"),
             "--address", ctx.host, "--port", str(ctx.ports["http"]), "--path", str(self._ipc_dir(ctx)),
-            "--timeout", str(int(opts.get("timeout_ms", 60000))), "--capacity", str(int(opts.get("capacity", 1024))),
+            "--timeout", str(opts.timeout_ms), "--capacity", str(opts.capacity),
             "--log-level", "warning",
         ]
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
         return [LaunchSpec(
             argv=self._argv(deployment, ctx),
-            env=ctx.base_env(OMP_NUM_THREADS=str(deployment.threads),
-                             PATH=path_with_venv(ctx.python, os.environ.get("PATH"))),  # ctx.python's venv first
+            env=server_env(ctx, deployment.threads),
             cwd=ctx.workdir,
             ready=ReadyProbe(path="/", body_contains="MOSEC"),  # the port opens once the workers are up
             stop_signal=signal.SIGTERM,  # graceful in ~1.5 s; MOSEC removes its IPC dir itself
@@ -108,28 +123,5 @@ class MosecAdapter(Adapter):
             name="mosec",
         )]
 
-    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
-        if self._msgpack:
-            import msgpack
-
-            x = np.ascontiguousarray(batch)
-            body = msgpack.packb({"inputs": x.tobytes(), "dtype": x.dtype.str, "shape": list(x.shape)})
-            ctype = "application/msgpack"
-        else:
-            body, ctype = _json.encode_inputs(batch), "application/json"
-        return RequestSpec(method="POST", path=f"/predict/{model.name}", body=body, headers={"Content-Type": ctype})
-
-    def decode(self, model, status, body):
-        if not self._msgpack:
-            return _json.decode_outputs(model, status, body, key="outputs")
-        import msgpack
-
-        if not 200 <= status < 300:
-            raise DecodeError(f"HTTP {status}: {body[:200]!r}", kind="status")
-        try:
-            data = msgpack.unpackb(body)
-            out = np.frombuffer(data["outputs"], dtype="<f4").reshape(data["shape"])
-        except Exception as e:  # noqa: BLE001 - anything unparsable is a malformed answer
-            raise DecodeError(f"response is not the msgpack tensor answer: {body[:80]!r}", kind="malformed") from e
-        return _json.as_output(model, out)
-
+    def codec(self, deployment: Deployment) -> Codec:
+        return MsgpackCodec() if self.options_of(deployment).serialization == "msgpack" else JsonCodec()

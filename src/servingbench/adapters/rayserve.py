@@ -15,11 +15,12 @@ import shlex
 import signal
 from pathlib import Path
 
-from servingbench.adapters import _json
-from servingbench.adapters.base import (
-    Adapter, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets, UnsupportedDeployment,
+from pydantic import Field
+
+from servingbench.contract import (
+    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RunContext,
+    UnsupportedDeployment, model_entry, server_env,
 )
-from servingbench.isolation import path_with_venv
 
 APP = "servingbench.adapters.servers.rayserve_app:build"
 DRIVER = "servingbench.adapters.servers.rayserve_driver"
@@ -32,6 +33,27 @@ PORT_FLAGS = {
     "--dashboard-agent-grpc-port": "ray-agent-grpc", "--runtime-env-agent-port": "ray-runtime-env",
     "--metrics-export-port": "ray-metrics",
 }
+
+
+class RayServeOptions(AdapterOptions):
+    multiplex: bool | None = Field(None, description="true: one application whose replicas load models on demand "
+                                   "(@serve.multiplexed LRU), chosen by the serve_multiplexed_model_id header; "
+                                   "unset: one application per model (true when cache: true)")
+    max_models_per_replica: int | None = Field(None, ge=1, le=1024, description="@serve.multiplexed "
+                                               "max_num_models_per_replica (unset: all models)")
+    max_ongoing_requests: int = Field(64, ge=1, le=100_000, description="per replica (Ray's default 5 halves "
+                                      "throughput here)", json_schema_extra={"framework_default": 5})
+    num_cpus_per_replica: float | None = Field(None, ge=0, le=1024, description="ray_actor_options.num_cpus "
+                                               "(unset: threads)")
+    num_gpus_per_replica: float | None = Field(None, ge=0, le=64, description="ray_actor_options.num_gpus on cuda "
+                                               "(unset: 1 / number of replicas)")
+    ray_address: str | None = Field(None, min_length=1, description="deploy onto an existing Ray cluster (GCS "
+                                    "address) instead of a private head; only our applications are deleted on "
+                                    "stop; the cluster's Serve proxy must be free to bind 127.0.0.1:<our port>")
+    object_store_mb: int = Field(512, ge=64, le=1_048_576, description="object store size of the private head")
+
+    def multiplexed(self, deployment: Deployment) -> bool:
+        return bool(deployment.cache if self.multiplex is None else self.multiplex)
 
 
 class RayServeAdapter(Adapter):
@@ -51,19 +73,7 @@ class RayServeAdapter(Adapter):
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.MODEL_CACHE, Capability.MANIFEST, Capability.TLS,
         Capability.GPU,
     })
-    options_doc = {
-        "multiplex": "true: one application whose replicas load models on demand (@serve.multiplexed LRU), "
-                     "chosen by the serve_multiplexed_model_id header; default: one application per model "
-                     "(true when cache: true)",
-        "max_models_per_replica": "@serve.multiplexed max_num_models_per_replica (default: all models)",
-        "max_ongoing_requests": "per replica (default 64; Ray's default 5 halves throughput)",
-        "num_cpus_per_replica": "ray_actor_options.num_cpus (default: threads)",
-        "num_gpus_per_replica": "ray_actor_options.num_gpus on cuda (default: 1 / number of replicas)",
-        "ray_address": "deploy onto an existing Ray cluster (GCS address) instead of a private head; only our "
-                       "applications are deleted on stop; the cluster's Serve proxy must be free to bind "
-                       "127.0.0.1:<our port> (an already running Serve keeps its own http_options)",
-        "object_store_mb": "object store size of the private head (default 512)",
-    }
+    Options = RayServeOptions
     docs_claims = {
         "multi_model": "yes: several applications (route_prefix each) or model multiplexing",
         "batching": "yes: @serve.batch (max_batch_size, batch_wait_timeout_s)",
@@ -76,22 +86,17 @@ class RayServeAdapter(Adapter):
         "load_unload": "partly: applications are added/removed with serve.run / serve.delete or a new config",
     }
 
-    def __init__(self) -> None:
-        self._multiplex = False
-
     def validate(self, deployment: Deployment) -> None:
         super().validate(deployment)
         if deployment.tls == "mutual":
             raise UnsupportedDeployment("rayserve: http_options has no option to require client certificates")
-        self._multiplex = bool(deployment.options.get("multiplex", deployment.cache))
-        if deployment.cache and not self._multiplex:
+        if deployment.cache and not self.options_of(deployment).multiplexed(deployment):
             raise UnsupportedDeployment("rayserve: cache: true is the multiplexing model cache; multiplex is false")
 
     # ---- manifest ----------------------------------------------------------------------------------------------
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
         import yaml
 
-        self.validate(deployment)
         manifest = ctx.workdir / "serve_config.yaml"
         manifest.write_text(
             "# Ray Serve config written by servingbench: the deployment's manifest.\n"
@@ -100,8 +105,8 @@ class RayServeAdapter(Adapter):
             "pinned).\n" + yaml.safe_dump(self._serve_config(deployment, ctx), sort_keys=False))
         driver = {"serve_config": str(manifest)}
         by_hand = ["# by hand, the same deployment in two steps:"]
-        if deployment.options.get("ray_address"):
-            driver["address"] = deployment.options["ray_address"]
+        if self.options_of(deployment).ray_address:
+            driver["address"] = self.options_of(deployment).ray_address
             by_hand.append("# (`serve run` deploys declaratively: it replaces every application on that cluster)")
         else:
             driver.update(gcs_port=ctx.ports["ray-gcs"], ray_start=self._ray_start(deployment, ctx))
@@ -114,20 +119,23 @@ class RayServeAdapter(Adapter):
 
     def _replicas(self, deployment: Deployment) -> tuple[int, float]:
         """(replicas in all, num_cpus per replica)."""
-        n = deployment.workers * (1 if self._multiplex else len(deployment.models))
-        return n, float(deployment.options.get("num_cpus_per_replica", deployment.threads))
+        opts = self.options_of(deployment)
+        n = deployment.workers * (1 if opts.multiplexed(deployment) else len(deployment.models))
+        return n, float(deployment.threads if opts.num_cpus_per_replica is None else opts.num_cpus_per_replica)
 
     def _serve_config(self, deployment: Deployment, ctx: RunContext) -> dict:
-        opts = deployment.options
+        opts = self.options_of(deployment)
+        multiplex = opts.multiplexed(deployment)
         n_replicas, cpus = self._replicas(deployment)
         batching = deployment.max_batch_size > 1
         dep = {
             "name": "ZooModel",
             "num_replicas": deployment.workers,
-            "max_ongoing_requests": int(opts.get("max_ongoing_requests", 64)),
+            "max_ongoing_requests": opts.max_ongoing_requests,
             "ray_actor_options": {
                 "num_cpus": cpus,
-                "num_gpus": float(opts.get("num_gpus_per_replica", 1 / n_replicas)) if deployment.device == "cuda"
+                "num_gpus": (1 / n_replicas if opts.num_gpus_per_replica is None else opts.num_gpus_per_replica)
+                if deployment.device == "cuda"
                 else 0.0,
             },
             "user_config": {"max_batch_size": deployment.max_batch_size,
@@ -135,11 +143,11 @@ class RayServeAdapter(Adapter):
         }
         settings = {
             "model_format": deployment.model_format, "device": deployment.device, "threads": deployment.threads,
-            "multiplex": self._multiplex,
-            "max_models_per_replica": int(opts.get("max_models_per_replica", len(deployment.models))),
+            "multiplex": multiplex,
+            "max_models_per_replica": opts.max_models_per_replica or len(deployment.models),
         }
-        models = [{"name": m.name, "dir": str(m.dir), "input": m.metadata()["input"]} for m in deployment.models]
-        groups = [("zoo", "/predict", models)] if self._multiplex else [
+        models = [model_entry(m) for m in deployment.models]
+        groups = [("zoo", "/predict", models)] if multiplex else [
             (m["name"], f"/predict/{m['name']}", [m]) for m in models]
         http = {"host": ctx.host, "port": ctx.ports["http"]}
         if deployment.tls:
@@ -171,16 +179,15 @@ class RayServeAdapter(Adapter):
         argv = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                 "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", self._temp_dir(ctx),
                 "--num-cpus", str(num_cpus), "--worker-port-list", ",".join(workers),
-                "--object-store-memory", str(int(deployment.options.get("object_store_mb", 512)) * 2**20)]
+                "--object-store-memory", str(self.options_of(deployment).object_store_mb * 2**20)]
         for flag, port in PORT_FLAGS.items():
             argv += [flag, str(ctx.ports[port])]
         return argv
 
     def _env(self, deployment: Deployment, ctx: RunContext) -> dict[str, str]:
-        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads), RAY_worker_niceness="0",
-                           RAY_USAGE_STATS_ENABLED="0", PATH=path_with_venv(ctx.python, os.environ.get("PATH")))
+        env = server_env(ctx, deployment.threads, RAY_worker_niceness="0", RAY_USAGE_STATS_ENABLED="0")
         env.pop("RAY_ADDRESS", None)
-        if not deployment.options.get("ray_address"):
+        if not self.options_of(deployment).ray_address:
             env.update(
                 # Without this, `--node-ip-address 127.0.0.1` is silently replaced by the host's external address
                 # (services.resolve_ip_for_localhost) and the gRPC servers bind 0.0.0.0 / [::].
@@ -194,7 +201,7 @@ class RayServeAdapter(Adapter):
         return [ctx.python, "-m", DRIVER, str(ctx.workdir / "ray_driver.json")]
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
-        last_route = "/predict" if self._multiplex else f"/predict/{deployment.models[-1].name}"
+        last_route = "/predict" if self.options_of(deployment).multiplexed(deployment) else f"/predict/{deployment.models[-1].name}"
         return [LaunchSpec(
             argv=self._argv(ctx),
             env=self._env(deployment, ctx),
@@ -207,18 +214,12 @@ class RayServeAdapter(Adapter):
             stop_signal=signal.SIGTERM,
             signal_group=False,
             grace_s=20.0,
-            cleanup_globs=() if deployment.options.get("ray_address") else (self._temp_dir(ctx),),
+            cleanup_globs=() if self.options_of(deployment).ray_address else (self._temp_dir(ctx),),
             name="rayserve",
         )]
 
     # ---- requests ------------------------------------------------------------------------------------------------
-    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
-        headers = {"Content-Type": "application/json"}
-        if self._multiplex:
-            headers[MULTIPLEX_HEADER] = model.name
-        return RequestSpec(method="POST", path=f"/predict/{model.name}", body=_json.encode_inputs(batch),
-                           headers=headers)
-
-    def decode(self, model, status, body):
-        return _json.decode_outputs(model, status, body, key="outputs")
-
+    def codec(self, deployment: Deployment) -> JsonCodec:
+        if self.options_of(deployment).multiplexed(deployment):  # one route; the header picks the model
+            return JsonCodec(path="/predict/{model}", model_header=MULTIPLEX_HEADER)
+        return JsonCodec(path="/predict/{model}")

@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
-from servingbench.adapters.base import Adapter
+from servingbench.contract import Adapter
 
 GROUP = "servingbench.adapters"
 
@@ -42,6 +42,11 @@ def _load(extra: str) -> dict[str, EntryPoint]:
 def names() -> list[str]:
     """Registered adapter names, sorted."""
     return sorted(_entry_points())
+
+
+def builtin_names() -> list[str]:
+    """The adapters this package ships (the rest come from other packages or ``SERVINGBENCH_ADAPTERS``)."""
+    return sorted(n for n, ep in _entry_points().items() if ep.value.startswith("servingbench.adapters."))
 
 
 def suggest(name: str, choices: list[str]) -> str:

@@ -5,6 +5,7 @@ The module is not called ``triton``: torch._dynamo takes any importable/cwd ``tr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -17,10 +18,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Literal
+
+from pydantic import Field
+
 from servingbench.adapters import v2
-from servingbench.adapters.base import (
-    Adapter, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec, RunContext, Secrets,
-    UnsupportedDeployment,
+from servingbench.contract import (
+    Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RunContext, Secrets,
+    UnsupportedDeployment, server_env,
 )
 
 MODEL_PY = Path(__file__).parent / "servers" / "triton_python_model.py"
@@ -40,6 +45,28 @@ class Server:
 
     def has_backend(self, name: str) -> bool:
         return (self.backends / name / f"libtriton_{name}.so").is_file()
+
+
+class TritonOptions(AdapterOptions):
+    backend: Literal["python", "libtorch"] = Field(
+        "python", description="python (model.py running the zoo model with torch) or libtorch (TorchScript; needs a "
+                              "Triton with the pytorch backend, e.g. the NGC container: see server_root)")
+    server_root: str | None = Field(None, min_length=1, description="a Triton installation (bin/, backends/, "
+                                    "caches/, e.g. /opt/tritonserver); unset: the wheel's tritonserver")
+    model_control_mode: Literal["explicit", "none"] = Field(
+        "explicit", description="explicit: models listed with --load-model, repository load/unload API on; none: "
+                                "all models at start, no load/unload", json_schema_extra={"framework_default": "none"})
+    cache_size_bytes: int = Field(104857600, ge=1, le=2**40, description="size of the local response cache")
+    preferred_batch_sizes: list[int] | None = Field(None, min_length=1, description="dynamic_batching "
+                                                    "preferred_batch_size list in rows (unset: [max_batch_size])")
+    max_batch_rows: int | None = Field(None, ge=1, le=1_000_000, description="config max_batch_size: largest "
+                                       "request and merged batch in rows (unset: max(64, max_batch_size))")
+    binary_inputs: bool = Field(True, description="send inputs with the binary tensor extension (as tritonclient "
+                                "does); false: JSON lists")
+    exit_timeout_s: int = Field(3, ge=0, le=3600, description="--exit-timeout-secs: how long a stop waits for open "
+                                "client connections, in-flight requests and model unloading together",
+                                json_schema_extra={"framework_default": 30})
+    log_verbose: int = Field(0, ge=0, le=10, description="--log-verbose level")
 
 
 class TritonAdapter(Adapter):
@@ -65,23 +92,7 @@ class TritonAdapter(Adapter):
         Capability.MULTI_MODEL, Capability.RESPONSE_CACHE, Capability.BATCHING, Capability.MANIFEST,
         Capability.AUTH, Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD,
     })
-    options_doc = {
-        "backend": "python (default: model.py running the zoo model with torch) or libtorch (TorchScript; needs "
-                   "a Triton with the pytorch backend, e.g. the NGC container: see server_root)",
-        "server_root": "a Triton installation (bin/, backends/, caches/, e.g. /opt/tritonserver); default: the "
-                       "tritonserver shipped in the nvidia-pytriton wheel",
-        "model_control_mode": "explicit (default: models listed with --load-model, repository load/unload API on) "
-                              "or none (all models at start, no load/unload)",
-        "cache_size_bytes": "size of the local response cache (default 104857600)",
-        "preferred_batch_sizes": "dynamic_batching preferred_batch_size list in rows (default [max_batch_size])",
-        "max_batch_rows": "config max_batch_size: largest request and merged batch in rows (default "
-                          "max(64, max_batch_size))",
-        "binary_inputs": "send inputs with the binary tensor extension (default true, as tritonclient does); "
-                         "false: JSON lists",
-        "exit_timeout_s": "--exit-timeout-secs: how long a stop waits for open client connections, in-flight "
-                          "requests and model unloading together (default 3)",
-        "log_verbose": "--log-verbose level (default 0)",
-    }
+    Options = TritonOptions
     docs_claims = {
         "multi_model": "yes: one model repository, many models",
         "response_cache": "yes: response_cache { enable: true } with the local or redis cache",
@@ -95,60 +106,47 @@ class TritonAdapter(Adapter):
         "model_cache": "no",
     }
 
-    def __init__(self) -> None:
-        self._binary_inputs = True
-
     # ---- environment -----------------------------------------------------------------------------------------
     def check_available(self) -> None:
         super().check_available()
-        self.server({})
+        self.server()
 
-    def server(self, options: dict, python: str | None = None) -> Server:
+    def server(self, options: TritonOptions | None = None, python: str | None = None) -> Server:
         """The Triton installation to run: ``server_root`` or the wheel's binary with a prepared backend dir.
 
         ``python``: the interpreter whose nvidia-pytriton wheel to use (``ctx.python``; default: the harness's).
         """
-        if options.get("server_root"):
-            root = Path(options["server_root"])
+        if options is not None and options.server_root:
+            root = Path(options.server_root)
             if not (root / "bin" / "tritonserver").is_file():
                 raise AdapterUnavailable(f"triton: no bin/tritonserver under server_root {root}")
             return Server(root / "bin" / "tritonserver", root / "backends", root / "caches", (str(root / "lib"),))
         return _wheel_server(python or sys.executable)
 
     def validate(self, deployment: Deployment) -> None:
-        self._binary_inputs = bool(deployment.options.get("binary_inputs", True))
-        tls, deployment.tls = deployment.tls, False  # TLS is gRPC-only here: checked below, not by the base class
-        try:
-            super().validate(deployment)
-        finally:
-            deployment.tls = tls
-        if tls and deployment.protocol != "grpc":
+        # TLS is gRPC-only here: checked below, not by the base class.
+        super().validate(dataclasses.replace(deployment, tls=False))
+        if deployment.tls and deployment.protocol != "grpc":
             raise UnsupportedDeployment(
                 "triton: this tritonserver build has no HTTPS; TLS is served on gRPC only (use protocol: grpc)")
-        opts = deployment.options
-        if opts.get("backend", "python") not in ("python", "libtorch"):
-            raise UnsupportedDeployment(f"triton: backend must be python or libtorch, got {opts['backend']!r}")
-        if opts.get("model_control_mode", "explicit") not in ("explicit", "none"):
-            raise UnsupportedDeployment(
-                f"triton: model_control_mode must be explicit or none, got {opts['model_control_mode']!r}")
-        if opts.get("backend") == "libtorch" and not self.server(opts).has_backend("pytorch"):
+        opts = self.options_of(deployment)
+        if opts.backend == "libtorch" and not self.server(opts).has_backend("pytorch"):
             raise UnsupportedDeployment(
                 f"triton: backend libtorch needs the pytorch backend, absent from {self.server(opts).backends} "
                 "(the wheel ships only python; use an NGC tritonserver image and server_root)")
         rows = self._rows(deployment)
-        sizes = opts.get("preferred_batch_sizes") or [deployment.max_batch_size]
-        if rows < deployment.max_batch_size or any(not isinstance(n, int) or not 0 < n <= rows for n in sizes):
+        sizes = opts.preferred_batch_sizes or [deployment.max_batch_size]
+        if rows < deployment.max_batch_size or any(not 0 < n <= rows for n in sizes):
             raise UnsupportedDeployment(f"triton: max_batch_rows ({rows}) must be >= max_batch_size and every "
                                         f"preferred_batch_sizes entry ({sizes})")
 
     # ---- deployment -------------------------------------------------------------------------------------------
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
-        self._binary_inputs = bool(deployment.options.get("binary_inputs", True))
         repo = ctx.workdir / "model_repository"
         for art in deployment.models:
             version = repo / art.name / "1"
             version.mkdir(parents=True, exist_ok=True)
-            if deployment.options.get("backend") == "libtorch":
+            if self.options_of(deployment).backend == "libtorch":
                 shutil.copy(_torchscript(art), version / "model.pt")
             else:
                 shutil.copy(MODEL_PY, version / "model.py")
@@ -164,7 +162,7 @@ class TritonAdapter(Adapter):
 
     def config_pbtxt(self, deployment: Deployment, art) -> str:
         meta = _meta(art)
-        libtorch = deployment.options.get("backend") == "libtorch"
+        libtorch = self.options_of(deployment).backend == "libtorch"
         kind = "KIND_GPU" if deployment.device == "cuda" else "KIND_CPU"
         lines = [f'name: "{art.name}"',
                  'platform: "pytorch_libtorch"' if libtorch else 'backend: "python"',
@@ -175,7 +173,7 @@ class TritonAdapter(Adapter):
                          f'dims: [ {", ".join(str(d) for d in spec["shape"])} ] }} ]')
         lines.append(f"instance_group [ {{ kind: {kind} count: {deployment.workers} }} ]")
         if deployment.max_batch_size > 1:
-            sizes = deployment.options.get("preferred_batch_sizes") or [deployment.max_batch_size]
+            sizes = self.options_of(deployment).preferred_batch_sizes or [deployment.max_batch_size]
             lines.append(f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, sizes))} ] "
                          f"max_queue_delay_microseconds: {int(deployment.batch_timeout_ms * 1000)} }}")
         if deployment.cache:
@@ -191,10 +189,10 @@ class TritonAdapter(Adapter):
         return "\n".join(lines) + "\n"
 
     def _rows(self, deployment: Deployment) -> int:
-        return int(deployment.options.get("max_batch_rows") or max(64, deployment.max_batch_size))
+        return self.options_of(deployment).max_batch_rows or max(64, deployment.max_batch_size)
 
     def _command(self, deployment: Deployment, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
-        opts = deployment.options
+        opts = self.options_of(deployment)
         server = self.server(opts, ctx.python)
         ports = ctx.ports
         argv = [
@@ -206,16 +204,16 @@ class TritonAdapter(Adapter):
             f"--grpc-address={ctx.host}", f"--grpc-port={ports['grpc']}",
             f"--metrics-address={ctx.host}", f"--metrics-port={ports['metrics']}",
             "--allow-gpu-metrics=false" if deployment.device == "cpu" else "--allow-gpu-metrics=true",
-            f"--exit-timeout-secs={int(opts.get('exit_timeout_s', 3))}",
-            f"--log-verbose={int(opts.get('log_verbose', 0))}",
+            f"--exit-timeout-secs={opts.exit_timeout_s}",
+            f"--log-verbose={opts.log_verbose}",
             # Python-backend shared memory regions carry this prefix; a killed server leaves them in /dev/shm.
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix(ctx)}",
         ]
-        if opts.get("model_control_mode", "explicit") == "explicit":
+        if opts.model_control_mode == "explicit":
             argv.append("--model-control-mode=explicit")
             argv += [f"--load-model={a.name}" for a in deployment.models]
         if deployment.cache:
-            argv.append(f"--cache-config=local,size={int(opts.get('cache_size_bytes', 104857600))}")
+            argv.append(f"--cache-config=local,size={opts.cache_size_bytes}")
         if deployment.auth:
             if not ctx.secrets.token:
                 raise UnsupportedDeployment("triton: auth requested but the run has no token")
@@ -226,10 +224,9 @@ class TritonAdapter(Adapter):
             argv += ["--grpc-use-ssl=true", f"--grpc-server-cert={s.server_cert}", f"--grpc-server-key={s.server_key}"]
             if deployment.tls == "mutual":
                 argv += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={s.ca_cert}"]
-        env = ctx.base_env(OMP_NUM_THREADS=str(deployment.threads))
-        env["LD_LIBRARY_PATH"] = ":".join([*server.lib_path, *filter(None, [env.get("LD_LIBRARY_PATH")])])
         # The Python-backend stub takes its environment from the first python3 on PATH (PYTHONPATH is ignored).
-        env["PATH"] = f"{Path(ctx.python).parent}:{env.get('PATH', '')}"
+        env = server_env(ctx, deployment.threads)
+        env["LD_LIBRARY_PATH"] = ":".join([*server.lib_path, *filter(None, [env.get("LD_LIBRARY_PATH")])])
         return argv, env
 
     @staticmethod
@@ -238,7 +235,7 @@ class TritonAdapter(Adapter):
 
     def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
         argv, env = self._command(deployment, ctx)
-        exit_timeout = int(deployment.options.get("exit_timeout_s", 3))
+        exit_timeout = self.options_of(deployment).exit_timeout_s
         return [LaunchSpec(
             argv=argv, env=env, cwd=ctx.workdir,
             ready=ReadyProbe(path="/v2/health/ready"),  # health stays open under --http-restricted-api
@@ -252,15 +249,9 @@ class TritonAdapter(Adapter):
         )]
 
     # ---- requests (pure) -----------------------------------------------------------------------------------------
-    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
-        body, headers = v2.infer_request(model, batch, INPUT, OUTPUT, binary=self._binary_inputs)
-        return RequestSpec("POST", f"/v2/models/{model.name}/infer", body, {**headers, **self.auth_headers(secrets)})
-
-    def decode(self, model, status, body):
-        return v2.decode_response(model, status, body, output_name=OUTPUT)
-
-    def auth_headers(self, secrets: Secrets | None) -> dict[str, str]:
-        return {"admin-key": secrets.token} if secrets and secrets.token else {}
+    def codec(self, deployment: Deployment) -> v2.V2Codec:
+        return v2.V2Codec(INPUT, OUTPUT, binary=self.options_of(deployment).binary_inputs, auth_header="admin-key",
+                          stats=True)
 
     # ---- hooks for the feature probes -----------------------------------------------------------------------
     open_paths = ("/v2/health/live", "/v2/health/ready")  # outside --http-restricted-api
@@ -269,23 +260,6 @@ class TritonAdapter(Adapter):
     def manifest_command(self, deployment: Deployment, ctx: RunContext) -> list[str]:
         """``tritonserver --model-repository <workdir>/model_repository ...``: the repository is the manifest."""
         return self._command(deployment, ctx)[0]
-
-    def repository_request(self, action: str, model: str | None = None,
-                           secrets: Secrets | None = None) -> RequestSpec:
-        """``index`` / ``load`` / ``unload`` through the V2 repository API (needs model_control_mode explicit)."""
-        return RequestSpec("POST", v2.repository_path(action, model), b"{}",
-                           {"Content-Type": "application/json", **self.auth_headers(secrets)})
-
-    def cache_stats_request(self, model: str, secrets: Secrets | None = None) -> RequestSpec:
-        """Per-model statistics: inference/execution counts, batch sizes, cache hits and misses."""
-        return RequestSpec("GET", f"/v2/models/{model}/stats", b"", self.auth_headers(secrets))
-
-    def parse_cache_stats(self, model: str, status: int, body: bytes) -> dict[str, int] | None:
-        try:
-            stats = json.loads(body)["model_stats"][0]["inference_stats"]
-            return {"hits": int(stats["cache_hit"]["count"]), "misses": int(stats["cache_miss"]["count"])}
-        except (ValueError, KeyError, IndexError, TypeError):
-            return None
 
     def grpc_infer(self, deployment: Deployment, ctx: RunContext, model, batch):
         """Inference over this deployment's gRPC endpoint (TLS and the protocol key when the deployment has them)."""
@@ -328,7 +302,7 @@ def _wheel_server(python: str = sys.executable) -> Server:
     from importlib.metadata import version
 
     if python != sys.executable:  # another venv's wheel (suite `interpreters:`): ask that interpreter
-        from servingbench.isolation import distribution_version, interpreter_facts
+        from servingbench.runtime.isolation import distribution_version, interpreter_facts
 
         facts = interpreter_facts(python)
         pkg, py, libdir = Path(facts["purelib"]) / "pytriton", facts["version"], facts["libdir"]

@@ -21,11 +21,12 @@ shortest string that parses back to the same double, hence to the same float32.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from servingbench.adapters.base import DecodeError
+from servingbench.contract import Codec, DecodeError, RequestSpec, Secrets
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -217,3 +218,45 @@ def grpc_infer(target: str, model_spec: Any, batch: np.ndarray, input_name: str,
         return res.as_numpy(output_name).astype(np.float32)
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class V2Codec(Codec):
+    """The V2 HTTP codec of one deployment: tensor names, binary inputs or JSON, the auth header (Triton's
+    restricted API key); the repository (load/unload) API, and Triton's statistics for cache hits."""
+
+    input_name: str = "input"
+    output_name: str = "output"
+    binary: bool = False
+    auth_header: str | None = None
+    stats: bool = False  #: the server answers GET /v2/models/NAME/stats with cache hit/miss counts (Triton)
+
+    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
+        body, headers = infer_request(model, batch, self.input_name, self.output_name, binary=self.binary)
+        return RequestSpec("POST", f"/v2/models/{model.name}/infer", body, {**headers, **self.auth_headers(secrets)})
+
+    def decode(self, model, status, body):
+        return decode_response(model, status, body, output_name=self.output_name)
+
+    def auth_headers(self, secrets: Secrets | None) -> dict[str, str]:
+        if self.auth_header is None:
+            return {}
+        return {self.auth_header: secrets.token} if secrets and secrets.token else {}
+
+    def repository_request(self, action: str, model: str | None = None, secrets: Secrets | None = None) -> RequestSpec:
+        """``index`` / ``load`` / ``unload`` through the V2 repository API."""
+        return RequestSpec("POST", repository_path(action, model), b"{}",
+                           {"Content-Type": "application/json", **self.auth_headers(secrets)})
+
+    def cache_stats_request(self, model: str, secrets: Secrets | None = None) -> RequestSpec | None:
+        """Per-model statistics: inference/execution counts, batch sizes, cache hits and misses."""
+        return RequestSpec("GET", f"/v2/models/{model}/stats", b"", self.auth_headers(secrets)) if self.stats else None
+
+    def parse_cache_stats(self, model: str, status: int, body: bytes) -> dict[str, int] | None:
+        if not self.stats:
+            return None
+        try:
+            stats = json.loads(body)["model_stats"][0]["inference_stats"]
+            return {"hits": int(stats["cache_hit"]["count"]), "misses": int(stats["cache_miss"]["count"])}
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None

@@ -2,7 +2,7 @@
 
 The harness owns processes, ports, secrets, verification and measurement; an adapter only *describes* a
 deployment in the framework's own terms.  A new framework is one short module that subclasses :class:`Adapter`
-plus an entry point in the ``servingbench.adapters`` group::
+plus an entry point in the ``servingbench.adapters`` group (``docs/adding-an-adapter.md`` is the checklist)::
 
     [project.entry-points."servingbench.adapters"]
     myframework = "my_package.my_module:MyAdapter"
@@ -11,366 +11,211 @@ Life cycle of one deployment (all calls come from the harness, in this order)::
 
     adapter = MyAdapter()
     adapter.check_available()                    # raise AdapterUnavailable if the framework is not installed
+    adapter.validate(deployment)                 # raise UnsupportedDeployment for what it cannot honour
     adapter.prepare(deployment, ctx)             # write manifests / server scripts into ctx.workdir
     specs = adapter.launch(deployment, ctx)      # describe the process(es) to start; the harness starts them
+    codec = adapter.codec(deployment)            # the pure request/decode pair for THIS deployment's configuration
     ...   the harness polls each LaunchSpec.ready probe, then verifies every model:
-    req = adapter.request(model, batch, ctx.auth)      # pure: bytes on the wire
-    out = adapter.decode(model, status, body)          # pure: bytes -> numpy array (raise DecodeError)
-    ...   measurement runs with the same pure request()/decode()
+    req = codec.request(model, batch, ctx.secrets)     # pure: bytes on the wire
+    out = codec.decode(model, status, body)            # pure: bytes -> numpy array (raise DecodeError)
+    ...   the load generator (another process) rebuilds the same codec with
+          adapter.codec(Deployment.from_description(deployment.describe())) and measures with it
     the harness stops the processes (LaunchSpec.stop_signal, grace, then SIGKILL to the group)
 
-``request`` and ``decode`` are pure functions of their arguments, so they are unit-tested without a server and
-reused unchanged by the load generator.  Everything a framework needs on disk is written by ``prepare``: that
-folder is copied into the results as the deployment's manifest, so a user can start the same deployment by hand.
+A codec is a function of the deployment's configuration only: no state may flow from ``validate`` or ``prepare``
+into encoding.  Everything a framework needs on disk is written by ``prepare``: that folder is copied into the
+results as the deployment's manifest, so a user can start the same deployment by hand.
 
 Declared :attr:`Adapter.capabilities` are *claims*; the feature probes test every one of them against the real
-server.  Adapters must configure each framework the way its own documentation recommends for serving and expose
-the relevant knobs through :class:`Deployment` (``workers``, ``max_batch_size``, ``batch_timeout_ms``, ``options``).
+server.  Adapters configure each framework the way its own documentation recommends for serving and expose the
+relevant knobs through :class:`Deployment` (``workers``, ``max_batch_size``, ``batch_timeout_ms``) and the typed
+:attr:`Adapter.Options`.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from servingbench.contract.features import Capability
+from servingbench.contract.types import (
+    AdapterUnavailable, Deployment, LaunchSpec, RequestSpec, RunContext, Secrets, UnsupportedDeployment,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from servingbench.models.artifacts import ModelArtifacts
     from servingbench.models.zoo import ModelSpec
 
 
-class Capability(str, Enum):
-    """Features an adapter can claim.  Each claim is tested by a feature probe."""
+class AdapterOptions(BaseModel):
+    """Base of every adapter's typed options (``options: {<framework>: {...}}`` in a suite).
 
-    MULTI_MODEL = "multi_model"  #: several models served by one server process tree
-    RESPONSE_CACHE = "response_cache"  #: identical requests answered from a cache
-    MODEL_CACHE = "model_cache"  #: models kept in an LRU cache and (re)loaded on demand
-    BATCHING = "batching"  #: server-side dynamic/adaptive batching
-    MANIFEST = "manifest"  #: a native declarative deployment manifest the framework's own CLI starts from
-    AUTH = "auth"  #: native request authentication
-    TLS = "tls"  #: native TLS on the inference endpoint
-    GRPC = "grpc"  #: a gRPC inference endpoint
-    GPU = "gpu"  #: CUDA placement of models
-    LOAD_UNLOAD = "load_unload"  #: models loaded and unloaded at run time through an API
-
-
-class AdapterUnavailable(RuntimeError):
-    """The framework cannot run here (not installed, wrong version, missing binary).  The message says how to fix it."""
-
-
-class UnsupportedDeployment(ValueError):
-    """The deployment asks for something this adapter cannot do (e.g. TLS on a framework without it)."""
-
-
-class DecodeError(ValueError):
-    """A response could not be turned into an output array (not JSON, wrong shape, NaN, error payload...).
-
-    ``kind`` classifies it for the error counters: ``"status"``, ``"malformed"``, ``"shape"``, ``"nan"``.
+    Declare each knob as a field with its type, bounds (``Field(ge=, le=)``), a ``description`` and, in
+    ``json_schema_extra={"framework_default": ...}``, the framework's *own* default where it differs from the
+    field's default (the value servingbench uses).  Unknown keys and bad values are rejected when a suite is
+    validated, with the framework, option, value and the allowed range in the message.
     """
 
-    def __init__(self, message: str, kind: str = "malformed") -> None:
-        super().__init__(message)
-        self.kind = kind
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-@dataclass(frozen=True)
-class Secrets:
-    """Per-run credentials, generated by the harness in a private (0700) temp dir.  Never written to results.
+class NoOptions(AdapterOptions):
+    """An adapter without framework-specific options."""
 
-    Attributes:
-        token: the API key / bearer token the server must require (``None``: auth off).
-        ca_cert: CA certificate the client trusts (PEM path), ``None``: TLS off.
-        server_cert / server_key: the server's certificate chain and private key (key is 0600).
-        client_cert / client_key: a client certificate signed by the CA, for mutual TLS.
+
+class Codec(ABC):
+    """Pure request building and response decoding for one deployment's configuration.
+
+    Built by :meth:`Adapter.codec`; must be a function of the deployment only (no I/O, no hidden state), because
+    the verifier, the probes and the load generator (in another process) each build their own and must agree.
     """
 
-    token: str | None = None
-    ca_cert: Path | None = None
-    server_cert: Path | None = None
-    server_key: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.server_cert is not None
-
-
-@dataclass
-class Deployment:
-    """One concrete deployment of some models on one framework (validated from the scenario file).
-
-    Attributes:
-        framework: registry name of the adapter.
-        models: the zoo models to serve, with their exported artifacts.
-        device: ``"cpu"`` or ``"cuda"``.
-        workers: model-executing processes/replicas/instances per model (framework idiom: LitServe
-            workers_per_device, MOSEC worker num, MLServer parallel_workers, Triton instance count, Ray
-            num_replicas, MLflow uvicorn workers).
-        threads: torch intra-op threads per worker.
-        max_batch_size: server-side batching; 1 disables it.
-        batch_timeout_ms: how long the server may wait to fill a batch.
-        model_format: ``"eager"`` (zoo module + state_dict) or ``"torchscript"``.
-        cache: switch on the framework's native response/model cache.
-        auth: require the per-run token (native mechanism only).
-        tls: serve TLS with the per-run certificate; ``"mutual"`` also requires a client certificate.
-        protocol: ``"http"`` or ``"grpc"`` for frameworks that offer both.
-        options: framework-specific knobs, documented by each adapter in :attr:`Adapter.options_doc`.
-        label: a short name for the deployment in results (defaults to ``"default"``).
-    """
-
-    framework: str
-    models: list["ModelArtifacts"]
-    device: Literal["cpu", "cuda"] = "cpu"
-    workers: int = 1
-    threads: int = 1
-    max_batch_size: int = 1
-    batch_timeout_ms: float = 5.0
-    model_format: Literal["eager", "torchscript"] = "eager"
-    cache: bool = False
-    auth: bool = False
-    tls: bool | Literal["mutual"] = False
-    protocol: Literal["http", "grpc"] = "http"
-    options: dict[str, Any] = field(default_factory=dict)
-    label: str = "default"
-
-    def model(self, name: str) -> "ModelArtifacts":
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise KeyError(f"model {name!r} is not in this deployment ({[m.name for m in self.models]})")
-
-    def describe(self) -> dict[str, Any]:
-        """The full configuration as plain data for results (no secrets: only whether auth/TLS are on)."""
-        return {
-            "framework": self.framework,
-            "label": self.label,
-            "models": [{"name": m.name, "key": m.key, "sha256": m.sha256()} for m in self.models],
-            "device": self.device,
-            "workers": self.workers,
-            "threads": self.threads,
-            "max_batch_size": self.max_batch_size,
-            "batch_timeout_ms": self.batch_timeout_ms,
-            "model_format": self.model_format,
-            "cache": self.cache,
-            "auth": self.auth,
-            "tls": self.tls,
-            "protocol": self.protocol,
-            "options": dict(self.options),
-        }
-
-
-class Ports:
-    """Free loopback ports handed out by name: ``ctx.ports["http"]``.  The same name always gives the same port."""
-
-    def __init__(self, allocate: Callable[[], int]) -> None:
-        self._allocate = allocate
-        self._ports: dict[str, int] = {}
-
-    def __getitem__(self, name: str) -> int:
-        if name not in self._ports:
-            self._ports[name] = self._allocate()
-        return self._ports[name]
-
-    def assigned(self) -> dict[str, int]:
-        return dict(self._ports)
-
-
-@dataclass
-class RunContext:
-    """What the harness gives an adapter for one deployment.
-
-    Attributes:
-        workdir: an empty directory owned by this deployment: write manifests, scripts, repositories here.
-        ports: free loopback ports by name.
-        secrets: per-run credentials (token, certificates); empty when the deployment asks for neither.
-        host: the address servers must bind (loopback unless the user asked otherwise).
-        python: the interpreter to run server scripts with (the benchmark venv's).
-        marker: an environment variable ``SERVINGBENCH_MARKER=<value>`` that every server process inherits;
-            the supervisor finds survivors by it.
-    """
-
-    workdir: Path
-    ports: Ports
-    secrets: Secrets = field(default_factory=Secrets)
-    host: str = "127.0.0.1"
-    python: str = sys.executable
-    marker: str = ""
-
-    def base_env(self, **extra: str) -> dict[str, str]:
-        """Environment for server processes: the current one, the marker, no proxies, unbuffered output."""
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env.update(
-            SERVINGBENCH_MARKER=self.marker,
-            PYTHONUNBUFFERED="1",
-            NO_PROXY="127.0.0.1,localhost",
-            # One BLAS/OpenMP thread per worker unless the deployment asks otherwise (set per adapter).
-            OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-        )
-        env.update(extra)
-        return env
-
-
-@dataclass(frozen=True)
-class ReadyProbe:
-    """How the harness polls readiness: GET ``path`` until the status is ``status`` (and ``body_contains``).
-
-    Readiness only means "the server says it is up"; the harness then sends a real inference request and only a
-    correct answer ends the cold start.
-    """
-
-    path: str = "/"
-    status: int = 200
-    body_contains: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    port: str = "http"  #: name of the port in ``ctx.ports`` to probe
-    timeout_s: float = 180.0
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """One server process to start.  The harness starts it with ``start_new_session=True`` and no shell.
-
-    Attributes:
-        argv: the command (no shell: the first element is the program).
-        env: full environment (use :meth:`RunContext.base_env`).
-        cwd: working directory.  Never a directory containing a folder named ``triton``.
-        ready: readiness probe.
-        stop_signal: the framework's graceful stop signal.
-        signal_group: send ``stop_signal`` to the whole process group (True) or to the leader only (False).
-        grace_s: how long to wait after the graceful signal before SIGKILL to the group.
-        cleanup_globs: files/dirs the server may leave behind when killed (shared memory, IPC, session dirs);
-            the harness removes them after stop.
-        name: label for logs (``<framework>`` or ``<framework>-<model>`` when a deployment runs several servers).
-    """
-
-    argv: list[str]
-    env: Mapping[str, str]
-    cwd: Path
-    ready: ReadyProbe
-    stop_signal: int = signal.SIGTERM
-    signal_group: bool = False
-    grace_s: float = 10.0
-    cleanup_globs: tuple[str, ...] = ()
-    name: str = "server"
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    """One HTTP request, fully encoded.  ``path`` is relative to the base URL of the server on ``port``."""
-
-    method: str
-    path: str
-    body: bytes
-    headers: Mapping[str, str]
-    port: str = "http"  #: which named port (server) serves this model
-
-
-class Adapter(ABC):
-    """Base class of every framework adapter.  Subclasses set the class attributes and implement the methods.
-
-    Class attributes:
-        name: registry name (lower case, also the entry-point name).
-        distribution: the PyPI distribution whose version is the framework's version.
-        capabilities: what the adapter claims (tested by the feature probes).
-        options_doc: framework-specific ``Deployment.options`` keys -> one-line description (shown by
-            ``servingbench frameworks``; unknown keys are rejected at validation time).
-        docs_claims: what the framework's documentation claims for each capability (for the feature matrix).
-    """
-
-    name: ClassVar[str]
-    distribution: ClassVar[str]
-    capabilities: ClassVar[frozenset[Capability]] = frozenset()
-    options_doc: ClassVar[Mapping[str, str]] = {}
-    docs_claims: ClassVar[Mapping[str, str]] = {}
-
-    # ---- environment -------------------------------------------------------------------------------------------
-    def framework_version(self) -> str | None:
-        """Installed version of the framework, or ``None`` if it is not installed."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version(self.distribution)
-        except PackageNotFoundError:
-            return None
-
-    def check_available(self) -> None:
-        """Raise :class:`AdapterUnavailable` with an install hint if the framework cannot run here."""
-        if self.framework_version() is None:
-            raise AdapterUnavailable(
-                f"{self.name}: the Python distribution {self.distribution!r} is not installed; "
-                f"install the benchmark environment (make env) or `pip install 'servingbench[{self.name}]'`"
-            )
-
-    def validate(self, deployment: Deployment) -> None:
-        """Raise :class:`UnsupportedDeployment` for settings this adapter cannot honour.  Called before prepare."""
-        unknown = set(deployment.options) - set(self.options_doc)
-        if unknown:
-            raise UnsupportedDeployment(
-                f"{self.name}: unknown option(s) {sorted(unknown)}; valid options: {sorted(self.options_doc)}"
-            )
-        if deployment.auth and Capability.AUTH not in self.capabilities:
-            raise UnsupportedDeployment(f"{self.name} has no native authentication (auth: true)")
-        if deployment.tls and Capability.TLS not in self.capabilities:
-            raise UnsupportedDeployment(f"{self.name} has no native TLS (tls: {deployment.tls})")
-        if deployment.cache and not (
-            {Capability.RESPONSE_CACHE, Capability.MODEL_CACHE} & set(self.capabilities)
-        ):
-            raise UnsupportedDeployment(f"{self.name} has no native cache (cache: true)")
-        if deployment.max_batch_size > 1 and Capability.BATCHING not in self.capabilities:
-            raise UnsupportedDeployment(f"{self.name} has no server-side batching (max_batch_size > 1)")
-        if deployment.device == "cuda" and Capability.GPU not in self.capabilities:
-            raise UnsupportedDeployment(f"{self.name} adapter does not support device: cuda")
-        if deployment.protocol == "grpc" and Capability.GRPC not in self.capabilities:
-            raise UnsupportedDeployment(f"{self.name} has no gRPC endpoint (protocol: grpc)")
-
-    # ---- deployment ----------------------------------------------------------------------------------------------
-    @abstractmethod
-    def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
-        """Write everything the framework needs into ``ctx.workdir`` in its native form (manifests, scripts)."""
-
-    @abstractmethod
-    def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
-        """Describe the server process(es) to start.  Most frameworks return one spec."""
-
-    def scheme(self, deployment: Deployment) -> str:
-        """``https`` when the deployment serves TLS on its HTTP endpoint, else ``http``."""
-        return "https" if deployment.tls and deployment.protocol == "http" else "http"
-
-    # ---- requests (pure) -----------------------------------------------------------------------------------------
     @abstractmethod
     def request(self, model: "ModelSpec", batch: "np.ndarray", secrets: Secrets | None = None) -> RequestSpec:
         """Encode one inference request for ``model`` carrying ``batch`` (first dimension = batch size).
 
-        Pure: no I/O.  Include the auth header when ``secrets`` carries a token.
+        Include the auth header when ``secrets`` carries a token (see :meth:`auth_headers`).
         """
 
     @abstractmethod
     def decode(self, model: "ModelSpec", status: int, body: bytes) -> "np.ndarray":
         """Decode a response into a float32 array of shape ``(batch, *model.output.shape)``.
 
-        Pure: no I/O.  Raise :class:`DecodeError` (with a ``kind``) for anything that is not a valid answer.
+        Raise :class:`DecodeError` with a ``kind`` for anything that is not a valid answer: ``"status"`` (not 2xx),
+        ``"malformed"`` (unparsable, missing field), ``"shape"``, ``"nan"``.  The helpers in
+        :mod:`servingbench.contract.codecs` do all four checks.
         """
 
     def auth_headers(self, secrets: Secrets | None) -> dict[str, str]:
-        """Headers that carry the token; override for the framework's header name."""
+        """Headers that carry the token (default ``Authorization: Bearer``); override for the framework's name."""
         if secrets and secrets.token:
             return {"Authorization": f"Bearer {secrets.token}"}
         return {}
 
-    # ---- optional hooks used by the feature probes (pure; return None where the framework has no such thing) ----
-    #: Paths the auth probe checks for being open without credentials (health, metrics, docs...).
+    # ---- optional parts, used by the feature probes; None where the framework has no such API ----------------
+    def repository_request(self, action: str, model: str | None = None, secrets: Secrets | None = None
+                           ) -> RequestSpec | None:
+        """A request that loads (``action="load"``) or unloads (``"unload"``) model ``model`` at run time."""
+        return None
+
+    def cache_stats_request(self, model: str, secrets: Secrets | None = None) -> RequestSpec | None:
+        """A request whose answer carries the server's own cache hit/miss counters for ``model``."""
+        return None
+
+    def parse_cache_stats(self, model: str, status: int, body: bytes) -> dict[str, int] | None:
+        """``{"hits": n, "misses": m}`` from the answer to :meth:`cache_stats_request`."""
+        return None
+
+
+class Adapter(ABC):
+    """Base class of every framework adapter.  Subclasses set the class attributes and implement the methods.
+
+    Class attributes:
+        name: registry name (lower case); the entry-point name must equal it.
+        distribution: the PyPI distribution whose version is the framework's version.
+        requires: further distributions the adapter needs at run time (checked by :meth:`check_available`).
+        install_hint: what to install when a distribution is missing (default: ``pip install <distributions>``).
+        capabilities: what the adapter claims (tested by the feature probes).  Claim only what the framework does
+            natively; ``GPU`` means the framework's own knobs place the model on a GPU.
+        Options: the typed options (an :class:`AdapterOptions` subclass).
+        docs_claims: what the framework's documentation claims per capability (shown beside measured verdicts).
+        open_paths: paths the auth probe expects to stay open without credentials (health, metrics, docs...).
+        native_manifest: glob patterns (relative to the workdir) of the framework's *native* manifest files.
+    """
+
+    name: ClassVar[str]
+    distribution: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str | None] = None
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    Options: ClassVar[type[AdapterOptions]] = NoOptions
+    docs_claims: ClassVar[Mapping[str, str]] = {}
     open_paths: ClassVar[tuple[str, ...]] = ()
-    #: Files in the workdir that are the framework's *native* manifest (glob patterns); empty: none.
     native_manifest: ClassVar[tuple[str, ...]] = ()
 
+    # ---- environment -------------------------------------------------------------------------------------------
+    def framework_version(self) -> str | None:
+        """Installed version of the framework, or ``None`` if it is not installed."""
+        return _version(self.distribution)
+
+    def check_available(self) -> None:
+        """Raise :class:`AdapterUnavailable` with an install hint if the framework cannot run here."""
+        missing = [d for d in (self.distribution, *self.requires) if _version(d) is None]
+        if missing:
+            hint = self.install_hint or f"pip install {' '.join(missing)}"
+            raise AdapterUnavailable(
+                f"{self.name}: the Python distribution(s) {missing} are not installed; {hint}")
+
+    # ---- options -----------------------------------------------------------------------------------------------
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any] | None) -> AdapterOptions:
+        """Validate raw ``options`` into :attr:`Options`; raise :class:`OptionsError` naming option, value, range."""
+        try:
+            return cls.Options.model_validate(dict(raw or {}))
+        except ValidationError as e:
+            raise OptionsError(cls.name, cls.Options, e) from None
+
+    def options_of(self, deployment: Deployment) -> Any:
+        """The deployment's options, typed (an instance of :attr:`Options`)."""
+        return self.parse_options(deployment.options)
+
+    @classmethod
+    def options_doc(cls) -> dict[str, str]:
+        """Option name -> one-line description with the default (for ``servingbench frameworks``)."""
+        out = {}
+        for name, f in cls.Options.model_fields.items():
+            fw = (f.json_schema_extra or {}).get("framework_default") if isinstance(f.json_schema_extra, dict) else None
+            default = "" if f.is_required() else f" (default {f.default!r}" + (
+                f"; framework's own: {fw!r})" if fw is not None else ")")
+            out[name] = f"{f.description or ''}{default}"
+        return out
+
+    def validate(self, deployment: Deployment) -> None:
+        """Raise :class:`UnsupportedDeployment` for settings this adapter cannot honour.  Called before prepare.
+
+        The base class checks the options and refuses auth/TLS/cache/batching/GPU/gRPC when the capability is not
+        declared; override to add framework-specific checks (call ``super().validate(deployment)`` first).
+        """
+        self.options_of(deployment)
+        caps = set(self.capabilities)
+        checks = [
+            (deployment.auth, Capability.AUTH, "native authentication (auth: true)"),
+            (deployment.tls, Capability.TLS, f"native TLS (tls: {deployment.tls})"),
+            (deployment.max_batch_size > 1, Capability.BATCHING, "server-side batching (max_batch_size > 1)"),
+            (deployment.device == "cuda", Capability.GPU, "GPU placement (device: cuda)"),
+            (deployment.protocol == "grpc", Capability.GRPC, "gRPC endpoint (protocol: grpc)"),
+        ]
+        for wanted, cap, what in checks:
+            if wanted and cap not in caps:
+                raise UnsupportedDeployment(f"{self.name} has no {what}")
+        if deployment.cache and not {Capability.RESPONSE_CACHE, Capability.MODEL_CACHE} & caps:
+            raise UnsupportedDeployment(f"{self.name} has no native cache (cache: true)")
+
+    # ---- deployment ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
+        """Write everything the framework needs into ``ctx.workdir`` in its native form (manifests, scripts).
+
+        Server scripts run under ``ctx.python`` (possibly another virtualenv that has only the framework,
+        servingbench, torch and numpy): copy them into the workdir rather than importing your own package there.
+        """
+
+    @abstractmethod
+    def launch(self, deployment: Deployment, ctx: RunContext) -> list[LaunchSpec]:
+        """Describe the server process(es) to start.  Most frameworks return one spec."""
+
+    @abstractmethod
+    def codec(self, deployment: Deployment) -> Codec:
+        """The pure request/decode pair for this deployment's configuration (options, auth, protocol...)."""
+
+    def scheme(self, deployment: Deployment) -> str:
+        """``https`` when the deployment serves TLS on its HTTP endpoint, else ``http``."""
+        return "https" if deployment.tls and deployment.protocol == "http" else "http"
+
+    # ---- optional hooks used by the feature probes ---------------------------------------------------------------
     def manifest_command(self, deployment: Deployment, ctx: RunContext) -> list[str] | None:
         """The framework's own CLI that starts this deployment from its manifest alone (after ``prepare``).
 
@@ -379,15 +224,54 @@ class Adapter(ABC):
         """
         return None
 
-    def repository_request(self, action: str, model: str, secrets: Secrets | None = None) -> RequestSpec | None:
-        """A request that loads (``action="load"``) or unloads (``"unload"``) model ``model`` (its name) at run
-        time, or None when the framework has no such API."""
+    def grpc_infer(self, deployment: Deployment, ctx: RunContext, model: "ModelSpec", batch: "np.ndarray"
+                   ) -> "np.ndarray":
+        """One inference over the deployment's gRPC endpoint (the gRPC probe).  Override when claiming GRPC."""
+        raise UnsupportedDeployment(f"{self.name}: no gRPC client (grpc_infer) in this adapter")
+
+
+class OptionsError(UnsupportedDeployment):
+    """Options that do not match an adapter's :attr:`Adapter.Options`; the message names each bad option."""
+
+    def __init__(self, framework: str, options: type[AdapterOptions], error: ValidationError) -> None:
+        self.problems = []
+        for err in error.errors():
+            opt = ".".join(str(p) for p in err["loc"]) or "(options)"
+            if err["type"] == "extra_forbidden":
+                import difflib
+
+                valid = ", ".join(options.model_fields)
+                close = difflib.get_close_matches(opt, list(options.model_fields), n=2)
+                hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+                msg = f"unknown option {opt!r}.{hint} Valid options: {valid or 'none'}"
+            else:
+                field = options.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+                rng = _range_text(field) if field is not None else ""
+                msg = f"option {opt!r} = {err.get('input')!r}: {err['msg']}" + (f" (allowed: {rng})" if rng else "")
+            self.problems.append(msg)
+        super().__init__(f"{framework}: " + "; ".join(self.problems))
+
+
+def _range_text(field: Any) -> str:
+    import typing
+
+    args = [a for a in typing.get_args(field.annotation) if a is not type(None)]
+    if typing.get_origin(field.annotation) is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    parts = []
+    for m in field.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                parts.append(f"{sym} {getattr(m, attr)}")
+    ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+    return " and ".join([ann, *parts]) if parts else ann
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
         return None
 
-    def cache_stats_request(self, model: str, secrets: Secrets | None = None) -> RequestSpec | None:
-        """A request whose answer carries the server's own cache hit/miss counters for model ``model``, or None."""
-        return None
-
-    def parse_cache_stats(self, model: str, status: int, body: bytes) -> dict[str, int] | None:
-        """``{"hits": n, "misses": m}`` from the answer to :meth:`cache_stats_request`."""
-        return None

@@ -1,23 +1,37 @@
-"""Shared pure helpers for frameworks that take ``{"inputs": [...]}`` JSON and answer with a list of outputs."""
+"""Public pure helpers for request/decode, shared by the built-in adapters and open to outside ones.
+
+* :func:`encode_inputs` / :func:`decode_outputs` / :func:`as_output`: ``{"inputs": [...]}`` JSON in, a list of
+  outputs out, with every check a decoder needs (HTTP status, JSON, field, numeric, shape, finite).
+* :class:`JsonCodec`: a complete :class:`~servingbench.contract.Codec` for frameworks that take that JSON on one
+  path per model (LitServe, MOSEC, Ray Serve, MLflow use it with their own path, keys, port and auth header).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
-from servingbench.adapters.base import DecodeError
+from servingbench.contract.adapter import Codec
+from servingbench.contract.types import DecodeError, RequestSpec, Secrets
 
 
 def encode_inputs(batch: np.ndarray, key: str = "inputs") -> bytes:
+    """``{key: batch as nested lists}`` as compact JSON bytes."""
     return json.dumps({key: batch.tolist()}, separators=(",", ":")).encode()
+
+
+def check_status(status: int, body: bytes) -> None:
+    """Raise ``DecodeError(kind="status")`` unless ``status`` is 2xx."""
+    if not 200 <= status < 300:
+        raise DecodeError(f"HTTP {status}: {body[:200]!r}", kind="status")
 
 
 def decode_outputs(model, status: int, body: bytes, key: str | None = "outputs") -> np.ndarray:
     """Parse ``{key: nested list}`` (or a bare list when key is None) into float32 ``(batch, *output.shape)``."""
-    if not 200 <= status < 300:
-        raise DecodeError(f"HTTP {status}: {body[:200]!r}", kind="status")
+    check_status(status, body)
     try:
         data: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -30,6 +44,7 @@ def decode_outputs(model, status: int, body: bytes, key: str | None = "outputs")
 
 
 def as_output(model, data: Any) -> np.ndarray:
+    """``data`` as float32 ``(batch, *model.output.shape)``; DecodeError ``malformed``/``shape``/``nan`` otherwise."""
     try:
         arr = np.asarray(data, dtype=np.float32)
     except (ValueError, TypeError) as e:
@@ -41,3 +56,39 @@ def as_output(model, data: Any) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise DecodeError("outputs contain NaN or inf", kind="nan")
     return arr
+
+
+@dataclass(frozen=True)
+class JsonCodec(Codec):
+    """``POST path`` with ``{input_key: [...]}`` JSON; the answer's ``output_key`` holds the outputs.
+
+    Attributes:
+        path: request path; ``{model}`` is replaced by the model's name.
+        input_key / output_key: the JSON fields (``output_key=None``: the answer is a bare list).
+        port: the named port (``ctx.ports``) that serves the model; ``{model}`` is replaced too.
+        auth_header: header that carries the token (``None``: ``Authorization: Bearer <token>``).
+        headers: extra fixed headers; ``model_header``: a header whose value is the model's name (Ray multiplexing).
+    """
+
+    path: str = "/predict/{model}"
+    input_key: str = "inputs"
+    output_key: str | None = "outputs"
+    port: str = "http"
+    auth_header: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    model_header: str | None = None
+
+    def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
+        headers = {"Content-Type": "application/json", **self.headers, **self.auth_headers(secrets)}
+        if self.model_header:
+            headers[self.model_header] = model.name
+        return RequestSpec(method="POST", path=self.path.format(model=model.name), body=encode_inputs(batch,
+                           self.input_key), headers=headers, port=self.port.format(model=model.name))
+
+    def decode(self, model, status, body):
+        return decode_outputs(model, status, body, key=self.output_key)
+
+    def auth_headers(self, secrets: Secrets | None) -> dict[str, str]:
+        if self.auth_header is None:
+            return super().auth_headers(secrets)
+        return {self.auth_header: secrets.token} if secrets and secrets.token else {}

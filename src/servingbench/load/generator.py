@@ -1,7 +1,7 @@
 """The load generator process: locust as a library, driven by a JSON plan, writing a JSON result.
 
-Run as ``python -m servingbench.workloads.generator PLAN.json`` (the controller, started by the harness), or as
-``python -m servingbench.workloads.generator --worker --master-host HOST --master-port PORT`` (a locust worker
+Run as ``python -m servingbench.load.generator PLAN.json`` (the controller, started by the harness), or as
+``python -m servingbench.load.generator --worker --master-host HOST --master-port PORT`` (a locust worker
 that takes its plan from the controller: ``servingbench generator-worker`` on another host).  The generator is
 always a separate process (locust monkey-patches the standard library with gevent, which the harness must not
 inherit), pinned by the harness to its own CPU set.
@@ -11,11 +11,29 @@ harness through the adapter's pure ``request()``; every ``sample_every``-th resp
 ``decode()`` and compared with the reference output for that input.
 
 Closed loop: ``users`` locust users, each sending its next request as soon as the previous one returns.
-Open loop: a schedule of *intended* send times (Poisson or constant); a pool of ``max_in_flight`` users takes the
-next intended time, waits for it, sends.  Latency counts from the intended time, so when the server stalls and
-every user is busy, the backlog shows up in the latencies instead of being hidden (coordinated omission).  Sends
-later than ``late_threshold_s`` are counted.
+Open loop: a schedule of *intended* send times (Poisson or constant) and a pool of ``max_in_flight`` users.  One
+dispatcher greenlet per process waits for each intended time and hands it to the most recently freed idle user
+(LIFO, :class:`~servingbench.load.common.HandOff`), which sends at once.  So the users that send, and their
+keep-alive connections, are the ones used last: the connections in use follow rate x latency, not the pool size
+(FIFO made every user of the pool take its turn: at 40 rps, each connection idled 6.4 s, past uvicorn's 5 s
+keep-alive, and every request opened a new one).  Latency counts from the intended time, so when the server stalls
+and every user is busy, the backlog shows up in the latencies instead of being hidden (coordinated omission).
+Sends later than ``LATE_THRESHOLD_S`` are counted.  With several processes, constant streams are phase-offset
+(process ``i`` of ``n`` starts ``i / rate`` later: one evenly spaced stream); Poisson streams are independent.
 Shape: users over time from a locust ``LoadTestShape`` (step or ramp stages); windows are cut at stage boundaries.
+
+Stability (closed and open loop): each merged window carries ``throughput_rps`` (successful answers per second)
+and ``p50_s`` (median of its merged histogram); the point stops at the first window where the last ``windows``
+windows agree on both (:func:`servingbench.measure.stats.stable_tail`), and ``stable_from`` says where the reported
+windows begin (None: never stable; every window stays in ``windows``).
+
+Generator health, per process over its measured windows (first window's open to last window's end), merged in
+``generator`` (:func:`servingbench.load.common.merge_health`): ``connections_opened`` (new TCP connections to the
+server, counted exactly where geventhttpclient connects; ``_measured``: during the windows only), ``loop_lag_ms``
+{p99, max} (a greenlet sleeping ``LAG_PROBE_S`` again and again: how late it wakes; gevent's libev loop waits in
+epoll with millisecond timeouts, so an idle loop already shows up to ~1 ms), ``run_queue_delay_ms`` /
+``run_queue_delay_pct`` (``/proc/self/schedstat``, 2nd field: time the event loop's thread was runnable but
+waited for a CPU, and its share of the wall time).
 
 Processes.  The *controller* decides when windows begin and end and when a point is stable; the *load* side
 (:class:`_Load`) sends requests and records them.  With ``generator.workers`` 0 both live in one process on
@@ -25,14 +43,15 @@ messages serve both (``LocalRunner.send_message`` calls the listener in-process)
 
 * controller -> load ``sb_plan`` {plan, index, n}: build the targets (process ``index`` of ``n``); answer
   ``sb_ready``.  The controller re-sends it until answered.
-* controller -> load ``sb_window`` {action, n}: ``start`` (open-loop schedules begin), ``open`` / ``end`` window
-  ``n`` on the local clock, ``final``; every process answers ``sb_report`` (an ended window's count, errors and
-  HdrHistogram; on ``final`` its error kinds, late sends and CPU).
+* controller -> load ``sb_window`` {action, n[, t0, host]}: ``start`` (open-loop schedules begin, at the
+  controller's ``t0`` where the process shares its clock), ``open`` / ``end`` window ``n`` on the local clock,
+  ``final``; every process answers ``sb_report`` (an ended window's count, errors and HdrHistogram; on ``final``
+  its error kinds, late sends, CPU and health).
 
 The controller merges every window across processes by adding counts and histograms (never averaging percentiles),
 so a run with workers yields exactly the result format of a single process.  Open-loop rates are split evenly:
 worker ``i`` of ``n`` follows its own schedule at ``rate / n`` (independent Poisson streams add up to one at
-``rate``); locust itself distributes closed-loop users.
+``rate``; constant ones are phase-offset); locust itself distributes closed-loop users.
 """
 
 from __future__ import annotations
@@ -57,16 +76,58 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import FastHttpUser, LoadTestShape, constant, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
-from servingbench.workloads.common import merge_window, shape_cuts, shape_users  # noqa: E402
+from servingbench.load.common import (  # noqa: E402
+    HandOff,
+    Schedule,
+    merge_health,
+    merge_window,
+    read_run_delay_ns,
+    schedule_offset,
+    shape_cuts,
+    shape_users,
+    stability_series,
+)
+from servingbench.measure.stats import stable_tail  # noqa: E402
 
 # A send counts as late when it leaves more than this after its intended time (gevent scheduling on a loaded
 # 2-core machine jitters by a few ms; beyond 10 ms the generator could not keep the schedule).
 LATE_THRESHOLD_S = 0.010
 REPLY_TIMEOUT_S = 15.0  # a process that does not answer a window cut within this is lost
+# Open loop: the next intended send goes to the most recently freed user (False: the least recently freed, the
+# old FIFO order that spread sends over the whole pool and reopened a connection per request at low rates).
+OPEN_LOOP_LIFO = False
+LAG_PROBE_S = 0.010  # the event-loop lag probe's sleep: how late it wakes is the loop's lag
+
+
+# Every new TCP connection of the users' HTTP clients (geventhttpclient under locust's FastHttpUser) goes through
+# ConnectionPool._connect_socket (SSLConnectionPool calls it before its TLS handshake): counting there is exact
+# (one count per established TCP connection; a connect that fails is an error, not a connection) and costs one
+# integer increment per connection.  The locust master/worker channel (zmq) does not go through it.
+_CONNECTIONS = [0]
+
+
+def _count_connections() -> None:
+    from geventhttpclient.connectionpool import ConnectionPool
+
+    original = ConnectionPool._connect_socket
+    if getattr(original, "_servingbench_counts", False):
+        return
+
+    def counting(self, sock, address):
+        out = original(self, sock, address)
+        _CONNECTIONS[0] += 1
+        return out
+
+    counting._servingbench_counts = True  # type: ignore[attr-defined]
+    ConnectionPool._connect_socket = counting
+
+
+_count_connections()
 
 
 @dataclass
@@ -130,19 +191,19 @@ class _Recorder:
 class _Target:
     """One model endpoint with its pre-encoded bodies and expected outputs."""
 
-    def __init__(self, spec: dict, adapter, model_spec, sample_every: int) -> None:
+    def __init__(self, spec: dict, codec, model_spec, sample_every: int) -> None:
         self.model = spec["model"]
         self.url = spec["url"]
         self.method = spec["method"]
         # locust's client asks for gzip/br by default; servers would then compress every answer.
         self.headers = {"Accept-Encoding": "identity", **spec["headers"]}
         self.bodies = [base64.b64decode(b) for b in spec["bodies"]]
-        if spec.get("expected_npy"):  # inlined for workers on other hosts
+        if spec["expected_npy"]:  # inlined for workers on other hosts
             self.expected = np.load(io.BytesIO(base64.b64decode(spec["expected_npy"])))
         else:
-            self.expected = np.load(spec["expected"]) if spec.get("expected") else None
-        self.rtol, self.atol = spec.get("rtol", 1e-4), spec.get("atol", 1e-4)
-        self.adapter = adapter
+            self.expected = np.load(spec["expected"]) if spec["expected"] else None
+        self.rtol, self.atol = spec["rtol"], spec["atol"]
+        self.codec = codec
         self.model_spec = model_spec
         self.sample_every = sample_every
         self.i = 0
@@ -173,10 +234,10 @@ class _Target:
         recorder.record(self.model, t_done - t0, error, detail, late)
 
     def _check(self, status: int, body: bytes, idx: int) -> tuple[str | None, str]:
-        from servingbench.adapters.base import DecodeError
+        from servingbench.contract import DecodeError
 
         try:
-            out = self.adapter.decode(self.model_spec, status, body)
+            out = self.codec.decode(self.model_spec, status, body)
         except DecodeError as e:
             return e.kind if e.kind != "status" else "malformed", str(e)
         except Exception as e:  # noqa: BLE001
@@ -188,6 +249,13 @@ class _Target:
             if not np.allclose(out, exp, rtol=self.rtol, atol=self.atol):
                 return "wrong_output", f"max abs diff {float(np.max(np.abs(out - exp))):.3g}"
         return None, ""
+
+
+def _checked(plan: dict) -> dict:
+    """The plan validated against :class:`~servingbench.load.plan.GeneratorPlan` (every key present, typed)."""
+    from servingbench.load.plan import GeneratorPlan
+
+    return GeneratorPlan.model_validate(plan).model_dump()
 
 
 def _classify_exception(e: BaseException | None) -> tuple[str, str]:
@@ -231,26 +299,47 @@ _CLEANUP: list[Callable[[], None]] = []
 
 
 class _Load:
-    """The sending side of one process: targets, recorder, open-loop schedule (its share of the rate)."""
+    """The sending side of one process: targets, recorder, open-loop schedule (its share of the rate) and the
+    hand-off of its intended sends to idle users, and this process's health: connections opened, event-loop lag,
+    run-queue delay."""
 
     def __init__(self, plan: dict, index: int = 0, n: int = 1) -> None:
         from servingbench.adapters import registry
+        from servingbench.contract import Deployment
         from servingbench.models import get_model
 
-        # No framework: calibration against a trivial endpoint, nothing to decode.
-        adapter = registry.get(plan["framework"]) if plan.get("framework") else None
+        plan = _checked(plan)
+        # The deployment's own codec, rebuilt from its configuration; no framework: calibration against a trivial
+        # endpoint, nothing to decode.
+        codec = None
+        if plan["framework"]:
+            codec = registry.get(plan["framework"]).codec(Deployment.from_description(plan["deployment"]))
         self.index = index
         self.targets = []
         for t in plan["targets"]:
-            spec = get_model(t["model_name"], **t.get("model_params", {})) if adapter else None
-            self.targets.append(_Target(t, adapter, spec, plan.get("sample_every", 50) if adapter else 0))
-        weights = np.array([t.get("weight", 1.0) for t in plan["targets"]], dtype=float)
+            spec = get_model(t["model_name"], **t["model_params"]) if codec else None
+            self.targets.append(_Target(t, codec, spec, plan["sample_every"] if codec else 0))
+        weights = np.array([t["weight"] for t in plan["targets"]], dtype=float)
         self.weights = weights / weights.sum()
-        self.rng = np.random.default_rng(plan.get("seed", 0) * 1009 + index)
+        self.rng = np.random.default_rng(plan["seed"] * 1009 + index)
         self.recorder = _Recorder()
-        self.timeout = plan.get("timeout_s", 30.0)
-        self.schedule = _Schedule(plan, self.rng, share=1.0 / n) if plan["mode"] == "open" else None
+        self.timeout = plan["timeout_s"]
+        self.schedule: Schedule | None = None
+        self.handoff: HandOff | None = None
+        self._freed = None
+        if plan["mode"] == "open":
+            offset = schedule_offset(index, n, float(plan["rate"]), plan["arrival"])
+            self.schedule = Schedule(float(plan["rate"]) / n, plan["arrival"], self.rng, offset)
+            self.handoff = HandOff(lifo=OPEN_LOOP_LIFO)
+            self._freed = gevent.event.Event()
+        self._greenlets: list = []
         self.cpu_start = os.times()
+        # Health over the measured windows: snapshots at the first window's open and at every window's end.
+        self._lag = None
+        self._lag_max = 0.0
+        self._conn0 = _CONNECTIONS[0]  # connections are counted per process: this load's own from here
+        self._health0: tuple[float, int | None, int] | None = None  # (perf_counter, run delay ns, connections)
+        self._health1: tuple[float, int | None, int] | None = None
         BenchUser.configure(plan, self.targets[0].url, self)
 
     def pick(self) -> _Target:
@@ -262,41 +351,110 @@ class _Load:
         if self.schedule is None:
             self.pick().send(client, self.recorder, self.timeout)
             return
-        intended = self.schedule.next()
-        delay = intended - time.perf_counter()
-        if delay > 0:
-            gevent.sleep(delay)
+        intended = self._next_send()
         self.pick().send(client, self.recorder, self.timeout, t_start=intended)
 
-    def cut(self, action: str, n: int) -> dict:
+    # ---- open loop: one dispatcher hands each intended send to an idle user --------------------------------------
+    def _next_send(self) -> float:
+        """Wait (idle) until the dispatcher hands this user an intended send time; that time, already reached."""
+        waiter = gevent.event.AsyncResult()
+        self.handoff.free(waiter)
+        self._freed.set()
+        try:
+            return waiter.get()
+        finally:
+            if not waiter.ready():  # stopped while idle (locust stops its users): not a candidate any more
+                self.handoff.discard(waiter)
+
+    def _dispatch(self) -> None:
+        """Intended send times in order; at each, the next idle user (most recently freed first) gets it.  When
+        every user is busy the send waits for the first one freed: it leaves late, and its latency still counts
+        from the intended time."""
+        while True:
+            intended = self.schedule.next()
+            while (delay := intended - time.perf_counter()) > 0:  # a timer may fire a hair early: never send early
+                gevent.sleep(delay)
+            user = self.handoff.take()
+            while user is None:
+                self._freed.clear()
+                self._freed.wait()
+                user = self.handoff.take()
+            user.set(intended)
+
+    # ---- health probes ----------------------------------------------------------------------------------------
+    def _probe_lag(self) -> None:
+        """Sleep LAG_PROBE_S again and again; how late each wake-up comes is the event loop's lag (a busy or
+        descheduled loop delays every send and every timing of this process by as much)."""
+        while True:
+            t = time.perf_counter()
+            gevent.sleep(LAG_PROBE_S)
+            late = max(0.0, time.perf_counter() - t - LAG_PROBE_S)
+            self._lag.record(late)
+            self._lag_max = max(self._lag_max, late)
+
+    def _health_snapshot(self) -> tuple[float, int | None, int]:
+        return time.perf_counter(), read_run_delay_ns(), _CONNECTIONS[0]
+
+    def _health(self) -> dict:
+        """This process's health fields over its measured windows (first open to last end)."""
+        out: dict[str, Any] = {"connections_opened": _CONNECTIONS[0] - self._conn0, "connections_opened_measured": None,
+                               "loop_lag_ms": {"p99": None, "max": None},
+                               "run_queue_delay_ms": None, "run_queue_delay_pct": None}
+        if self._lag is not None and self._lag.count:
+            out["loop_lag_ms"] = {"p99": 1e3 * self._lag.percentile(99), "max": 1e3 * self._lag_max,
+                                  "samples": self._lag.count}
+        h0, h1 = self._health0, self._health1
+        if h0 is not None and h1 is not None:
+            out["connections_opened_measured"] = h1[2] - h0[2]
+            wall = h1[0] - h0[0]
+            if h0[1] is not None and h1[1] is not None and wall > 0:
+                delay_s = (h1[1] - h0[1]) / 1e9
+                out["run_queue_delay_ms"] = 1e3 * delay_s
+                out["run_queue_delay_pct"] = 100.0 * delay_s / wall
+        return out
+
+    def cut(self, action: str, n: int, t0: float | None = None, host: str | None = None) -> dict:
         """Apply the controller's ``action`` at this process's clock; the report for the controller.
 
-        ``start``: the open-loop schedule begins; ``open``: window ``n`` begins; ``end``: window ``n`` ends (its
-        counts and histogram go back); ``final``: the process's totals (error kinds, late sends, CPU).
+        ``start``: the open-loop schedule begins (at the controller's ``t0`` when this process shares its clock:
+        same host, perf_counter is CLOCK_MONOTONIC; else now); ``open``: window ``n`` begins; ``end``: window
+        ``n`` ends (its counts and histogram go back); ``final``: the process's totals (error kinds, late sends,
+        CPU, health).
         """
         now = time.perf_counter()
         rec = self.recorder
         out: dict[str, Any] = {"n": n, "index": self.index}
         if action == "start":
             if self.schedule is not None:
-                self.schedule.start(now)
+                same_clock = t0 is not None and host == socket.gethostname() and abs(now - t0) < 1.0
+                self.schedule.start(t0 if same_clock else now)
+                self._greenlets.append(gevent.spawn(self._dispatch))
         elif action == "open":
             if not rec.windows:
                 self.cpu_start = os.times()
+                self._health0 = self._health1 = self._health_snapshot()
+                from servingbench.measure.stats import LatencyHistogram
+
+                self._lag = LatencyHistogram()
+                self._greenlets.append(gevent.spawn(self._probe_lag))
             rec.open_window(now)
         elif action == "end":
             rec.close(now)
+            self._health1 = self._health_snapshot()
             w = rec.windows[-1]
             out["window"] = {"duration": w.end - w.start, "count": w.count, "errors": w.errors,
                              "histogram": w.hist.to_dict(),
                              "per_model": {m: h.to_dict() for m, h in w.per_model.items()}}
         elif action == "final":
+            gevent.killall(self._greenlets, block=False)
+            self._greenlets = []
             cpu = os.times()
             out["final"] = {
                 "errors_by_kind": rec.errors_by_kind, "error_examples": rec.error_examples, "late_sends": rec.late,
                 "max_lateness_s": rec.max_late, "warmup_requests": rec.warmup_requests,
                 "cpu_s": (cpu.user + cpu.system) - (self.cpu_start.user + self.cpu_start.system),
                 "cpus": sorted(os.sched_getaffinity(0)), "pid": os.getpid(), "host": socket.gethostname(),
+                **self._health(),
             }
         return out
 
@@ -319,8 +477,10 @@ class BenchUser(FastHttpUser):
         global _LOAD
         _LOAD = load
         cls.host = host
-        cls.network_timeout = cls.connection_timeout = plan.get("timeout_s", 30.0)
-        cls.ssl_context_factory = _ssl_factory(plan)
+        cls.network_timeout = cls.connection_timeout = plan["timeout_s"]
+        factory = _ssl_factory(plan)
+        # staticmethod: a plain function stored on the class would become a bound method (called with self).
+        cls.ssl_context_factory = staticmethod(factory) if factory is not None else None
 
     @task
     def one(self) -> None:
@@ -353,7 +513,8 @@ def _register_load_side(runner) -> None:
 
     def on_window(environment, msg, **kw) -> None:
         if _LOAD is not None:
-            runner.send_message("sb_report", _LOAD.cut(msg.data["action"], msg.data["n"]))
+            d = msg.data
+            runner.send_message("sb_report", _LOAD.cut(d["action"], d["n"], d.get("t0"), d.get("host")))
 
     runner.register_message("sb_plan", on_plan)
     runner.register_message("sb_window", on_window)
@@ -384,8 +545,8 @@ class _Controller:
         if not self.poll(done, timeout):
             raise RuntimeError(f"load generator: {what() if callable(what) else what} within {timeout:.0f} s")
 
-    def cut(self, action: str, n: int) -> list[dict]:
-        self.runner.send_message("sb_window", {"action": action, "n": n})
+    def cut(self, action: str, n: int, **extra: Any) -> list[dict]:
+        self.runner.send_message("sb_window", {"action": action, "n": n, **extra})
         self.wait(lambda: len(self.reports.get(n, [])) >= self.processes, REPLY_TIMEOUT_S,
                   lambda: f"{self.processes - len(self.reports.get(n, []))} generator process(es) did not answer "
                           f"'{action}' {n}")
@@ -430,7 +591,7 @@ def _spawn_local_workers(n: int, host: str, port: int) -> list[subprocess.Popen]
     procs = []
     for i in range(n):
         p = subprocess.Popen(
-            [sys.executable, "-m", "servingbench.workloads.generator", "--worker", "--master-host", dial,
+            [sys.executable, "-m", "servingbench.load.generator", "--worker", "--master-host", dial,
              "--master-port", str(port)],
             stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent,
         )  # same session and process group as this controller: the harness's killpg reaches them too
@@ -443,13 +604,14 @@ def _spawn_local_workers(n: int, host: str, port: int) -> list[subprocess.Popen]
 
 
 def run(plan: dict) -> dict:
-    gen = plan.get("generator") or {}
-    local_workers, remote_workers = int(gen.get("workers", 0)), int(gen.get("remote_workers", 0))
+    plan = _checked(plan)
+    gen = plan["generator"]
+    local_workers, remote_workers = gen["workers"], gen["remote_workers"]
     distributed = local_workers + remote_workers > 0
     mode = plan["mode"]
     shape = None
     if mode == "shape":
-        shape = _StageShape(plan["stages"], plan.get("shape") == "ramp", plan.get("start_users", 1))
+        shape = _StageShape(plan["stages"], plan["shape"] == "ramp", plan["start_users"])
     env = Environment(user_classes=[BenchUser], shape_class=shape)
     workers: list[subprocess.Popen] = []
 
@@ -464,14 +626,14 @@ def run(plan: dict) -> dict:
         ctl = _Controller(runner, 1, alive)
         _register_load_side(runner)
     else:
-        host, port = gen.get("master_bind", "127.0.0.1"), int(gen["master_port"])
+        host, port = gen["master_bind"], int(gen["master_port"])
         runner = env.create_master_runner(master_bind_host=host, master_bind_port=port)
         processes = local_workers + remote_workers
         ctl = _Controller(runner, processes, alive)
         workers = _spawn_local_workers(local_workers, host, port)
     try:
         if distributed:
-            ctl.wait(lambda: len(runner.clients.ready) >= processes, float(gen.get("connect_timeout_s", 60.0)),
+            ctl.wait(lambda: len(runner.clients.ready) >= processes, float(gen["connect_timeout_s"]),
                      lambda: f"only {len(runner.clients.ready)} of {processes} workers connected to the master at "
                              f"{host}:{port}")
         return _drive(plan, runner, ctl, processes, mode, distributed)
@@ -504,7 +666,7 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
     t_begin = time.perf_counter()
     windows: list[dict] = []
     metric_values: list[float] = []
-    stable = False
+    stable_from: int | None = None
     n = 0
 
     def window(n: int, start: float) -> dict:
@@ -528,11 +690,13 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
             w.update(stage=stage, users=users, transition=transition)
             windows.append(w)
             metric_values.append(_window_metric(w, "closed"))
-        stable = True
+        stable_from = 0  # stages are judged by the harness (load/point.shape_stages), each on its own windows
     else:
         users = plan["users"] if mode == "closed" else max(plan["max_in_flight"], processes)
         if mode == "open":
-            ctl.cut("start", -1)  # every process's schedule starts now
+            # Every process's schedule starts now: at this t0 where it shares this clock (phase offsets of
+            # constant streams are relative to it), else at its own now.
+            ctl.cut("start", -1, t0=time.perf_counter(), host=socket.gethostname())
         runner.start(users, spawn_rate=max(users, 1) * 20)
         gevent.sleep(plan["warmup_s"])
         t_measure = time.perf_counter()
@@ -543,15 +707,18 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
             gevent.sleep(max(0.0, start + plan["window_s"] - time.perf_counter()))
             windows.append(window(n, start))
             metric_values.append(_window_metric(windows[-1], mode))
-            if len(metric_values) >= plan["windows"] and _stable(metric_values, plan["windows"], plan["tolerance"]):
-                stable = True
+            # Stable when the last `windows` windows agree on throughput *and* p50 (closed and open loop).
+            stable_from = stable_tail(*stability_series(windows), plan["windows"], plan["tolerance"])
+            if stable_from is not None:
                 break
     finals = [r["final"] for r in ctl.cut("final", n + 1)]
     measured = sum(w["end"] - w["start"] for w in windows)
-    return _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measure, measured, cpu0, ready)
+    return _result(plan, mode, stable_from, windows, metric_values, finals, t_begin, t_measure, measured, cpu0,
+                   ready)
 
 
-def _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measure, measured, cpu0, ready) -> dict:
+def _result(plan, mode, stable_from, windows, metric_values, finals, t_begin, t_measure, measured, cpu0,
+            ready) -> dict:
     errors_by_kind: dict[str, int] = {}
     examples: dict[str, str] = {}
     late = warm = 0
@@ -568,14 +735,19 @@ def _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measu
         warm += f.get("warmup_requests", 0)
         procs.append({"index": r["index"], "host": f.get("host", r["host"]), "pid": f.get("pid", r["pid"]),
                       "cpus": f.get("cpus", r["cpus"]), "cpu_s": f.get("cpu_s", 0.0),
-                      "cpu_pct": 100.0 * f.get("cpu_s", 0.0) / measured})
+                      "cpu_pct": 100.0 * f.get("cpu_s", 0.0) / measured,
+                      **{k: f.get(k) for k in _HEALTH_KEYS}})
+    health = merge_health(procs)
     cpu1 = os.times()
     local_cpus = sorted({c for p in procs if p["host"] == socket.gethostname() for c in p["cpus"]})
     for w in windows:
         w.pop("_hist", None)
     return {
         "mode": mode,
-        "stable": stable,
+        "stable": stable_from is not None,
+        # index into `windows` of the first reported (stable) window; None: never stable (shape: 0, the harness
+        # judges each stage)
+        "stable_from": stable_from,
         "measured_s": measured,
         "t_measure_abs": t_measure,  # perf_counter (CLOCK_MONOTONIC, machine-wide): aligns with the harness's sampler
         "warmup_s": t_measure - t_begin,
@@ -586,7 +758,10 @@ def _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measu
         "error_examples": examples,
         "late_sends": late,
         "max_lateness_s": max_late,
+        # new TCP connections to the server during the point (warm-up included), all processes
+        "connections_opened": health["connections_opened"],
         "generator": {
+            **health,
             "cpu_s": sum(p["cpu_s"] for p in procs),
             # locust drives one core per process: the busiest process decides whether the generator saturated
             "cpu_pct": max(p["cpu_pct"] for p in procs),
@@ -595,47 +770,25 @@ def _result(plan, mode, stable, windows, metric_values, finals, t_begin, t_measu
             "pid": os.getpid(),
             "processes": procs,
             # worker processes (locust master/worker mode); 0: the controller itself sent the load
-            "workers": len(procs) if (plan.get("generator") or {}).get("workers") or
-            (plan.get("generator") or {}).get("remote_workers") else 0,
+            "workers": len(procs) if plan["generator"]["workers"] or plan["generator"]["remote_workers"] else 0,
             "controller_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
             "process_cpu_total_s": (cpu1.user + cpu1.system),
         },
     }
 
 
+_HEALTH_KEYS = ("connections_opened", "connections_opened_measured", "loop_lag_ms", "run_queue_delay_ms",
+                "run_queue_delay_pct")
+
+
 def _window_metric(w: dict, mode: str) -> float:
-    """Closed loop: throughput of the window; open loop (throughput is fixed by the rate): median latency."""
+    """The legacy ``window_metric`` (kept for compatibility; stability now judges ``throughput_rps`` and ``p50_s``
+    of every window): closed loop: the window's completions per second; open loop: its median latency."""
     dur = max(w["end"] - w["start"], 1e-9)
     if mode == "closed":
         return w["count"] / dur
     h = w["_hist"]
     return h.percentile(50) if h.count else float("inf")
-
-
-def _stable(values: list[float], n: int, tol: float) -> bool:
-    from servingbench.measure.stats import StabilityRule
-
-    return StabilityRule(windows=n, tolerance=tol).is_stable(values)
-
-
-class _Schedule:
-    """Intended send times (absolute perf_counter seconds), produced on demand and shared by all users."""
-
-    def __init__(self, plan: dict, rng: np.random.Generator, share: float = 1.0) -> None:
-        self.rate = float(plan["rate"]) * share
-        self.poisson = plan.get("arrival", "poisson") == "poisson"
-        self.rng = rng
-        self.t = 0.0
-        self.started = False
-
-    def start(self, t0: float) -> None:
-        self.t = t0
-        self.started = True
-
-    def next(self) -> float:
-        gap = self.rng.exponential(1.0 / self.rate) if self.poisson else 1.0 / self.rate
-        self.t += gap
-        return self.t
 
 
 def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.0) -> int:
@@ -681,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         a = ap.parse_args(argv)
         return worker_main(a.master_host, a.master_port, a.connect_timeout)
     with open(argv[0]) as f:
-        plan = json.load(f)
+        plan = _checked(json.load(f))
     result = run(plan)
     tmp = plan["result"] + ".tmp"
     with open(tmp, "w") as f:

@@ -3,7 +3,7 @@
 A minimal ASGI app under uvicorn (httptools) answers a fixed body; it is far cheaper per request than any model
 server, so the closed-loop rate it reaches is what the generator itself can drive on its cores, and the latency at
 one user is the floor that client + loopback add to every measurement.
-Run the endpoint as ``python -m servingbench.measure.calibrate PORT``.
+Run the endpoint as ``python -m servingbench.measure.echo_server PORT``.
 """
 
 from __future__ import annotations

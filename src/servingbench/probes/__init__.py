@@ -25,25 +25,11 @@ import numpy as np
 import requests
 
 from servingbench.adapters import registry
-from servingbench.adapters.base import Adapter, Capability, DecodeError, Secrets, UnsupportedDeployment
+from servingbench.contract import PROBES, Adapter, Capability, DecodeError, Secrets, UnsupportedDeployment
 from servingbench.measure.resources import tree_memory
 from servingbench.measure.stats import LatencyHistogram
 
-FEATURES = ("multi_model", "load_unload", "response_cache", "model_cache", "batching", "manifest", "auth", "tls",
-            "grpc", "gpu")
-#: Probes and the features each one decides.
-PROBES: dict[str, tuple[str, ...]] = {
-    "multi_model": ("multi_model", "load_unload"),
-    "caching": ("response_cache", "model_cache"),
-    "batching": ("batching",),
-    "manifest": ("manifest",),
-    "auth": ("auth",),
-    "tls": ("tls",),
-    "grpc": ("grpc",),
-    "gpu": ("gpu",),
-}
-
-#: What the comparison survey this project started from says (only where FRAMEWORKS.md records it).
+#: What the comparison survey this project started from says (only where docs/frameworks.md records it).
 SURVEY_CLAIMS: dict[tuple[str, str], str] = {
     ("rayserve", "manifest"): "no manifest",
     ("mosec", "batching"): "yes (dynamic batching, CPU/GPU pipelining)",
@@ -63,7 +49,7 @@ class ProbeContext:
     """What a probe needs: the adapter, artifacts, secrets and a way to start deployments.
 
     ``python`` and ``runtime`` are the cell's, as ``run_cell`` passes them: the framework's own interpreter (suite
-    ``interpreters:``) and a :class:`~servingbench.containers.DockerRuntime` (suite ``runtime: docker``), or None for
+    ``interpreters:``) and a :class:`~servingbench.runtime.containers.DockerRuntime` (suite ``runtime: docker``), or None for
     the harness's interpreter and local processes.  Every deployment a probe starts uses both.
     """
 
@@ -87,7 +73,7 @@ class ProbeContext:
     def deploy(self, models: list[str] | None = None, launch_override: Callable | None = None,
                **cfg: Any) -> Iterator[Any]:
         """Start a deployment (DeploymentConfig fields as keyword arguments); stop it on exit."""
-        from servingbench.harness import LiveDeployment, make_deployment
+        from servingbench.deploy.live import LiveDeployment, make_deployment
         from servingbench.scenarios.schema import DeploymentConfig
 
         self._n += 1
@@ -112,7 +98,7 @@ class ProbeContext:
             return self.runtime
         import dataclasses
 
-        from servingbench import containers
+        from servingbench.runtime import containers
 
         if self.runtime.image == containers.default_image(self.framework, "cpu"):
             return dataclasses.replace(self.runtime, image=containers.default_image(self.framework, "cuda"))
@@ -148,7 +134,7 @@ def latency(live, spec, n: int = 200, same_input: bool = False) -> dict[str, flo
 def _status_of(live, req, headers: dict | None = None, verify: Any = None) -> tuple[int | str, bytes]:
     try:
         kw = {} if verify is None else {"verify": verify}
-        r = live._session.request(req.method, live.url(req), data=req.body,
+        r = live.http.request(req.method, live.url(req), data=req.body,
                                   headers=headers if headers is not None else dict(req.headers), timeout=30, **kw)
         return r.status_code, r.content
     except requests.RequestException as e:
@@ -188,7 +174,7 @@ def probe_multi_model(ctx: ProbeContext) -> list[Verdict]:
             mm.verdict, mm.reason = "partial", f"not native: one server per model ({servers} servers)"
         # load / unload at run time
         other, target = names[0], names[-1]
-        req = ctx.adapter.repository_request("unload", target, live.secrets)
+        req = live.codec.repository_request("unload", target, live.secrets)
         if req is None:
             lu.reason = "the framework has no load/unload API"
             lu.evidence.append("no repository API: models are fixed at start")
@@ -205,7 +191,7 @@ def probe_multi_model(ctx: ProbeContext) -> list[Verdict]:
             xo = spec_o.example_inputs(1)
             still = live.infer(spec_o, xo)
             lu.evidence.append(f"{other!r} still served correctly meanwhile: {_correct(live, spec_o, xo, still)}")
-            req_load = ctx.adapter.repository_request("load", target, live.secrets)
+            req_load = live.codec.repository_request("load", target, live.secrets)
             t0 = time.perf_counter()
             st2, _ = _status_of(live, req_load)
             t_load = time.perf_counter() - t0
@@ -227,10 +213,10 @@ def _cache_run(ctx: ProbeContext, live, spec) -> dict[str, Any]:
     x = spec.example_inputs(1, seed=0)
     ok = _correct(live, spec, x, live.infer(spec, x))
     stats = None
-    req = ctx.adapter.cache_stats_request(spec.name, live.secrets)
+    req = live.codec.cache_stats_request(spec.name, live.secrets)
     if req is not None:
         st, body = _status_of(live, req)
-        stats = ctx.adapter.parse_cache_stats(spec.name, st if isinstance(st, int) else 0, body)
+        stats = live.codec.parse_cache_stats(spec.name, st if isinstance(st, int) else 0, body)
     return {"repeated": hot, "distinct": cold, "correct": ok, "server_stats": stats}
 
 
@@ -250,7 +236,7 @@ def _alternating(live, specs, n: int = 60) -> dict[str, float]:
 def probe_model_cache(ctx: ProbeContext, v: Verdict) -> None:
     """An LRU of models: alternating two models is fast when both fit, slow (a load per request) when one fits."""
     knob = "max_models_per_replica"
-    if knob not in ctx.adapter.options_doc:
+    if knob not in ctx.adapter.Options.model_fields:
         v.verdict, v.reason = "not_run", f"the adapter has no {knob!r} option to size its model cache"
         return
     names = [n for n in ctx.artifacts if n != "cnn"][:2] or list(ctx.artifacts)[:2]
@@ -386,7 +372,7 @@ def probe_manifest(ctx: ProbeContext) -> list[Verdict]:
 def _plain_status(ctx: ProbeContext, spec, x) -> int | str:
     """Status of one inference request, no credentials, to a plain deployment (evidence for "none")."""
     with ctx.deploy(label="plain") as live:
-        return _status_of(live, ctx.adapter.request(spec, x, None))[0]
+        return _status_of(live, live.codec.request(spec, x, None))[0]
 
 
 def _plain_latency(ctx: ProbeContext, spec) -> dict[str, float]:
@@ -395,23 +381,32 @@ def _plain_latency(ctx: ProbeContext, spec) -> dict[str, float]:
         return latency(live, spec)
 
 
+def _unclaimed(ctx: ProbeContext, v: Verdict, cap: Capability, reason: str, evidence: str) -> bool:
+    """For an unclaimed security feature: the evidence that a plain request is served instead.  True if unclaimed."""
+    if cap in ctx.adapter.capabilities:
+        return False
+    spec = ctx.spec()
+    v.reason = reason
+    v.evidence.append(evidence.format(_plain_status(ctx, spec, spec.example_inputs(1))))
+    return True
+
+
 def probe_auth(ctx: ProbeContext) -> list[Verdict]:
     v = Verdict("auth", "not_supported")
     spec = ctx.spec()
     x = spec.example_inputs(1)
-    if Capability.AUTH not in ctx.adapter.capabilities:
-        v.reason = "no native authentication"
-        v.evidence.append(f"unauthenticated inference request -> HTTP {_plain_status(ctx, spec, x)} (served)")
+    if _unclaimed(ctx, v, Capability.AUTH, "no native authentication", "unauthenticated inference request -> HTTP {} "
+                  "(served)"):
         return [v]
     base = _plain_latency(ctx, spec)
     with ctx.deploy(label="auth", auth=True) as live:
-        req_ok = ctx.adapter.request(spec, x, live.secrets)
-        req_none = ctx.adapter.request(spec, x, None)
-        req_wrong = ctx.adapter.request(spec, x, Secrets(token="wrong-" + "x" * 20))
+        req_ok = live.codec.request(spec, x, live.secrets)
+        req_none = live.codec.request(spec, x, None)
+        req_wrong = live.codec.request(spec, x, Secrets(token="wrong-" + "x" * 20))
         st_none, _ = _status_of(live, req_none)
         st_wrong, _ = _status_of(live, req_wrong)
         st_ok, body_ok = _status_of(live, req_ok)
-        correct = isinstance(st_ok, int) and _correct(live, spec, x, ctx.adapter.decode(spec, st_ok, body_ok))
+        correct = isinstance(st_ok, int) and _correct(live, spec, x, live.codec.decode(spec, st_ok, body_ok))
         v.evidence += [f"no credentials -> {st_none}", f"wrong credentials -> {st_wrong}",
                        f"right credentials -> {st_ok} (correct output: {correct})"]
         open_paths = {}
@@ -436,17 +431,16 @@ def probe_tls(ctx: ProbeContext) -> list[Verdict]:
     v = Verdict("tls", "not_supported")
     spec = ctx.spec()
     x = spec.example_inputs(1)
-    if Capability.TLS not in ctx.adapter.capabilities:
-        v.reason = "no native TLS on the inference endpoint"
-        v.evidence.append(f"plaintext HTTP inference -> {_plain_status(ctx, spec, x)}")
+    if _unclaimed(ctx, v, Capability.TLS, "no native TLS on the inference endpoint",
+                  "plaintext HTTP inference -> {}"):
         return [v]
     base = _plain_latency(ctx, spec)
     with ctx.deploy(label="tls", tls=True) as live:
-        url = live.base_url(ctx.adapter.request(spec, x, live.secrets).port)
+        url = live.base_url(live.codec.request(spec, x, live.secrets).port)
         out = live.infer(spec, x)  # verified against the per-run CA
         correct = _correct(live, spec, x, out)
         v.evidence.append(f"{url}: handshake verified with the per-run CA, correct output: {correct}")
-        req = ctx.adapter.request(spec, x, live.secrets)
+        req = live.codec.request(spec, x, live.secrets)
         try:
             r = requests.post(url.replace("https://", "http://") + req.path, data=req.body, headers=dict(req.headers),
                               timeout=10)
@@ -469,7 +463,7 @@ def probe_tls(ctx: ProbeContext) -> list[Verdict]:
     # mutual TLS where the adapter accepts it
     try:
         with ctx.deploy(label="mtls", tls="mutual") as m:
-            req = ctx.adapter.request(spec, x, m.secrets)
+            req = m.codec.request(spec, x, m.secrets)
             try:
                 r = requests.post(m.url(req), data=req.body, headers=dict(req.headers), timeout=10,
                                   verify=str(m.secrets.ca_cert))
@@ -491,14 +485,14 @@ def probe_grpc(ctx: ProbeContext) -> list[Verdict]:
     if Capability.GRPC not in ctx.adapter.capabilities:
         v.reason = f"{ctx.framework} has no gRPC inference endpoint"
         return [v]
-    grpc_infer = getattr(ctx.adapter, "grpc_infer", None)
-    if grpc_infer is None:
-        v.verdict, v.reason = "not_run", "the adapter claims gRPC but offers no grpc_infer() for the probe"
-        return [v]
     spec = ctx.spec()
     x = spec.example_inputs(4)
     with ctx.deploy(label="grpc") as live:
-        out = grpc_infer(live.deployment, live.ctx, spec, x)
+        try:
+            out = ctx.adapter.grpc_infer(live.deployment, live.ctx, spec, x)
+        except UnsupportedDeployment as e:
+            v.verdict, v.reason = "not_run", f"the adapter claims gRPC but offers no client for the probe ({e})"
+            return [v]
         ok = _correct(live, spec, x, out)
         v.evidence.append(f"V2 gRPC ModelInfer on 127.0.0.1:{live.ctx.ports['grpc']}: correct output {ok}")
     v.verdict = "supported" if ok else "failed"

@@ -274,9 +274,10 @@ def inprocess_table(d: RunData) -> pd.DataFrame:
                      "samples_per_s": r.get("samples_per_s"),
                      "latency_p50_s": h.percentile(50) if h is not None else lat.get("p50"),
                      "latency_p99_s": h.percentile(99) if h is not None else lat.get("p99"),
-                     "record_id": r.get("id")})
+                     "cell": r.get("cell"), "workers": r.get("workers", 1), "record_id": r.get("id")})
     return pd.DataFrame(rows, columns=["model", "batch", "threads", "format", "device", "throughput_rps",
-                                       "samples_per_s", "latency_p50_s", "latency_p99_s", "record_id"])
+                                       "samples_per_s", "latency_p50_s", "latency_p99_s", "cell", "workers",
+                                       "record_id"])
 
 
 def _cell_config(d: RunData, cell: str) -> dict:
@@ -312,6 +313,8 @@ def overhead(d: RunData, levels: pd.DataFrame) -> pd.DataFrame:
                                                               "batch"], sort=False):
         threads, fmt = _deployment_knobs(d, cell, dep)
         cand = ip[(ip["model"] == model) & (ip["batch"] == batch)]
+        own = cand[cand["cell"] == cell]  # measured for this cell, on its cores, just before its server started
+        cand = own if not own.empty else cand[cand["cell"].isna()] if cand["cell"].isna().any() else cand
         exact = cand
         if threads is not None:
             exact = exact[exact["threads"] == threads]

@@ -1,7 +1,7 @@
 """Run servers in containers: ``runtime: docker`` and the per-framework images in ``docker/``.
 
 The adapters stay unchanged: they prepare and describe the deployment on the host as for a local run, and
-:func:`docker_run` turns each :class:`~servingbench.adapters.base.LaunchSpec` into a ``docker run`` LaunchSpec that
+:func:`docker_run` turns each :class:`~servingbench.contract.LaunchSpec` into a ``docker run`` LaunchSpec that
 the supervisor starts like any server.  Three rules make the same argv valid inside the image:
 
 * **Same paths.**  The deployment's workdir, the model artifact cache, the per-run secrets and the servingbench
@@ -20,7 +20,7 @@ SIGKILLs the client (and every process carrying the run's marker it can see), wh
 every launch therefore comes with a cleanup command, ``docker rm -f NAME``, which the harness runs after the stop.
 
 Besides, every deployment's workdir gets a ``launch.json`` (argv, cwd, needed environment with secrets redacted,
-ports): ``python -m servingbench.containers serve WORKDIR`` starts that deployment inside an image (the entrypoint of
+ports): ``python -m servingbench.runtime.containers serve WORKDIR`` starts that deployment inside an image (the entrypoint of
 ``docker/compose.yaml``).
 """
 
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from servingbench.adapters.base import LaunchSpec
+from servingbench.contract import LaunchSpec
 
 if TYPE_CHECKING:
-    from servingbench.adapters.base import Deployment, RunContext
+    from servingbench.contract import Deployment, RunContext
 
 __all__ = [
     "ContainerLaunch", "DockerRuntime", "IMAGE_PREFIX", "Mount", "default_image", "docker_run", "launch_record",
@@ -207,7 +207,7 @@ def venv_prefix(python: str) -> Path:
 
 def source_dir() -> Path | None:
     """The directory that holds the harness's ``servingbench`` package when it is a source checkout, else None."""
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parents[2]  # servingbench/runtime/containers.py -> the dir holding servingbench
     return None if src.name in ("site-packages", "dist-packages") else src
 
 
@@ -279,7 +279,7 @@ class DockerRuntime:
         out = []
         for i, spec in enumerate(specs):
             if deployment.framework == "triton":  # the image may bring its own Triton (NGC): see use_triton_root
-                spec = replace(spec, argv=[str(Path(ctx.python).parent / "python"), "-m", "servingbench.containers",
+                spec = replace(spec, argv=[str(Path(ctx.python).parent / "python"), "-m", "servingbench.runtime.containers",
                                            "exec", "--", *spec.argv])
             name = _container_name(f"sb-{deployment.framework}-{spec.name}-{(ctx.marker or 'x')[-12:]}"
                                    + (f"-{i}" if len(specs) > 1 else ""))
@@ -395,7 +395,7 @@ def use_triton_root(argv: Sequence[str], env: Mapping[str, str], root: str) -> t
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m servingbench.containers",
+    p = argparse.ArgumentParser(prog="python -m servingbench.runtime.containers",
                                 description="start a generated deployment inside a servingbench image")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="exec the server that WORKDIR/launch.json describes (compose's entrypoint)")

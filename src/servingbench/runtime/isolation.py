@@ -20,9 +20,9 @@ what the container images do).
 
 Command line (the CLI exposes the same as ``servingbench isolate FRAMEWORK``)::
 
-    python -m servingbench.isolation create litserve            # prints the interpreter to put under interpreters:
-    python -m servingbench.isolation create mlserver --venv /opt/sb/mlserver --lock requirements.lock
-    python -m servingbench.isolation requirements rayserve      # what would be installed
+    python -m servingbench.runtime.isolation create litserve            # prints the interpreter to put under interpreters:
+    python -m servingbench.runtime.isolation create mlserver --venv /opt/sb/mlserver --lock requirements.lock
+    python -m servingbench.runtime.isolation requirements rayserve      # what would be installed
 
 This module imports only the standard library (the container build runs it before anything is installed).
 """
@@ -47,7 +47,7 @@ __all__ = [
     "ALWAYS", "EXTRA_REQUIREMENTS", "IsolationError", "check_interpreter", "check_venv_target", "create_venv",
     "default_venv_dir",
     "distribution_version", "find_lock", "framework_requirements", "interpreter_facts", "lock_hash",
-    "path_with_venv", "read_lock",
+    "read_lock",
 ]
 
 #: Installed into every framework's venv: what ``servingbench.models.runtime`` imports.
@@ -70,7 +70,8 @@ def _norm(name: str) -> str:
 
 
 def _package_dir() -> Path:
-    return Path(__file__).resolve().parent
+    """The ``servingbench`` package directory (this module is ``servingbench/runtime/isolation.py``)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def find_lock() -> Path:
@@ -189,21 +190,14 @@ def check_interpreter(python: str, distribution: str) -> str:
     version = distribution_version(python, distribution)
     if version is None:
         raise IsolationError(f"{distribution} is not installed for interpreter {python} "
-                             f"(create one with `python -m servingbench.isolation create FRAMEWORK`)")
+                             f"(create one with `python -m servingbench.runtime.isolation create FRAMEWORK`)")
     probe = subprocess.run([python, "-c", "import servingbench.models, torch, numpy"], capture_output=True,
                            text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         raise IsolationError(f"interpreter {python} cannot import servingbench, torch and numpy ({last}); "
-                             "create it with `python -m servingbench.isolation create FRAMEWORK`")
+                             "create it with `python -m servingbench.runtime.isolation create FRAMEWORK`")
     return version
-
-
-def path_with_venv(python: str, path: str | None) -> str:
-    """``PATH`` with the interpreter's ``bin/`` first (console scripts and ``python3`` of that venv win)."""
-    bin_dir = str(Path(python).parent)
-    rest = [p for p in (path or os.defpath).split(os.pathsep) if p and p != bin_dir]
-    return os.pathsep.join([bin_dir, *rest])
 
 
 # ---- creating a venv ---------------------------------------------------------------------------------------------
@@ -345,7 +339,7 @@ def _file_lock(path: Path):
 
 # ---- command line ------------------------------------------------------------------------------------------------
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m servingbench.isolation", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m servingbench.runtime.isolation", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("create", help="create (or reuse) a framework's venv; prints its interpreter")
     c.add_argument("framework")

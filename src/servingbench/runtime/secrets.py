@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from servingbench.adapters.base import Secrets
+from servingbench.contract import Secrets
 
 
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -28,7 +28,7 @@ from typing import Iterable
 
 import psutil
 
-from servingbench.adapters.base import LaunchSpec
+from servingbench.contract import LaunchSpec
 
 MARKER_ENV = "SERVINGBENCH_MARKER"
 HARNESS_ENV = "SERVINGBENCH_HARNESS_PID"
@@ -213,6 +213,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_signals,
             )
         except OSError as e:
             raise ServerError(f"{self.spec.name}: cannot start {self.spec.argv[0]!r}: {e}") from e
@@ -309,6 +310,11 @@ class ServerProcess:
         except ProcessLookupError:
             pass
 
+    @property
+    def running(self) -> bool:
+        """Started by this process and not stopped yet (it may have exited on its own: see :meth:`exited`)."""
+        return self in _LIVE
+
     def stop(self) -> StopReport:
         """Graceful signal, grace period, SIGKILL to the group and every marked process, then check."""
         t0 = time.perf_counter()
@@ -328,7 +334,7 @@ class ServerProcess:
             remaining = _alive(set(tree) | set(marked_processes(self.marker)))
             if remaining:
                 report.graceful = False
-                report.killed = [_describe(p) for p in remaining]
+                report.killed = [describe_process(p) for p in remaining]
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 for p in remaining:
@@ -337,7 +343,7 @@ class ServerProcess:
                 psutil.wait_procs(remaining, timeout=5)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
-            report.survivors = [_describe(p) for p in _alive(set(remaining) | set(marked_processes(self.marker)))]
+            report.survivors = [describe_process(p) for p in _alive(set(remaining) | set(marked_processes(self.marker)))]
             # Ports: the servers' listening sockets must be gone.
             end = time.perf_counter() + 5
             held = [p for p in self.ports.values() if is_listening(p)]
@@ -358,15 +364,30 @@ class ServerProcess:
         return report
 
 
-def _describe(p: psutil.Process) -> str:
+def describe_process(p: psutil.Process) -> str:
+    """``pid:command`` of a process, for reports and messages."""
     try:
         return f"{p.pid}:{' '.join(p.cmdline()[:3])[:80]}"
     except psutil.Error:
         return str(p.pid)
 
 
+def default_signals() -> None:
+    """In a child before exec: default dispositions for the stop signals and an empty signal mask, whatever the
+    harness inherited (``nohup`` and non-interactive shells start it with SIGINT/SIGHUP ignored; an ignored
+    disposition survives exec, so LitServe would never see its graceful SIGINT)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 # ---- last-resort cleanup -----------------------------------------------------------------------------------------
 _LIVE: set[ServerProcess] = set()
+
+
+def live_servers() -> frozenset[ServerProcess]:
+    """Servers this process started and has not stopped yet."""
+    return frozenset(_LIVE)
 
 
 def stop_all(keep: set | frozenset = frozenset()) -> None:

@@ -116,6 +116,13 @@ class SloSearch(_WorkloadBase):
     max_steps: int = Field(10, ge=1, le=50)
     arrival: Literal["poisson", "constant"] = "poisson"
     max_in_flight: int = Field(256, ge=1)
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="confidence of each probe's p99 claim (early-stopping "
+                                                              "bound, as MLPerf LoadGen)")
+    dispersion: float = Field(1.0, ge=1, le=100, description="slow requests come in bursts: count every N requests as "
+                              "one independent observation (raise with longer probes; docs/methodology.md)")
+    confirm: bool = Field(True, description="measure the final rate a second time; step down if it fails")
+    drain: bool = Field(True, description="before each probe, wait until a single request is back near the idle "
+                                          "latency (the previous probe's backlog gone)")
 
 
 class Stage(_Strict):
@@ -157,8 +164,25 @@ class DeploymentConfig(_Strict):
     tls: Union[bool, Literal["mutual"]] = False
     protocol: Literal["http", "grpc"] = "http"
     options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="framework name -> framework-specific knobs"
+        default_factory=dict, description="framework name -> framework-specific knobs (typed per adapter: "
+                                          "`servingbench frameworks` lists them)"
     )
+
+    @field_validator("options")
+    @classmethod
+    def _typed_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each framework's options against its adapter's typed Options (unknown frameworks: checked by Suite)."""
+        from servingbench.adapters import registry
+        from servingbench.contract import OptionsError
+
+        known = registry.names()
+        for fw, opts in v.items():
+            if fw in known:
+                try:
+                    registry.get_class(fw).parse_options(opts)
+                except OptionsError as e:
+                    raise ValueError(str(e)) from None
+        return v
 
 
 class Generator(_Strict):
@@ -252,10 +276,26 @@ class Suite(_Strict):
         default_factory=dict, description="framework -> python of its own venv (servingbench isolate FRAMEWORK; "
                                           "docs/isolation.md)")
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        """The name becomes part of the results directory name: a safe character set and a length limit."""
+        allowed = "1-64 of letters A-Z a-z, digits 0-9, '.', '_' and '-', starting with a letter or digit"
+        if not v:
+            raise ValueError(f"the suite name is empty: use {allowed}")
+        if len(v) > 64:
+            raise ValueError(f"the suite name is {len(v)} characters long: use {allowed}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            bad = sorted({c for c in v if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
+            what = ("contains " + ", ".join(repr(c) for c in bad[:8])) if bad else \
+                "does not start with a letter or digit"
+            raise ValueError(f"the suite name {what} (it names the results directory): use {allowed}")
+        return v
+
     @field_validator("features")
     @classmethod
     def _known_probes(cls, v: list[str]) -> list[str]:
-        from servingbench.probes import PROBES
+        from servingbench.contract import PROBES
 
         for name in v:
             if name not in PROBES:
