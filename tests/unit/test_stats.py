@@ -704,3 +704,15 @@ def test_summarize_repeats_ci_covers_the_median_at_least_95_percent_of_the_time(
         s = summarize_repeats(rng.lognormal(0.0, 0.5, size=15))
         covered += s["ci95_low"] <= true_median <= s["ci95_high"]
     assert covered / trials >= 0.95 - 0.01  # nominal coverage for n = 15 is 96.5 %
+
+
+def test_open_loop_throughput_tolerance_allows_for_poisson_noise():
+    """40 rps windows of ~40 requests: 39 / 27 / 42 is arrival noise (sd ~ 6), not instability; with closed-loop
+    counts absent the plain 10 % tolerance applies."""
+    from servingbench.measure.stats import stable_tail
+
+    tput, p50 = [39.0, 27.0, 42.0], [0.004, 0.0041, 0.0039]
+    assert stable_tail(tput, p50, 3, 0.10) is None
+    assert stable_tail(tput, p50, 3, 0.10, counts=[39, 27, 42]) == 0
+    # at 4000 requests a window the allowance (3.3 / sqrt(N) ~ 5 %) is below the tolerance: a real drift still fails
+    assert stable_tail([4000.0, 3000.0, 4100.0], p50, 3, 0.10, counts=[4000, 3000, 4100]) is None

@@ -89,20 +89,18 @@ def test_a_clean_point_has_no_flag():
     assert p["generator"]["limits"]["factors"] == []
 
 
-def test_interference_from_the_sampler_flags_the_point():
-    pytest.importorskip("servingbench.measure.interference")
-    from servingbench.measure.interference import interference_flags
+@pytest.mark.parametrize("foreign, steal, flagged", [(62.0, 0.0, True), (0.5, 0.0, False), (0.0, 9.0, True)])
+def test_interference_from_the_sampler_flags_the_point(foreign, steal, flagged):
+    """The resource summary's interference part (measure/interference.py) decides the flag, with its reason."""
+    def cpu_set(f, st):
+        return {"cpus": [0], "foreign_cpu_pct": f, "steal_pct": {0: st}, "steal_pct_max": st}
 
-    hog = {"server": {"foreign_cpu_pct": 90.0, "steal_pct": 0.0, "run_queue_delay_pct": 40.0},
-           "generator": {"foreign_cpu_pct": 0.0, "steal_pct": 0.0, "run_queue_delay_pct": 0.0}}
-    try:
-        flagged, _ = interference_flags(hog)
-    except (KeyError, TypeError):
-        pytest.skip("interference summary has another shape")
-    if not flagged:
-        pytest.skip("interference summary has another shape")
-    p = summarize_point(_raw([_window(i, 200, 0.01) for i in range(3)], stable_from=0), {"interference": hog}, M)
-    assert "interference" in _flags(p)
+    summary = {"interval_s": 3.0, "server_set": cpu_set(foreign, steal), "generator_set": cpu_set(0.0, 0.0),
+               "server_run_delay_pct": 140.0, "generator_run_delay_pct": 1.0}
+    p = summarize_point(_raw([_window(i, 200, 0.01) for i in range(3)], stable_from=0), {"interference": summary}, M)
+    assert ("interference" in _flags(p)) is flagged
+    if flagged:
+        assert "CPU" in p["validity"]["reasons"]["interference"] or "steal" in p["validity"]["reasons"]["interference"]
 
 
 def test_generator_limits_name_the_factor():

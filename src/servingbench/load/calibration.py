@@ -23,7 +23,6 @@ def calibrate_generator(
     concurrency: tuple[int, ...] = (1, 16), window_s: float = 1.0, generator: Generator | None = None,
 ) -> dict[str, Any]:
     """Closed loop against a trivial endpoint: the generator's ceiling (rps) and the latency floor (p50/p99)."""
-    from servingbench.contract import LaunchSpec, ReadyProbe
     from servingbench.measure.stats import LatencyHistogram
 
     port = supervisor.free_port()

@@ -100,7 +100,7 @@ LATE_THRESHOLD_S = 0.010
 REPLY_TIMEOUT_S = 15.0  # a process that does not answer a window cut within this is lost
 # Open loop: the next intended send goes to the most recently freed user (False: the least recently freed, the
 # old FIFO order that spread sends over the whole pool and reopened a connection per request at low rates).
-OPEN_LOOP_LIFO = False
+OPEN_LOOP_LIFO = True
 LAG_PROBE_S = 0.010  # the event-loop lag probe's sleep: how late it wakes is the loop's lag
 
 
@@ -708,7 +708,9 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
             windows.append(window(n, start))
             metric_values.append(_window_metric(windows[-1], mode))
             # Stable when the last `windows` windows agree on throughput *and* p50 (closed and open loop).
-            stable_from = stable_tail(*stability_series(windows), plan["windows"], plan["tolerance"])
+            # Open loop: a window's throughput also varies with its random arrivals (sqrt(N)), allowed for.
+            counts = [w["count"] for w in windows] if mode == "open" else None
+            stable_from = stable_tail(*stability_series(windows), plan["windows"], plan["tolerance"], counts)
             if stable_from is not None:
                 break
     finals = [r["final"] for r in ctl.cut("final", n + 1)]

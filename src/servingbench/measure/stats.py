@@ -385,19 +385,35 @@ class StabilityRule:
         s = self.spread(values)
         return s is not None and s <= self.tolerance
 
-    def both(self, tput: Sequence[float], p50: Sequence[float]) -> bool:
+    def both(self, tput: Sequence[float], p50: Sequence[float], counts: Sequence[int] | None = None) -> bool:
         """True iff the last ``windows`` windows agree on throughput *and* on p50 latency (each spread <=
-        ``tolerance``).  The two series are per window, in the same order (ValueError if their lengths differ)."""
+        ``tolerance``).  The two series are per window, in the same order (ValueError if their lengths differ).
+
+        ``counts`` (open loop): the windows' request counts.  Arrivals of an open loop are random, so a window of N
+        requests varies by about sqrt(N) on its own; the throughput tolerance is then at least
+        ``POISSON_RANGE_Z / sqrt(min N)`` (the 95th percentile of the range of three normal draws, in standard
+        deviations): a low-rate point is not called unstable for the noise its own arrivals put in it."""
         if len(tput) != len(p50):
             raise ValueError(f"{len(tput)} throughput values but {len(p50)} p50 values: one of each per window")
-        return self.is_stable(tput) and self.is_stable(p50)
+        tput_rule = self
+        if counts is not None and len(counts) >= self.windows:
+            n = min(counts[-self.windows:])
+            if n > 0:
+                tput_rule = StabilityRule(self.windows, max(self.tolerance, POISSON_RANGE_Z / math.sqrt(n)))
+        return tput_rule.is_stable(tput) and self.is_stable(p50)
 
-    def stable_tail(self, tput: Sequence[float], p50: Sequence[float]) -> int | None:
+    def stable_tail(self, tput: Sequence[float], p50: Sequence[float],
+                    counts: Sequence[int] | None = None) -> int | None:
         """Index of the first reported window: ``len - windows`` when :meth:`both` holds, else None (unstable)."""
-        return len(tput) - self.windows if self.both(tput, p50) else None
+        return len(tput) - self.windows if self.both(tput, p50, counts) else None
 
 
-def stable_tail(tput: Sequence[float], p50: Sequence[float], windows: int, tolerance: float) -> int | None:
+#: Open-loop throughput noise allowance: the 95th percentile of the range of 3 standard normal draws.
+POISSON_RANGE_Z = 3.3
+
+
+def stable_tail(tput: Sequence[float], p50: Sequence[float], windows: int, tolerance: float,
+                counts: Sequence[int] | None = None) -> int | None:
     """Where the reported (stable) windows begin, or None when the point is unstable.
 
     ``tput[i]`` and ``p50[i]`` are window ``i``'s throughput (requests/s) and median latency (s).  The point is
@@ -411,7 +427,7 @@ def stable_tail(tput: Sequence[float], p50: Sequence[float], windows: int, toler
     first agreement (as servingbench's does) never has a longer one, since the run one window longer contains the
     ``windows`` windows that disagreed at the previous check.
     """
-    return StabilityRule(windows=windows, tolerance=tolerance).stable_tail(tput, p50)
+    return StabilityRule(windows=windows, tolerance=tolerance).stable_tail(tput, p50, counts)
 
 
 # ---- early stopping (how many requests a p99 claim needs) ------------------------------------------------------------
@@ -700,6 +716,170 @@ def _legacy_verdict(p99: float, err: float, p99_target_s: float, max_error_rate:
                                         f"{err:.3g}; no request counts, so no early-stopping check")
 
 
+class _Search:
+    """The state and steps of one :func:`slo_search`: bracket, bisect, explain, confirm, finish."""
+
+    def __init__(self, measure: Callable[[float], ProbeOutcome], p99_target_s: float, max_error_rate: float,
+                 start_rate: float, max_rate: float, growth: float, rel_precision: float, max_steps: int,
+                 confidence: float, dispersion: float) -> None:
+        self.measure = measure
+        self.p99_target_s, self.max_error_rate = p99_target_s, max_error_rate
+        self.start_rate, self.max_rate, self.growth = start_rate, max_rate, growth
+        self.rel_precision, self.max_steps = rel_precision, max_steps
+        self.confidence, self.dispersion = confidence, dispersion
+        self.res = SloResult(max_rate=None)
+        self.lo: float | None = None  # highest passing rate so far
+        self.hi: float | None = None  # lowest non-passing rate above lo
+        self.gen_at: float | None = None  # rate of a generator-limited probe
+        self.too_few = False  # the downward search stopped: a probe was too short for the claim even without overs
+
+    def probe(self, rate: float, is_confirm: bool = False) -> SloPoint:
+        out = self.measure(rate)
+        if isinstance(out, tuple):  # deprecated (p99_s, error_rate)
+            p99, err = float(out[0]), float(out[1])
+            verdict, reason = _legacy_verdict(p99, err, self.p99_target_s, self.max_error_rate)
+            pt = SloPoint(rate=rate, p99_s=p99, error_rate=err, verdict=verdict, reason=reason, confirm=is_confirm)
+        else:
+            verdict, reason = probe_verdict(out, rate, self.p99_target_s, self.max_error_rate, self.confidence,
+                                            dispersion=self.dispersion)
+            pt = SloPoint(
+                rate=rate, p99_s=None if out.p99_s is None else float(out.p99_s),
+                error_rate=None if out.error_rate is None else float(out.error_rate),
+                requests=int(out.requests), over_target=int(out.over_target), flags=list(out.flags or []),
+                verdict=verdict, reason=reason, goodput_rps=out.goodput_rps, offered_rps=out.offered_rps,
+                confirm=is_confirm,
+            )
+        self.res.points.append(pt)
+        return pt
+
+    def bracket(self) -> None:
+        """Phase 1: grow from ``start_rate`` (or halve downward) until the limit is bracketed."""
+        rate = self.start_rate
+        halvings = 0
+        while len(self.res.points) < self.max_steps:
+            v = self.probe(rate).verdict
+            if v == "generator_limited":
+                self.gen_at = rate
+                break
+            if v == "pass":
+                self.lo = rate
+                if self.hi is not None or rate >= self.max_rate:
+                    break  # a pass below a failure (downward search), or the upper bound passed
+                rate = min(rate * self.growth, self.max_rate)
+            else:
+                self.hi = rate
+                if self.lo is not None or halvings >= SLO_DOWNWARD_HALVINGS:
+                    break  # a failure above a pass (growth), or nothing passes
+                if _too_few_at_any_count(self.res.points[-1], self.confidence, self.dispersion):
+                    self.too_few = True
+                    break  # a lower rate gives a probe of the same length even fewer requests
+                halvings += 1
+                rate = rate / 2
+
+    def bisect(self) -> None:
+        """Phase 2: bisect between ``lo`` and ``hi`` until ``rel_precision`` or the step limit."""
+        if self.gen_at is not None or self.lo is None or self.hi is None:
+            return
+        lo, hi = self.lo, self.hi
+        while (hi - lo) / lo > self.rel_precision and len(self.res.points) < self.max_steps:
+            mid = (lo + hi) / 2
+            v = self.probe(mid).verdict
+            if v == "generator_limited":
+                self.gen_at = mid
+                break
+            if v == "pass":
+                lo = mid
+            else:
+                hi = mid
+        self.lo, self.hi = lo, hi
+
+    def explain(self) -> None:
+        """Why phases 1-2 stopped; the answer before confirmation."""
+        res, lo, hi = self.res, self.lo, self.hi
+        if self.gen_at is not None:
+            res.generator_limited = True
+            res.reason = (f"generator-limited at {self.gen_at:g} rps: the server's limit is >= {lo:g} rps"
+                          if lo is not None
+                          else f"generator-limited at {self.gen_at:g} rps before any rate passed: the server's "
+                               "limit is not known")
+        elif lo is None:
+            res.reason = "no rate met the SLO"
+            if self.too_few:
+                res.reason += (f" (the probe at {hi:g} rps had {res.points[-1].requests} requests, fewer than the "
+                               f"{min_requests_for_p99(self.confidence, dispersion=self.dispersion)} a p99 claim "
+                               "needs even with none over the target: "
+                               "halving the rate would not help; lengthen the probes or start higher)")
+        elif hi is None:
+            res.reason = ("upper bound not reached: " + (f"max_rate {self.max_rate:g}/s passed"
+                                                         if lo >= self.max_rate
+                                                         else f"step limit ({self.max_steps}) hit while growing"))
+        elif (hi - lo) / lo <= self.rel_precision:
+            res.reason = f"bisection converged to {100 * self.rel_precision:g}%"
+        else:
+            res.reason = f"step limit ({self.max_steps}) reached before convergence; bracket [{lo:g}, {hi:g}]/s"
+        res.max_rate = lo
+
+    def _next_below(self, top: float) -> float | None:
+        """The next lower rate that passed (and whose confirmation has not failed) below ``top``."""
+        pts = self.res.points
+        below = [p.rate for p in pts if p.ok and p.rate < top
+                 and not any(c.confirm and not c.ok and c.rate == p.rate for c in pts)]
+        return max(below) if below else None
+
+    def _rebisect(self, cand: float | None, top: float) -> float | None:
+        """Bisect up from ``cand`` towards the failed ``top`` while probes are left (one kept to confirm)."""
+        while (cand is not None and (top - cand) / cand > self.rel_precision
+               and len(self.res.points) < self.max_steps + 1):
+            mid = (cand + top) / 2
+            v = self.probe(mid).verdict
+            if v == "generator_limited":
+                break
+            if v == "pass":
+                cand = mid
+            else:
+                top = mid
+        return cand
+
+    def confirm(self) -> None:
+        """Phase 3: re-probe the answer; on failure step down and bisect again, within ``max_steps + 2``."""
+        if self.lo is None:
+            return
+        res = self.res
+        notes: list[str] = []
+        answer: float | None = None
+        cand: float | None = self.lo
+        while cand is not None:
+            if len(res.points) >= self.max_steps + 2:
+                notes.append(f"no probe left to confirm {cand:g} rps")
+                break
+            pt = self.probe(cand, is_confirm=True)
+            if pt.ok:
+                answer = cand
+                break
+            notes.append(f"confirmation of {cand:g} rps failed ({pt.reason})")
+            # The failed rate is the new upper bound: step down to the next lower rate that passed (and whose
+            # confirmation has not failed), and bisect up from it again while probes are left (one is kept for
+            # the confirmation).
+            cand = self._rebisect(self._next_below(cand), cand)
+        res.max_rate, res.confirmed = answer, answer is not None
+        if answer is None:
+            res.reason += "; not confirmed: " + "; ".join(notes or ["no passing rate left"])
+        else:
+            res.reason += "".join(f"; {n}" for n in notes) + f"; confirmed at {answer:g} rps"
+
+    def finish(self) -> SloResult:
+        """The first failing rate above the answer, and the count of insufficient probes."""
+        res = self.res
+        failing = [p.rate for p in res.points if p.verdict in ("fail", "insufficient")
+                   and (res.max_rate is None or p.rate > res.max_rate)]
+        res.first_failing_rate = min(failing) if failing else None
+        short = sum(p.verdict == "insufficient" for p in res.points)
+        if short:
+            res.reason += (f"; {short} probe(s) insufficient: too few requests for the p99 claim at "
+                           f"{self.confidence:.0%} confidence (counted as failures; lengthen the probes)")
+        return res
+
+
 def slo_search(
     measure: Callable[[float], ProbeOutcome],
     p99_target_s: float,
@@ -757,129 +937,14 @@ def slo_search(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     _check_claim_args(confidence, 0.99, dispersion)
 
-    res = SloResult(max_rate=None)
-
-    def probe(rate: float, is_confirm: bool = False) -> SloPoint:
-        out = measure(rate)
-        if isinstance(out, tuple):  # deprecated (p99_s, error_rate)
-            p99, err = float(out[0]), float(out[1])
-            verdict, reason = _legacy_verdict(p99, err, p99_target_s, max_error_rate)
-            pt = SloPoint(rate=rate, p99_s=p99, error_rate=err, verdict=verdict, reason=reason, confirm=is_confirm)
-        else:
-            verdict, reason = probe_verdict(out, rate, p99_target_s, max_error_rate, confidence,
-                                            dispersion=dispersion)
-            pt = SloPoint(
-                rate=rate, p99_s=None if out.p99_s is None else float(out.p99_s),
-                error_rate=None if out.error_rate is None else float(out.error_rate),
-                requests=int(out.requests), over_target=int(out.over_target), flags=list(out.flags or []),
-                verdict=verdict, reason=reason, goodput_rps=out.goodput_rps, offered_rps=out.offered_rps,
-                confirm=is_confirm,
-            )
-        res.points.append(pt)
-        return pt
-
-    lo: float | None = None  # highest passing rate so far
-    hi: float | None = None  # lowest non-passing rate above lo
-    gen_at: float | None = None  # rate of a generator-limited probe
-    too_few = False  # the downward search stopped: a probe was too short for the claim even without overs
-    rate = start_rate
-    halvings = 0
-    # Phase 1: bracket the limit.
-    while len(res.points) < max_steps:
-        v = probe(rate).verdict
-        if v == "generator_limited":
-            gen_at = rate
-            break
-        if v == "pass":
-            lo = rate
-            if hi is not None or rate >= max_rate:
-                break  # a pass below a failure (downward search), or the upper bound passed
-            rate = min(rate * growth, max_rate)
-        else:
-            hi = rate
-            if lo is not None or halvings >= SLO_DOWNWARD_HALVINGS:
-                break  # a failure above a pass (growth), or nothing passes
-            if _too_few_at_any_count(res.points[-1], confidence, dispersion):
-                too_few = True
-                break  # a lower rate gives a probe of the same length even fewer requests
-            halvings += 1
-            rate = rate / 2
-    # Phase 2: bisection.
-    if gen_at is None and lo is not None and hi is not None:
-        while (hi - lo) / lo > rel_precision and len(res.points) < max_steps:
-            mid = (lo + hi) / 2
-            v = probe(mid).verdict
-            if v == "generator_limited":
-                gen_at = mid
-                break
-            if v == "pass":
-                lo = mid
-            else:
-                hi = mid
-    if gen_at is not None:
-        res.generator_limited = True
-        res.reason = (f"generator-limited at {gen_at:g} rps: the server's limit is >= {lo:g} rps" if lo is not None
-                      else f"generator-limited at {gen_at:g} rps before any rate passed: the server's limit is "
-                           "not known")
-    elif lo is None:
-        res.reason = "no rate met the SLO"
-        if too_few:
-            res.reason += (f" (the probe at {hi:g} rps had {res.points[-1].requests} requests, fewer than the "
-                           f"{min_requests_for_p99(confidence, dispersion=dispersion)} a p99 claim needs even with "
-                           "none over the target: "
-                           "halving the rate would not help; lengthen the probes or start higher)")
-    elif hi is None:
-        res.reason = ("upper bound not reached: " + (f"max_rate {max_rate:g}/s passed" if lo >= max_rate
-                                                     else f"step limit ({max_steps}) hit while growing"))
-    elif (hi - lo) / lo <= rel_precision:
-        res.reason = f"bisection converged to {100 * rel_precision:g}%"
-    else:
-        res.reason = f"step limit ({max_steps}) reached before convergence; bracket [{lo:g}, {hi:g}]/s"
-    res.max_rate = lo
-
-    # Phase 3: confirmation.
-    if confirm and lo is not None:
-        notes: list[str] = []
-        answer: float | None = None
-        cand: float | None = lo
-        while cand is not None:
-            if len(res.points) >= max_steps + 2:
-                notes.append(f"no probe left to confirm {cand:g} rps")
-                break
-            pt = probe(cand, is_confirm=True)
-            if pt.ok:
-                answer = cand
-                break
-            notes.append(f"confirmation of {cand:g} rps failed ({pt.reason})")
-            # The failed rate is the new upper bound: step down to the next lower rate that passed (and whose
-            # confirmation has not failed), and bisect up from it again while probes are left (one is kept for
-            # the confirmation).
-            top = cand
-            below = [p.rate for p in res.points if p.ok and p.rate < top
-                     and not any(c.confirm and not c.ok and c.rate == p.rate for c in res.points)]
-            cand = max(below) if below else None
-            while cand is not None and (top - cand) / cand > rel_precision and len(res.points) < max_steps + 1:
-                mid = (cand + top) / 2
-                v = probe(mid).verdict
-                if v == "generator_limited":
-                    break
-                if v == "pass":
-                    cand = mid
-                else:
-                    top = mid
-        res.max_rate, res.confirmed = answer, answer is not None
-        if answer is None:
-            res.reason += "; not confirmed: " + "; ".join(notes or ["no passing rate left"])
-        else:
-            res.reason += "".join(f"; {n}" for n in notes) + f"; confirmed at {answer:g} rps"
-    failing = [p.rate for p in res.points if p.verdict in ("fail", "insufficient")
-               and (res.max_rate is None or p.rate > res.max_rate)]
-    res.first_failing_rate = min(failing) if failing else None
-    short = sum(p.verdict == "insufficient" for p in res.points)
-    if short:
-        res.reason += (f"; {short} probe(s) insufficient: too few requests for the p99 claim at {confidence:.0%} "
-                       "confidence (counted as failures; lengthen the probes)")
-    return res
+    search = _Search(measure, p99_target_s, max_error_rate, start_rate, max_rate, growth, rel_precision, max_steps,
+                     confidence, dispersion)
+    search.bracket()
+    search.bisect()
+    search.explain()
+    if confirm:
+        search.confirm()
+    return search.finish()
 
 
 # ---- repeats and comparisons ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 import requests
 
 from servingbench.adapters import registry
-from servingbench.contract import PROBES, Adapter, Capability, DecodeError, Secrets, UnsupportedDeployment
+from servingbench.contract import PROBES, Adapter, Capability, Secrets, UnsupportedDeployment
 from servingbench.measure.resources import tree_memory
 from servingbench.measure.stats import LatencyHistogram
 

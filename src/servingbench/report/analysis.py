@@ -63,9 +63,10 @@ def slo_table(d: RunData) -> pd.DataFrame:
             "slo_max_error_rate": dig(s, "slo", "max_error_rate"),
             "max_rate_rps": METRICS["slo_max_rate_rps"].extract(s), "reason": s.get("reason"),
             "steps": len(s.get("points") or []), "record_id": s.get("id"),
+            "generator_limited": bool(s.get("generator_limited")), "confirmed": s.get("confirmed"),
         })
     cols = ["name", "framework", "deployment", "model", "workload", "batch", "slo_p99_s", "slo_max_error_rate",
-            "max_rate_rps", "reason", "steps", "record_id"]
+            "max_rate_rps", "reason", "steps", "record_id", "generator_limited", "confirmed"]
     df = pd.DataFrame(rows, columns=cols)
     if not df.empty:
         df["fw_order"] = [framework_sort_key(f)[0] for f in df["framework"]]
@@ -160,6 +161,95 @@ def _verdict(model: str, criterion: str, metric: str, basis: str, cands: list[Ca
     return v
 
 
+def _throughput_verdicts(model: str, slo: pd.DataFrame, levels: pd.DataFrame, pdf: pd.DataFrame,
+                         threshold: float) -> list[Verdict]:
+    """Throughput at the SLO (if searched) and max valid closed-loop throughput (if measured, or no SLO search)."""
+    out: list[Verdict] = []
+    s = slo[slo["model"] == model] if not slo.empty else slo
+    if not s.empty:
+        cands = [Candidate(r.name, r.max_rate_rps, [r.max_rate_rps], record_ids=[r.record_id])
+                 for r in s.itertuples() if r.max_rate_rps is not None and not pd.isna(r.max_rate_rps)]
+        missed = [r.name for r in s.itertuples() if r.max_rate_rps is None or pd.isna(r.max_rate_rps)]
+        note = f"no rate met the SLO: {', '.join(missed)}" if missed else ""
+        p99 = s["slo_p99_s"].dropna()
+        basis = f"highest arrival rate with p99 ≤ {METRICS['latency_p99_s'].format(p99.iloc[0])}" if len(p99) else ""
+        out.append(_verdict(model, "Throughput at the SLO", "slo_max_rate_rps", basis, cands, threshold, note))
+    lv = levels[(levels["model"] == model) & (levels["kind"] == "closed_loop")] if not levels.empty else levels
+    if not lv.empty or s.empty:
+        cands = []
+        flagged = []
+        for name, g in (lv.groupby("name", sort=False) if not lv.empty else []):
+            gv = g[g["valid"]]
+            if gv.empty:
+                flagged.append(name)
+                continue
+            row = gv.loc[gv["throughput_rps"].idxmax()]
+            reps = pdf[(pdf["name"] == name) & (pdf["model"] == model) & (pdf["workload"] == row["workload"])
+                       & (pdf["load"] == row["load"])]
+            cands.append(Candidate(name, row["throughput_rps"], list(reps["throughput_rps"].dropna()),
+                                   basis=row["load_label"], record_ids=list(reps["record_id"])))
+        note = "" if not s.empty else "no slo_search workload in this suite"
+        if flagged:
+            note += ("; " if note else "") + f"no valid point for {', '.join(flagged)} (excluded)"
+        out.append(_verdict(model, "Max throughput (closed loop)", "throughput_rps",
+                            "highest valid closed-loop load level (median of repeats)", cands, threshold, note))
+    return out
+
+
+def _latency_verdict(model: str, pdf: pd.DataFrame, threshold: float) -> Verdict:
+    """p50 latency at concurrency 1 (else the lowest closed-loop concurrency measured)."""
+    lv = pdf[(pdf["model"] == model) & (pdf["kind"] == "closed_loop")] if not pdf.empty else pdf
+    cands, note = [], ""
+    if not lv.empty:
+        lowest = 1.0 if (lv["load"] == 1).any() else float(lv["load"].min())
+        if lowest != 1.0:
+            note = f"no concurrency-1 point; using concurrency {lowest:g}"
+        for name, g in lv[lv["load"] == lowest].groupby("name", sort=False):
+            use = g[g["valid"]] if g["valid"].any() else g
+            samples = list(use["latency_p50_s"].dropna())
+            if samples:
+                cands.append(Candidate(name, float(np.median(samples)), samples, basis=f"c={lowest:g}",
+                                       record_ids=list(use["record_id"])))
+                if not g["valid"].any():
+                    note = (note + "; " if note else "") + f"{name}: only flagged points"
+        basis = f"p50 latency at concurrency {lowest:g}"
+    else:
+        basis = "p50 latency at concurrency 1"
+        note = "no closed-loop points"
+    return _verdict(model, "Latency at low load", "latency_p50_s", basis, cands, threshold, note)
+
+
+def _memory_verdict(d: RunData, model: str, pdf: pd.DataFrame, threshold: float) -> Verdict:
+    """Peak PSS of the server tree while serving this model (per repeat: max over load levels), else idle PSS."""
+    mv = pdf[pdf["model"] == model] if not pdf.empty else pdf
+    cands = []
+    note = ""
+    if not mv.empty and mv["server_pss_bytes"].notna().any():
+        for name, g in mv.groupby("name", sort=False):
+            per_rep = g.groupby("repeat")["server_pss_bytes"].max().dropna()
+            if len(per_rep):
+                cands.append(Candidate(name, float(np.median(per_rep)), list(per_rep),
+                                       record_ids=list(g["record_id"])))
+        basis = ("peak PSS of the server process tree while serving the model, median over repeats "
+                 "(all suite models loaded)")
+    else:
+        for c in d.cell_df.itertuples():
+            if c.idle_pss_bytes is not None and not pd.isna(c.idle_pss_bytes):
+                cands.append(Candidate(c.name, c.idle_pss_bytes, [c.idle_pss_bytes], record_ids=[c.record_id]))
+        basis = "idle PSS after start-up (no load measurements)"
+    return _verdict(model, "Memory", "server_pss_bytes" if "peak" in basis else "idle_pss_bytes", basis,
+                    cands, threshold, note)
+
+
+def _cold_start_verdict(d: RunData, model: str, threshold: float) -> Verdict:
+    """Cold start: a property of the deployment, one sample per cell."""
+    cands = [Candidate(c.name, c.cold_start_s, [c.cold_start_s], record_ids=[c.record_id])
+             for c in d.cell_df.itertuples() if c.status == "ok" and c.cold_start_s is not None
+             and not pd.isna(c.cold_start_s)]
+    return _verdict(model, "Cold start", "cold_start_s", "spawn → first verified answer (all suite models)",
+                    cands, threshold)
+
+
 def summary(d: RunData, levels: pd.DataFrame | None = None, threshold: float = 0.05) -> list[Verdict]:
     """Per model: best by throughput at the SLO (else max valid closed-loop throughput), by p50 at concurrency 1,
     by memory (peak PSS while serving the model), by cold start."""
@@ -170,80 +260,10 @@ def summary(d: RunData, levels: pd.DataFrame | None = None, threshold: float = 0
     out: list[Verdict] = []
     slo = slo_table(d)
     for model in d.models:
-        # 1) throughput at the SLO
-        s = slo[slo["model"] == model] if not slo.empty else slo
-        if not s.empty:
-            cands = [Candidate(r.name, r.max_rate_rps, [r.max_rate_rps], record_ids=[r.record_id])
-                     for r in s.itertuples() if r.max_rate_rps is not None and not pd.isna(r.max_rate_rps)]
-            missed = [r.name for r in s.itertuples() if r.max_rate_rps is None or pd.isna(r.max_rate_rps)]
-            note = f"no rate met the SLO: {', '.join(missed)}" if missed else ""
-            p99 = s["slo_p99_s"].dropna()
-            basis = f"highest arrival rate with p99 ≤ {METRICS['latency_p99_s'].format(p99.iloc[0])}" if len(p99) else ""
-            out.append(_verdict(model, "Throughput at the SLO", "slo_max_rate_rps", basis, cands, threshold, note))
-        lv = levels[(levels["model"] == model) & (levels["kind"] == "closed_loop")] if not levels.empty else levels
-        if not lv.empty or s.empty:
-            cands = []
-            flagged = []
-            for name, g in (lv.groupby("name", sort=False) if not lv.empty else []):
-                gv = g[g["valid"]]
-                if gv.empty:
-                    flagged.append(name)
-                    continue
-                row = gv.loc[gv["throughput_rps"].idxmax()]
-                reps = pdf[(pdf["name"] == name) & (pdf["model"] == model) & (pdf["workload"] == row["workload"])
-                           & (pdf["load"] == row["load"])]
-                cands.append(Candidate(name, row["throughput_rps"], list(reps["throughput_rps"].dropna()),
-                                       basis=row["load_label"], record_ids=list(reps["record_id"])))
-            note = "" if not s.empty else "no slo_search workload in this suite"
-            if flagged:
-                note += ("; " if note else "") + f"no valid point for {', '.join(flagged)} (excluded)"
-            out.append(_verdict(model, "Max throughput (closed loop)", "throughput_rps",
-                                "highest valid closed-loop load level (median of repeats)", cands, threshold, note))
-        # 2) latency at low load
-        lv = pdf[(pdf["model"] == model) & (pdf["kind"] == "closed_loop")] if not pdf.empty else pdf
-        cands, note = [], ""
-        if not lv.empty:
-            lowest = 1.0 if (lv["load"] == 1).any() else float(lv["load"].min())
-            if lowest != 1.0:
-                note = f"no concurrency-1 point; using concurrency {lowest:g}"
-            for name, g in lv[lv["load"] == lowest].groupby("name", sort=False):
-                use = g[g["valid"]] if g["valid"].any() else g
-                samples = list(use["latency_p50_s"].dropna())
-                if samples:
-                    cands.append(Candidate(name, float(np.median(samples)), samples, basis=f"c={lowest:g}",
-                                           record_ids=list(use["record_id"])))
-                    if not g["valid"].any():
-                        note = (note + "; " if note else "") + f"{name}: only flagged points"
-            basis = f"p50 latency at concurrency {lowest:g}"
-        else:
-            basis = "p50 latency at concurrency 1"
-            note = "no closed-loop points"
-        out.append(_verdict(model, "Latency at low load", "latency_p50_s", basis, cands, threshold, note))
-        # 3) memory: peak PSS of the server tree while serving this model (per repeat: max over load levels)
-        mv = pdf[pdf["model"] == model] if not pdf.empty else pdf
-        cands = []
-        note = ""
-        if not mv.empty and mv["server_pss_bytes"].notna().any():
-            for name, g in mv.groupby("name", sort=False):
-                per_rep = g.groupby("repeat")["server_pss_bytes"].max().dropna()
-                if len(per_rep):
-                    cands.append(Candidate(name, float(np.median(per_rep)), list(per_rep),
-                                           record_ids=list(g["record_id"])))
-            basis = ("peak PSS of the server process tree while serving the model, median over repeats "
-                     "(all suite models loaded)")
-        else:
-            for c in d.cell_df.itertuples():
-                if c.idle_pss_bytes is not None and not pd.isna(c.idle_pss_bytes):
-                    cands.append(Candidate(c.name, c.idle_pss_bytes, [c.idle_pss_bytes], record_ids=[c.record_id]))
-            basis = "idle PSS after start-up (no load measurements)"
-        out.append(_verdict(model, "Memory", "server_pss_bytes" if "peak" in basis else "idle_pss_bytes", basis,
-                            cands, threshold, note))
-        # 4) cold start (a property of the deployment, one sample per cell)
-        cands = [Candidate(c.name, c.cold_start_s, [c.cold_start_s], record_ids=[c.record_id])
-                 for c in d.cell_df.itertuples() if c.status == "ok" and c.cold_start_s is not None
-                 and not pd.isna(c.cold_start_s)]
-        out.append(_verdict(model, "Cold start", "cold_start_s", "spawn → first verified answer (all suite models)",
-                            cands, threshold))
+        out.extend(_throughput_verdicts(model, slo, levels, pdf, threshold))  # 1) throughput
+        out.append(_latency_verdict(model, pdf, threshold))  # 2) latency at low load
+        out.append(_memory_verdict(d, model, pdf, threshold))  # 3) memory
+        out.append(_cold_start_verdict(d, model, threshold))  # 4) cold start
     return out
 
 

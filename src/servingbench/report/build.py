@@ -313,7 +313,26 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
     slo_p99 = (d.slo or {}).get("p99")
     if isinstance(slo_p99, str):
         slo_p99 = None
-    # ---- throughput at the SLO
+    _perf_slo(b, levels, out, slo_p99)
+    _perf_levels(b, levels, out, slo_p99)
+    _perf_cells(b, levels, out, slo_p99)
+    _perf_overhead(b, levels, out, slo_p99)
+    _perf_probes(b, levels, out, slo_p99)
+    _perf_gpu(b, levels, out, slo_p99)
+    return out
+
+
+def _slo_rate_text(r: Any) -> str:
+    """The answer of a search: a generator-limited one is a lower bound of the server's capacity, never the capacity."""
+    if _nan(r.max_rate_rps):
+        return "generator-limited before any rate passed" if r.generator_limited else "none met the SLO"
+    text = _fmt(r.max_rate_rps, "rps")
+    return f"≥ {text} (generator-limited)" if r.generator_limited else text
+
+
+def _perf_slo(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
+    """The report's throughput at the SLO part of the performance section (fills ``out``)."""
+    d = b.d
     slo = an.slo_table(d)
     if not slo.empty:
         b.csv(slo, "slo")
@@ -322,8 +341,7 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
         for r in slo.itertuples():
             t.rows.append([Cell(r.name), Cell(r.model),
                            Cell(f"p99 ≤ {_fmt(r.slo_p99_s, 's')}, errors ≤ {_fmt(r.slo_max_error_rate, 'fraction')}"),
-                           Cell(_fmt(r.max_rate_rps, "rps") if not _nan(r.max_rate_rps) else "none met the SLO",
-                                r.record_id, "num"),
+                           Cell(_slo_rate_text(r), r.record_id, "num"),
                            Cell(str(r.steps)), Cell(str(r.reason or ""))])
         out["slo_table"] = t
         plot = slo.copy()
@@ -347,13 +365,24 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
         cl = levels[(levels["kind"] == "closed_loop") & levels["valid"]] if not levels.empty else levels
         if not cl.empty:
             best = cl.loc[cl.groupby(["name", "model"])["throughput_rps"].idxmax()]
-            t = Table("Max valid closed-loop throughput", ["framework", "model", "throughput", "at load", "p99"], [])
+            allcl = levels[levels["kind"] == "closed_loop"]
+            gb = allcl[allcl["flags"].str.contains("generator_bound", na=False)]
+            t = Table("Max valid closed-loop throughput", ["framework", "model", "throughput", "at load", "p99"], [],
+                      note="≥ X (generator-limited): a higher load level was limited by the load generator, so the "
+                           "server's capacity is at least X, not X")
             for r in best.itertuples():
-                t.rows.append([Cell(r.name), Cell(r.model), Cell(_range_text(r._asdict(), "throughput_rps", "rps"),
-                                                                  r.record_ids, "num"),
+                text = _range_text(r._asdict(), "throughput_rps", "rps")
+                lim = gb[(gb["name"] == r.name) & (gb["model"] == r.model)]["throughput_rps"].max()
+                if not _nan(lim) and lim >= (r.throughput_rps or 0):
+                    text = f"≥ {_fmt(lim, 'rps')} (generator-limited)"
+                t.rows.append([Cell(r.name), Cell(r.model), Cell(text, r.record_ids, "num"),
                                Cell(r.load_label), Cell(_fmt(r.latency_p99_s, "s"), r.record_ids, "num")])
             out["max_tp_table"] = t
-    # ---- latency vs throughput, per model
+
+
+def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
+    """The report's latency vs throughput, per model part of the performance section (fills ``out``)."""
+    d = b.d
     ip = an.inprocess_table(d)
     out["curves"] = []
     out["level_tables"] = []
@@ -399,7 +428,11 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
                 out["cdfs"].append(b.figure(fg.latency_cdf(curves, b.styler, model, f"{label} ({workload})", slo_p99),
                                             f"latency_cdf_{model}", f"Latency CDF: {model} at {label}",
                                             "From the full latency histograms (merged over repeats)."))
-    # ---- cold start and memory
+
+
+def _perf_cells(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
+    """The report's cold start and memory part of the performance section (fills ``out``)."""
+    d = b.d
     cells = d.cell_df[d.cell_df["status"] == "ok"] if not d.cell_df.empty else d.cell_df
     peak = d.point_df.groupby(["framework", "deployment"])["server_pss_bytes"].max() if not d.point_df.empty else None
     if not cells.empty:
@@ -428,7 +461,12 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
                                                      METRICS["idle_pss_bytes"],
                                                      "Server memory, whole process tree (lower is better)"),
                                       "memory", "Memory")
-    # ---- overhead vs the in-process limit
+
+
+def _perf_overhead(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
+    """The report's overhead vs the in-process limit part of the performance section (fills ``out``)."""
+    d = b.d
+    ip = an.inprocess_table(d)
     if not ip.empty:
         b.csv(ip, "inprocess")
     oh = an.overhead(d, levels)
@@ -462,7 +500,11 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
                                 ref_line=100.0 if oh["throughput_ratio"].max() > 0.5 else None,
                                 ref_label="in-process limit"),
                 "overhead_throughput_ratio", "Throughput ratio")
-    # ---- probe-derived costs and benefits
+
+
+def _perf_probes(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
+    """The report's probe-derived costs and benefits part of the performance section (fills ``out``)."""
+    d = b.d
     pm = an.probe_metrics(d)
     out["probe_tables"] = []
     out["probe_figs"] = []
@@ -487,7 +529,11 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
                 out["probe_figs"].append(b.figure(fg.grouped_bars(gk, b.styler, "value", metric, f"{feat}: {k}",
                                                                   group="group"),
                                                   f"probe_{feat}_{k}", f"{feat}: {k}"))
-    # ---- GPU
+
+
+def _perf_gpu(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
+    """The report's GPU part of the performance section (fills ``out``)."""
+    d = b.d
     pdf = d.point_df
     if not pdf.empty and pdf["gpu_mem_bytes"].notna().any():
         g = levels.dropna(subset=["gpu_mem_bytes"])
@@ -500,7 +546,6 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
             out["gpu_util_fig"] = b.figure(fg.grouped_bars(gu, b.styler, "gpu_util_pct", METRICS["gpu_util_pct"],
                                                            "Highest mean GPU utilisation over load levels"),
                                            "gpu_utilisation", "GPU utilisation")
-    return out
 
 
 def _reproduce(b: _Builder) -> dict[str, Any]:

@@ -511,6 +511,74 @@ def _load_sort(label: str) -> tuple[int, float, str]:
     return kind, float(num.group()) if num else 0.0, label or ""
 
 
+def _point_rows(pair: _Pair, ga: dict, gb: dict, threshold: float, alpha: float) -> list[dict[str, Any]]:
+    """Rows of one deployment pair's load points: one per (model, workload, load, metric) measured in either run."""
+    rows: list[dict[str, Any]] = []
+    ka = (pair.framework, pair.label_a)
+    kb = (pair.framework, pair.label_b)
+    points = {k[2:] for k in ga if pair.a and k[:2] == ka} | {k[2:] for k in gb if pair.b and k[:2] == kb}
+    for model, workload, load in sorted(points, key=lambda k: (k[0] or "", k[1] or "", _load_sort(k[2]))):
+        ra = ga.get((*ka, model, workload, load), []) if pair.a else []
+        rb = gb.get((*kb, model, workload, load), []) if pair.b else []
+        for metric in POINT_METRICS:
+            sa, sb = _side(ra, metric), _side(rb, metric)
+            if math.isnan(sa.shown) and math.isnan(sb.shown):
+                continue
+            row = _base_row(pair, model, workload, load, metric)
+            if not ra or not rb or math.isnan(sa.shown) or math.isnan(sb.shown):
+                only = "A" if ra and not math.isnan(sa.shown) else "B"
+                row.update(a=sa.shown, b=sb.shown, n_a=len(sa.samples), n_b=len(sb.samples),
+                           flagged_a=sa.flagged, flagged_b=sb.flagged, samples="repeats", significant=True,
+                           regression=only == "A", verdict=f"measured in {only} only", method="one run only")
+                if pair.relation == "differs":
+                    row.update(significant=False, regression=False,
+                               verdict=f"measured in {only} only (not comparable: configuration differs "
+                                       f"({pair.differs}))")
+            else:
+                _judge(row, pair, sa, sb, threshold, alpha, "repeats")
+            rows.append(row)
+    return rows
+
+
+def _slo_rows(pair: _Pair, sa_: dict, sb_: dict, threshold: float, alpha: float) -> list[dict[str, Any]]:
+    """Rows of one deployment pair's throughput at the SLO: one per (model, workload) searched in either run."""
+    rows: list[dict[str, Any]] = []
+    ka = (pair.framework, pair.label_a)
+    kb = (pair.framework, pair.label_b)
+    slos = {k[2:] for k in sa_ if pair.a and k[:2] == ka} | {k[2:] for k in sb_ if pair.b and k[:2] == kb}
+    for model, workload in sorted(slos, key=lambda k: (k[0] or "", k[1] or "")):
+        xa = sa_.get((*ka, model, workload), []) if pair.a else []
+        xb = sb_.get((*kb, model, workload), []) if pair.b else []
+        if not any(_finite([s.get("max_rate")]) for s in [*xa, *xb]) and not (xa and xb):
+            continue  # in one run only and met nowhere: nothing to show
+        rows.append(_slo_row(pair, model, workload, xa, xb, threshold, alpha))
+    return rows
+
+
+def _deployment_rows(pair: _Pair, da: RunData, db: RunData, threshold: float, alpha: float) -> list[dict[str, Any]]:
+    """Per deployment: cold start and idle memory (one value per server start), and a status change."""
+    rows: list[dict[str, Any]] = []
+    if pair.a and pair.b and pair.a.status == "ok" and pair.b.status == "ok":
+        for metric in ("cold_start_s", "idle_pss_bytes"):
+            va, vb = _cell_values(da, pair.a, metric), _cell_values(db, pair.b, metric)
+            if va and vb:
+                row = _base_row(pair, "(all)", "start-up", "–", metric)
+                rows.append(_judge(row, pair, _Side(va, 0, statistics.median(va)),
+                                   _Side(vb, 0, statistics.median(vb)), threshold, alpha, "start-ups"))
+    # deployments ok in one run and failed / skipped / absent in the other
+    st_a = pair.a.status if pair.a else None
+    st_b = pair.b.status if pair.b else None
+    if (st_a == "ok") != (st_b == "ok"):
+        row = _base_row(pair, "(all)", "status", "–", "status")
+        row.update(significant=True, regression=st_a == "ok", verdict=f"{st_a or 'absent'} → {st_b or 'absent'}",
+                   method="cell status", n_a=int(st_a == "ok"), n_b=int(st_b == "ok"))
+        if pair.relation == "differs":
+            row.update(significant=False, regression=False,
+                       verdict=f"{row['verdict']} (not comparable: configuration differs ({pair.differs}))")
+        rows.append(row)
+    return rows
+
+
 def compare_runs(a: Path, b: Path, threshold: float = 0.05, alpha: float = 0.05) -> pd.DataFrame:
     """Regression table of run ``b`` against run ``a`` (the rules are in the module docstring).
 
@@ -534,56 +602,9 @@ def compare_runs(a: Path, b: Path, threshold: float = 0.05, alpha: float = 0.05)
     ga, gb = _point_groups(da), _point_groups(db)
     sa_, sb_ = _slo_groups(da), _slo_groups(db)
     for pair in pairs:
-        ka = (pair.framework, pair.label_a)
-        kb = (pair.framework, pair.label_b)
-        points = {k[2:] for k in ga if pair.a and k[:2] == ka} | {k[2:] for k in gb if pair.b and k[:2] == kb}
-        for model, workload, load in sorted(points, key=lambda k: (k[0] or "", k[1] or "", _load_sort(k[2]))):
-            ra = ga.get((*ka, model, workload, load), []) if pair.a else []
-            rb = gb.get((*kb, model, workload, load), []) if pair.b else []
-            for metric in POINT_METRICS:
-                sa, sb = _side(ra, metric), _side(rb, metric)
-                if math.isnan(sa.shown) and math.isnan(sb.shown):
-                    continue
-                row = _base_row(pair, model, workload, load, metric)
-                if not ra or not rb or math.isnan(sa.shown) or math.isnan(sb.shown):
-                    only = "A" if ra and not math.isnan(sa.shown) else "B"
-                    row.update(a=sa.shown, b=sb.shown, n_a=len(sa.samples), n_b=len(sb.samples),
-                               flagged_a=sa.flagged, flagged_b=sb.flagged, samples="repeats", significant=True,
-                               regression=only == "A", verdict=f"measured in {only} only", method="one run only")
-                    if pair.relation == "differs":
-                        row.update(significant=False, regression=False,
-                                   verdict=f"measured in {only} only (not comparable: configuration differs "
-                                           f"({pair.differs}))")
-                else:
-                    _judge(row, pair, sa, sb, threshold, alpha, "repeats")
-                rows.append(row)
-        # throughput at the SLO
-        slos = {k[2:] for k in sa_ if pair.a and k[:2] == ka} | {k[2:] for k in sb_ if pair.b and k[:2] == kb}
-        for model, workload in sorted(slos, key=lambda k: (k[0] or "", k[1] or "")):
-            xa = sa_.get((*ka, model, workload), []) if pair.a else []
-            xb = sb_.get((*kb, model, workload), []) if pair.b else []
-            if not any(_finite([s.get("max_rate")]) for s in [*xa, *xb]) and not (xa and xb):
-                continue  # in one run only and met nowhere: nothing to show
-            rows.append(_slo_row(pair, model, workload, xa, xb, threshold, alpha))
-        # per deployment: cold start and idle memory (one value per server start)
-        if pair.a and pair.b and pair.a.status == "ok" and pair.b.status == "ok":
-            for metric in ("cold_start_s", "idle_pss_bytes"):
-                va, vb = _cell_values(da, pair.a, metric), _cell_values(db, pair.b, metric)
-                if va and vb:
-                    row = _base_row(pair, "(all)", "start-up", "–", metric)
-                    rows.append(_judge(row, pair, _Side(va, 0, statistics.median(va)),
-                                       _Side(vb, 0, statistics.median(vb)), threshold, alpha, "start-ups"))
-        # deployments ok in one run and failed / skipped / absent in the other
-        st_a = pair.a.status if pair.a else None
-        st_b = pair.b.status if pair.b else None
-        if (st_a == "ok") != (st_b == "ok"):
-            row = _base_row(pair, "(all)", "status", "–", "status")
-            row.update(significant=True, regression=st_a == "ok", verdict=f"{st_a or 'absent'} → {st_b or 'absent'}",
-                       method="cell status", n_a=int(st_a == "ok"), n_b=int(st_b == "ok"))
-            if pair.relation == "differs":
-                row.update(significant=False, regression=False,
-                           verdict=f"{row['verdict']} (not comparable: configuration differs ({pair.differs}))")
-            rows.append(row)
+        rows += _point_rows(pair, ga, gb, threshold, alpha)
+        rows += _slo_rows(pair, sa_, sb_, threshold, alpha)  # throughput at the SLO
+        rows += _deployment_rows(pair, da, db, threshold, alpha)
     for row in rows:
         _machines_differ(row, canary)
     df = pd.DataFrame(rows, columns=COLUMNS)
