@@ -56,9 +56,9 @@ def inprocess_record(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def point_line(cid: str, wname: str, group: list[str], load: dict, rep: int, point: dict) -> str:
-    """The progress line of one point."""
+    """The progress line of one point (no square brackets: the CLI's console would take them for markup)."""
     mt = point["metrics"]
     p99 = mt["latency_s"].get("p99")
     flags = point["validity"]["flags"]
     return (f"{cid} {wname} {'+'.join(group)} {load} r{rep}: {mt['throughput_rps'] or 0:.0f} rps, "
-            f"p99 {(p99 or float('nan')) * 1e3:.1f} ms, errors {mt['errors']}" + (f" [{', '.join(flags)}]" if flags else ""))
+            f"p99 {(p99 or float('nan')) * 1e3:.1f} ms, errors {mt['errors']}" + (f"; flagged: {', '.join(flags)}" if flags else ""))

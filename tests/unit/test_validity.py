@@ -107,3 +107,13 @@ def test_generator_limits_name_the_factor():
     lim = generator_limits({"cpu_pct": 95.0, "processes": []}, 1000.0, 1050.0, "closed")
     assert any(f.startswith("cpu") for f in lim["factors"]) and any("ceiling" in f for f in lim["factors"])
     assert generator_limits({"cpu_pct": 10.0, "processes": []}, 1000.0, 1050.0, "open")["factors"] == []
+
+
+def test_the_report_recomputes_from_the_same_stable_windows():
+    """Metrics are recomputed at report time from the raw windows: only from ``reported_from`` on."""
+    from servingbench.report.metrics import point_error_rate, point_throughput
+
+    ws = [_window(i, 100, 0.02, errors=10) for i in range(4)] + [_window(4 + i, 200, 0.01) for i in range(3)]
+    p = summarize_point(_raw(ws, stable_from=4), {}, M)
+    assert point_throughput(p) == pytest.approx(p["metrics"]["throughput_rps"]) == pytest.approx(200)
+    assert point_error_rate(p) == 0.0

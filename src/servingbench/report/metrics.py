@@ -66,10 +66,20 @@ def window_duration(w: dict) -> float | None:
     return e - s if e > s else None
 
 
+def reported_windows(rec: Record) -> list[dict]:
+    """The windows a point's metrics come from: from ``reported_from`` on (the stable tail), every window for
+    records written before the stable-window rule.  Earlier windows are the point's timeline only."""
+    ws = rec.get("windows") or []
+    start = rec.get("reported_from")
+    if isinstance(start, int) and not isinstance(start, bool) and 0 <= start < len(ws):
+        return ws[start:]
+    return ws
+
+
 def window_throughputs(rec: Record) -> list[float]:
     """Successful requests per second in each measurement window of a point."""
     out = []
-    for w in rec.get("windows") or []:
+    for w in reported_windows(rec):
         d = window_duration(w)
         if d:
             out.append((w.get("count", 0) - w.get("errors", 0)) / d)
@@ -79,7 +89,7 @@ def window_throughputs(rec: Record) -> list[float]:
 def point_throughput(rec: Record) -> float | None:
     """Successful requests / measured seconds: requests counted from the raw windows, over the measured duration
     (``metrics.duration_s``, else the windows' total length); the harness summary when windows are missing."""
-    ws = rec.get("windows") or []
+    ws = reported_windows(rec)
     if ws:
         dur = _num(dig(rec, "metrics", "duration_s")) or sum(window_duration(w) or 0.0 for w in ws)
         ok = sum(w.get("count", 0) - w.get("errors", 0) for w in ws)
@@ -94,7 +104,7 @@ def point_samples_per_s(rec: Record) -> float | None:
 
 
 def point_error_rate(rec: Record) -> float | None:
-    ws = rec.get("windows") or []
+    ws = reported_windows(rec)
     if ws:
         n = sum(w.get("count", 0) for w in ws)
         return sum(w.get("errors", 0) for w in ws) / n if n else None
@@ -115,7 +125,7 @@ def point_percentile(rec: Record, q: float) -> float | None:
 
 def window_percentiles(rec: Record, q: float) -> list[float]:
     out = []
-    for w in rec.get("windows") or []:
+    for w in reported_windows(rec):
         h = histogram(w.get("histogram"))
         if h is not None:
             v = _num(h.percentile(q))
