@@ -18,6 +18,8 @@ from servingbench.load.point import run_point
 from servingbench.load.pool import InputPool
 
 Progress = Callable[[str], None]
+#: Flags that make an SLO probe be measured once more before it counts (they are about the machine, not the rate).
+RETRY_FLAGS = frozenset({"interference", "machine_speed_changed", "unstable"})
 ABOVE_LIMIT = 1.05  # a point above 105 % of its in-process limit is flagged (the limit's own noise is a few %)
 
 
@@ -152,17 +154,25 @@ class SloRunner(WorkloadRunner):
         slo, n = cell.suite.slo, 0
         floor = idle_floor(cell.live, group) if w.drain else None
 
-        def measure(rate: float) -> ProbeOutcome:
+        def probe(rate: float, attempt: int) -> ProbeOutcome:
             nonlocal n
             drain = drain_server(cell.live, group, floor) if floor is not None else None
             load = {"rate": round(rate, 3)}
             point = cell.measure(w, load, cell.repeat, group)
             outcome = probe_outcome(point, slo.p99)
-            point["slo_probe"] = {"drain": drain, "offered_rps": outcome.offered_rps,
+            point["slo_probe"] = {"drain": drain, "offered_rps": outcome.offered_rps, "attempt": attempt,
                                   "goodput_rps": outcome.goodput_rps, "over_target": outcome.over_target}
             cell.record(records.point_record(cell.base, w, group, load, cell.repeat, point, step=n),
                         records.point_line(cell.base["cell"], w.name, group, load, cell.repeat, point))
             n += 1
+            return outcome
+
+        def measure(rate: float) -> ProbeOutcome:
+            # A probe flagged only for the machine (other work on its cores, a speed change) or for not settling
+            # says nothing about the rate: it is measured once more; a second flagged probe counts as it is.
+            outcome = probe(rate, 1)
+            if outcome.flags and set(outcome.flags) <= RETRY_FLAGS:
+                outcome = probe(rate, 2)
             return outcome
 
         res = slo_search(measure, slo.p99, max_error_rate=slo.max_error_rate, start_rate=w.start_rate,
