@@ -1177,13 +1177,19 @@ def md1_p99_s(rate: float, service_s: float, percentile: float = 0.99) -> float:
     lo, hi = 0.0, float(service_s)
     while md1_wait_cdf(hi, rate, service_s) < percentile:
         lo, hi = hi, hi * 2
-    while hi - lo > 1e-12 * hi:
+    _, hi = _bisect(lambda t: md1_wait_cdf(t, rate, service_s) >= percentile, lo, hi, 1e-12)
+    return float(service_s) + hi
+
+
+def _bisect(above: Callable[[float], bool], lo: float, hi: float, rel: float) -> tuple[float, float]:
+    """Narrow ``[lo, hi]`` to ``rel`` (relative to ``hi``) around the edge where ``above(x)`` becomes true."""
+    while hi - lo > rel * hi:
         mid = (lo + hi) / 2
-        if md1_wait_cdf(mid, rate, service_s) >= percentile:
+        if above(mid):
             hi = mid
         else:
             lo = mid
-    return float(service_s) + hi
+    return lo, hi
 
 
 def md1_max_rate_for_p99(target_s: float, service_s: float, percentile: float = 0.99) -> float:
@@ -1198,11 +1204,5 @@ def md1_max_rate_for_p99(target_s: float, service_s: float, percentile: float = 
     w = float(target_s) - float(service_s)
     if w < 0:
         return 0.0
-    lo, hi = 0.0, 1.0 / service_s
-    while hi - lo > 1e-10 * hi:
-        mid = (lo + hi) / 2
-        if md1_wait_cdf(w, mid, service_s) >= percentile:
-            lo = mid
-        else:
-            hi = mid
+    lo, _ = _bisect(lambda r: md1_wait_cdf(w, r, service_s) < percentile, 0.0, 1.0 / service_s, 1e-10)
     return lo

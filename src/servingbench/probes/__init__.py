@@ -314,11 +314,15 @@ def probe_caching(ctx: ProbeContext) -> list[Verdict]:
     return out
 
 
+def _declared_none(v: Verdict, reason: str) -> list[Verdict]:
+    v.reason = reason
+    return [v]
+
+
 def probe_batching(ctx: ProbeContext) -> list[Verdict]:
     v = Verdict("batching", "not_supported")
     if Capability.BATCHING not in ctx.adapter.capabilities:
-        v.reason = f"{ctx.framework} declares no server-side batching"
-        return [v]
+        return _declared_none(v, f"{ctx.framework} declares no server-side batching")
     import concurrent.futures as cf
 
     spec = ctx.spec()
@@ -483,8 +487,7 @@ def probe_tls(ctx: ProbeContext) -> list[Verdict]:
 def probe_grpc(ctx: ProbeContext) -> list[Verdict]:
     v = Verdict("grpc", "not_supported")
     if Capability.GRPC not in ctx.adapter.capabilities:
-        v.reason = f"{ctx.framework} has no gRPC inference endpoint"
-        return [v]
+        return _declared_none(v, f"{ctx.framework} has no gRPC inference endpoint")
     spec = ctx.spec()
     x = spec.example_inputs(4)
     with ctx.deploy(label="grpc") as live:

@@ -658,7 +658,7 @@ def _clear_report_dir(out: Path, results_dir: Path) -> None:
     shutil.rmtree(out)
 
 
-def write_report(results_dir: Path, out_root: Path = Path("reports")) -> Path:
+def write_report(results_dir: Path, out_root: Path = Path("reports"), beside: bool = False) -> Path:
     """Write ``<out_root>/<run-id>/`` (index.html, report.md, figures/, tables/) and return index.html's path.
 
     The directory name comes only from ``out_root`` and run.json's ``run_id`` once checked as a safe name (no
@@ -669,6 +669,8 @@ def write_report(results_dir: Path, out_root: Path = Path("reports")) -> Path:
     Args:
         results_dir: a results directory (``run.json`` + ``records.jsonl``), complete or not.
         out_root: where reports go (created if missing); an earlier report of the same run is replaced.
+        beside: write it into ``<results_dir>/report/`` instead (what ``run --report`` does: the report travels
+            with its results); ``out_root`` is then ignored.
     Raises:
         servingbench.results.ResultsError: ``results_dir`` is not a results directory, its files are damaged or
             not servingbench's, its run id is not a safe name, or the report cannot be written there.
@@ -679,7 +681,8 @@ def write_report(results_dir: Path, out_root: Path = Path("reports")) -> Path:
 
     results_dir = Path(results_dir)
     d = RunData.load(results_dir)
-    out = report_dir(Path(out_root), d.meta.get("run_id"), results_dir / "run.json")
+    out = (results_dir / "report") if beside else report_dir(Path(out_root), d.meta.get("run_id"),
+                                                             results_dir / "run.json")
     try:
         _clear_report_dir(out, results_dir)
         out.mkdir()
