@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,12 +331,18 @@ def check_record(rec: dict, path: Path, line: int) -> None:
                            f"remove or repair that line ({_FIX})")
 
 
+def deployment_cell(cid: Any) -> Any:
+    """The deployment a cell id belongs to: ``litserve/default#r2`` (one server start of a repeated suite) ->
+    ``litserve/default``; the report aggregates a deployment's repeats, compare pairs them as samples."""
+    return re.sub(r"#r\d+$", "", cid) if isinstance(cid, str) else cid
+
+
 def _point_frame(points: list[dict]) -> pd.DataFrame:
     rows = []
     for r in points:
         row = {
             "record_id": r.get("id"),
-            "cell": r.get("cell"),
+            "cell": deployment_cell(r.get("cell")),
             "framework": r.get("framework"),
             "deployment": r.get("deployment"),
             "workload": r.get("workload"),
@@ -365,6 +373,26 @@ def _point_frame(points: list[dict]) -> pd.DataFrame:
     return df
 
 
+def _per_deployment(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per deployment: its server starts (cells ``...#r<k>`` of a repeated suite) folded together, the
+    metrics as the median over the starts that ended ok, the status the worst of them, ``starts`` their count."""
+    if df.empty:
+        return df.assign(starts=pd.Series(dtype=int))
+    df = df.assign(cell=[deployment_cell(c) for c in df["cell"]])
+    order = {"failed": 0, "interrupted": 1, "skipped": 2, "running": 3, "ok": 4}
+    rows = []
+    for _, g in df.groupby("cell", sort=False):
+        worst = g.iloc[int(np.argmin([order.get(st, 3) for st in g["status"]]))]
+        ok = g[g["status"] == "ok"]
+        row = worst.to_dict()
+        for m in metrics_for("cell"):
+            vals = pd.to_numeric(ok[m.name], errors="coerce").dropna()
+            row[m.name] = float(vals.median()) if len(vals) else None
+        row["starts"] = len(g)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*df.columns, "starts"])
+
+
 def _cell_frame(cells: list[dict], meta: dict) -> pd.DataFrame:
     rows = []
     seen = set()
@@ -390,7 +418,7 @@ def _cell_frame(cells: list[dict], meta: dict) -> pd.DataFrame:
                      **{m.name: None for m in metrics_for("cell")}})
     cols = ["cell", "framework", "deployment", "status", "reason", "framework_version", "log_tail", "record_id"] + [
         m.name for m in metrics_for("cell")]
-    df = pd.DataFrame(rows, columns=cols)
+    df = _per_deployment(pd.DataFrame(rows, columns=cols))
     df["fw_order"] = [framework_sort_key(f or "")[0] for f in df["framework"]]
     # name filled below (needs the whole frame)
     multi = df.groupby("framework")["deployment"].nunique().gt(1).any() if not df.empty else False

@@ -60,8 +60,9 @@ def main(path: str) -> None:
         timeout=cfg.get("timeout_s", 60),
     )
     run_kwargs = {}
-    if cfg.get("ssl_keyfile"):
-        run_kwargs.update(ssl_keyfile=cfg["ssl_keyfile"], ssl_certfile=cfg["ssl_certfile"])
+    for key in ("ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "ssl_cert_reqs"):
+        if cfg.get(key) is not None:
+            run_kwargs[key] = cfg[key]
     server.run(
         host=cfg["host"],
         port=cfg["port"],

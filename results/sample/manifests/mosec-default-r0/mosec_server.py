@@ -23,8 +23,8 @@ class _Stage(Worker):
     def __init__(self) -> None:
         super().__init__()
         self.m = json.loads(os.environ["SB_MODEL"])
-        self.dtype = np.dtype(self.m["input_dtype"])
-        self.shape = tuple(self.m["input_shape"])
+        self.dtype = np.dtype(self.m["input"]["dtype"])
+        self.shape = tuple(self.m["input"]["shape"])
 
     def to_array(self, req) -> np.ndarray:
         try:

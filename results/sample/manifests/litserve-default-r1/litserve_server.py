@@ -1,0 +1,77 @@
+"""LitServe server for servingbench zoo models.  Run: ``python litserve_server.py deployment.json``.
+
+Written by servingbench next to ``deployment.json`` (LitServe has no declarative manifest: this pair is the
+reproducible deployment).  One LitAPI per model at ``/predict/<model>``; auth comes from the environment variable
+``LIT_SERVER_API_KEY`` that LitServe reads at import time.
+"""
+
+import json
+import sys
+
+import numpy as np
+import litserve as ls
+
+
+class ZooAPI(ls.LitAPI):
+    def __init__(self, model: dict, cfg: dict) -> None:
+        super().__init__(
+            max_batch_size=cfg["max_batch_size"],
+            batch_timeout=cfg["batch_timeout_ms"] / 1000.0,
+            api_path=f"/predict/{model['name']}",
+        )
+        self.model_cfg = model
+        self.cfg = cfg
+        self._sizes: list[int] = []
+
+    def setup(self, device):
+        from servingbench.models.runtime import load_runtime
+
+        self.rt = load_runtime(self.model_cfg["dir"], fmt=self.cfg["model_format"], device=device,
+                               threads=self.cfg["threads"])
+        self.dtype = np.dtype(self.model_cfg["input_dtype"])
+
+    def decode_request(self, request):
+        return np.asarray(request["inputs"], dtype=self.dtype)
+
+    # Requests carry their own batch dimension: concatenate, remember the sizes, split after predict.
+    def batch(self, inputs):
+        self._sizes = [len(x) for x in inputs]
+        return np.concatenate(inputs)
+
+    def predict(self, x):
+        return self.rt.predict(x)
+
+    def unbatch(self, output):
+        return np.split(output, np.cumsum(self._sizes)[:-1])
+
+    def encode_response(self, output):
+        return {"outputs": output.tolist()}
+
+
+def main(path: str) -> None:
+    with open(path) as f:
+        cfg = json.load(f)
+    apis = [ZooAPI(m, cfg) for m in cfg["models"]]
+    server = ls.LitServer(
+        apis if len(apis) > 1 else apis[0],
+        accelerator=cfg["accelerator"],
+        devices=cfg.get("devices", "auto"),
+        workers_per_device=cfg["workers"],
+        timeout=cfg.get("timeout_s", 60),
+    )
+    run_kwargs = {}
+    for key in ("ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "ssl_cert_reqs"):
+        if cfg.get(key) is not None:
+            run_kwargs[key] = cfg[key]
+    server.run(
+        host=cfg["host"],
+        port=cfg["port"],
+        num_api_servers=cfg.get("num_api_servers"),
+        log_level=cfg.get("log_level", "warning"),
+        generate_client_file=False,
+        **run_kwargs,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,40 @@
+"""MLServer custom runtime for servingbench zoo models (copied next to ``settings.json`` as ``mlserver_runtime.py``).
+
+``model-settings.json`` names it ``"implementation": "mlserver_runtime.ZooRuntime"``; ``mlserver start DIR`` puts DIR
+on sys.path and its parallel inference workers (multiprocessing *spawn*) inherit that sys.path.  Parameters:
+``parameters.uri`` = the artifact directory, ``parameters.extra`` = ``{"model_format", "threads", "device",
+"input_name", "output_name", "input_dtype", "input_shape"}`` (the shape without the batch dimension).
+"""
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.errors import MLServerError
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class ZooRuntime(MLModel):
+    async def load(self) -> bool:
+        from servingbench.models.runtime import load_runtime
+
+        params = self.settings.parameters
+        extra = dict(params.extra or {})
+        self._rt = load_runtime(params.uri, fmt=extra.get("model_format", "eager"),
+                                device=extra.get("device", "cpu"), threads=int(extra.get("threads", 1)))
+        self._input = extra.get("input_name", "input")
+        self._output = extra.get("output_name", "output")
+        self._dtype = np.dtype(extra.get("input_dtype", "float32"))
+        self._shape = tuple(extra.get("input_shape", ()))
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        inp = next((i for i in payload.inputs if i.name == self._input), None)
+        if inp is None:
+            raise MLServerError(f"{self.name}: no input named {self._input!r}", status_code=400)
+        x = np.asarray(NumpyCodec.decode_input(inp), dtype=self._dtype)
+        if x.ndim != 1 + len(self._shape) or tuple(x.shape[1:]) != self._shape:
+            raise MLServerError(f"{self.name}: input shape {list(x.shape)} is not [batch, "
+                                f"{', '.join(map(str, self._shape))}]", status_code=400)
+        y = self._rt.predict(x)
+        return InferenceResponse(model_name=self.name, model_version=self.version,
+                                 outputs=[NumpyCodec.encode_output(self._output, y)])
