@@ -6,7 +6,7 @@ LOCK   := requirements.lock
 STAMP  := $(VENV)/.servingbench-$(shell sha256sum $(LOCK) pyproject.toml | sha256sum | cut -c1-16)
 SB     := $(VENV)/bin/servingbench
 
-.PHONY: env quick features test test-fast clean-results
+.PHONY: env quick features test test-fast clean-results crosscheck
 .DELETE_ON_ERROR:
 
 $(STAMP): $(LOCK) pyproject.toml
@@ -26,11 +26,17 @@ quick: env
 features: env
 	$(SB) run scenarios/features.yaml --report
 
+crosscheck: env
+	scripts/ensure_wrk.sh >/dev/null
+	$(SB) crosscheck mosec -m mlp -c 32
+
 test: env
 	# The report's browser test needs Chromium: install it here, so a missing install step fails at once.
 	scripts/ensure_chromium.sh >/dev/null
 	# The compose tests (tests/unit/test_containers.py) run a real compose client's `config`: install one likewise.
 	scripts/ensure_compose.sh >/dev/null
+	# The crosscheck tests drive wrk, an independent C client: install it likewise.
+	scripts/ensure_wrk.sh >/dev/null
 	$(VENV)/bin/python -m pytest
 
 test-fast: env
