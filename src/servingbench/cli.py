@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -22,6 +23,33 @@ def _fail(message: str, code: int = 2) -> None:
     console.print("[red]error:[/red] ", end="")
     console.print(message, highlight=False, markup=False)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """The CLI's own SIGINT, SIGTERM and SIGHUP handlers for ``run``, whatever dispositions and signal mask the
+    process inherited (``nohup``, ``cmd &`` in a script, CI runners and service managers start it with SIGINT or
+    SIGHUP ignored, which would make Ctrl-C and ``kill -INT`` do nothing): each raises KeyboardInterrupt in the main
+    thread, so the run stops its servers and is marked interrupted.  The previous handlers are restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
+    old_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _check_frameworks(names: list[str]) -> None:
@@ -208,8 +236,13 @@ def run(
         None, "--generator-workers",
         help="locust worker processes on this machine (master/worker mode): 0-64 or auto (one per generator core); "
              "overrides the suite's generator.workers"),
+    force: bool = typer.Option(
+        False, "--force", help="with --resume: resume even when the suite differs from the run's or --frameworks "
+                               "leaves unfinished cells out (recorded in run.json; the run stays partial until every "
+                               "planned cell has a final status)"),
 ) -> None:
-    """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed."""
+    """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed or the run is
+    partial (planned cells not run), 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP)."""
     from servingbench.suite import run_suite
     from servingbench.results import ResultsError
     from servingbench.scenarios.loader import ScenarioError, apply_overrides, load_suite
@@ -223,39 +256,46 @@ def run(
     except ScenarioError as e:
         console.print(str(e), highlight=False, markup=False)
         raise typer.Exit(2)
+    if force and resume is None:
+        _fail("--force only applies with --resume DIR (a new run always starts from the suite as it is)")
     t0 = time.perf_counter()
-    try:
-        outcome = run_suite(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, resume=resume,
-                            progress=lambda msg: console.print(msg, highlight=False), allow_remote=allow_remote)
-    except (ResultsError, ValueError) as e:
-        _fail(str(e))
-        return
-    console.print(f"done in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{c} {s}" for c, s in outcome.statuses.items()))
-    if report and not outcome.interrupted:
-        from servingbench.results import ResultsError
-
+    with _stop_signals():
         try:
-            _write_report(outcome.results.path)
-        except ResultsError as e:
-            out.print(f"[red]report: {e}")
-    out.print(f"results: {outcome.results.path}")
+            outcome = run_suite(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, resume=resume,
+                                progress=lambda msg: console.print(msg, highlight=False), allow_remote=allow_remote,
+                                force=force)
+        except (ResultsError, ValueError) as e:
+            _fail(str(e))
+            return
+        except KeyboardInterrupt as e:
+            console.print(f"interrupted ({e or 'Ctrl-C'}) before the run started", highlight=False, markup=False)
+            raise typer.Exit(130)
+        console.print(f"done in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{c} {s}" for c, s in outcome.statuses.items()))
+        if report and not outcome.interrupted:
+            from servingbench.results import ResultsError
+
+            try:
+                _write_report(outcome.results.path, beside=True)  # <results>/<run-id>/report/index.html
+            except ResultsError as e:
+                out.print(f"[red]report: {e}")
+        out.print(f"results: {outcome.results.path}")
     if outcome.interrupted:
         raise typer.Exit(130)
-    if outcome.failed:
+    if outcome.failed or outcome.partial:
         raise typer.Exit(1)
 
 
-def _write_report(results_path: Path, out_root: Path = Path("reports")) -> None:
+def _write_report(results_path: Path, out_root: Path = Path("reports"), beside: bool = False) -> None:
     import warnings
 
     from servingbench.report.build import write_report
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = write_report(results_path, out_root)
+        path = write_report(results_path, out_root, beside=beside)
     for w in caught:
         out.print(f"[yellow]warning: {w.message}", highlight=False)
-    out.print(f"report: {path}")
+    out.print(f"report: {Path(path).absolute()}")
 
 
 @app.command()
@@ -272,6 +312,24 @@ def report(
         _fail(str(e))
 
 
+def _html_target(html: Path) -> Path:
+    """``compare --html``'s file, checked before anything is compared: its directory is created when missing;
+    a path that is a directory, or under a file, is a clear error naming the path and the fix."""
+    if html.is_dir():
+        _fail(f"--html {html} is a directory: give a file name, e.g. {html / 'compare.html'}")
+    if html.exists() and not html.is_file():
+        _fail(f"--html {html} exists and is not a regular file: give the path of an .html file to write")
+    parent = html.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:
+        _fail(f"--html {html}: cannot create its directory {parent}: {getattr(e, 'strerror', None) or e} (is part "
+              "of the path a file?); choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"--html {html}: directory {parent} is not writable; choose another path")
+    return html
+
+
 @app.command()
 def compare(
     run_a: Path = typer.Argument(..., help="baseline results directory"),
@@ -284,6 +342,8 @@ def compare(
     from servingbench.report.compare import compare_runs, render_compare_text, write_compare_html
     from servingbench.results import ResultsError
 
+    if html:
+        html = _html_target(html)
     try:
         df = compare_runs(run_a, run_b, threshold=threshold)
     except ResultsError as e:
@@ -291,7 +351,11 @@ def compare(
         return
     out.print(render_compare_text(df, only_changes=only_changes), highlight=False, markup=False)
     if html:
-        out.print(f"html: {write_compare_html(df, html)}")
+        try:
+            out.print(f"html: {write_compare_html(df, html)}")
+        except (OSError, ValueError) as e:
+            _fail(f"--html {html}: cannot write the file: {getattr(e, 'strerror', None) or e}; choose a writable "
+                  "path")
     if len(df) and df["regression"].any():
         raise typer.Exit(1)
 
@@ -363,6 +427,113 @@ def contract(
     if rc != 0:
         _fail(f"contract suite: {', '.join(framework)} failed (pytest exit {int(rc)})", 1)
     out.print(f"[green]{', '.join(framework)}: contract suite passed")
+
+
+@app.command()
+def crosscheck(
+    framework: str = typer.Argument(..., help="framework to crosscheck"),
+    model: str = typer.Option("mlp", "--model", "-m", help="the model every client sends to (batch 1)"),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="closed-loop users = wrk connections"),
+    rounds: int = typer.Option(3, "--rounds", min=1, max=20,
+                               help="interleaved rounds: servingbench, wrk[, perf_analyzer]"),
+    duration: float = typer.Option(10.0, "--duration", min=1.0, help="seconds each client measures in a round"),
+    cpu_sets: str = typer.Option("auto", "--cpu-sets", help="auto (last core to the clients, the rest to the server) "
+                                                            "or none"),
+    floor: bool = typer.Option(True, "--floor/--no-floor", help="first measure both clients against a trivial "
+                                                                "endpoint (the client floor)"),
+    perf_analyzer: bool = typer.Option(True, "--perf-analyzer/--no-perf-analyzer",
+                                       help="also perf_analyzer for tritonserver/mlserver when it runs here"),
+    quiet_wait: float = typer.Option(30.0, "--quiet-wait", min=0.0, help="before each measurement, wait up to this "
+                                     "many seconds for the server's and clients' cores to be idle (0: do not wait)"),
+    alternate: bool = typer.Option(True, "--alternate/--fixed-order", help="reverse the clients' order every other "
+                                   "round (default), or servingbench first in every round"),
+    results: Optional[Path] = typer.Option(None, "--results", help="append the crosscheck record to this run's "
+                                                                   "records.jsonl (its calibration states the floor "
+                                                                   "with --no-floor)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result as JSON here"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    python: Optional[Path] = PYTHON_OPTION,
+    runtime: str = RUNTIME_OPTION,
+    image: Optional[str] = IMAGE_OPTION,
+) -> None:
+    """servingbench's own client against wrk (and perf_analyzer for Triton/MLServer) on one live deployment:
+    interleaved rounds at one concurrency and one request body; medians, deltas and the client floor
+    (docs/crosscheck.md).  Exits 1 when servingbench's median throughput is outside +-5 % of wrk's."""
+    import json
+    import tempfile
+
+    from servingbench.deploy.live import LiveDeployment
+    from servingbench.load import crosscheck as cc
+    from servingbench.results import ResultsError, RunResults
+    from servingbench.runtime.secrets import SecretStore
+    from servingbench.suite import cpu_sets as make_cpu_sets
+
+    if cpu_sets not in ("auto", "none"):
+        _fail(f"--cpu-sets {cpu_sets!r}: give auto or none (a suite's cpu_sets can name cores)")
+    if cc.find_wrk() is None:
+        _fail("wrk is not installed: run scripts/ensure_wrk.sh (or set WRK=/path/to/wrk)")
+    run = None
+    if results is not None:
+        try:
+            run = RunResults.open(results)
+        except ResultsError as e:
+            _fail(f"--results {results}: {e}")
+    server_cpus, gen_cpus = make_cpu_sets(cpu_sets)
+    adapter, dep, interpreter, docker = _one_deployment(framework, [model], device, python, runtime, image)
+    with tempfile.TemporaryDirectory(prefix="servingbench-crosscheck-") as tmp, SecretStore() as store:
+        live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False),
+                              server_cpus=server_cpus, python=interpreter, runtime=docker)
+        try:
+            with live:
+                result = cc.crosscheck(
+                    live, model, concurrency, rounds=rounds, duration_s=duration, gen_cpus=gen_cpus,
+                    workdir=Path(tmp) / "work", log_dir=Path(tmp) / "logs", server_cpus=server_cpus, floor=floor,
+                    calibration=run.read_run().get("calibration") if run is not None else None,
+                    perf_analyzer=perf_analyzer, quiet_wait_s=quiet_wait, alternate=alternate,
+                    progress=lambda m: console.print(m, highlight=False, markup=False))
+        except Exception as e:  # noqa: BLE001
+            _fail(f"{framework}: crosscheck failed: {e}", 1)
+    _print_crosscheck(cc, result, rounds, json_out, run)
+
+
+def _print_crosscheck(cc, result: dict, rounds: int, json_out: Optional[Path], run) -> None:
+    import json
+
+    t = Table("round", "client", "rps", "p50", "p99", "errors", "client CPU", "server CPU", "flags", "delta")
+    for row in cc.rows(result):
+        t.add_row(*row)
+    out.print(t)
+    fl = result.get("client_floor") or {}
+    for c in ("servingbench", "wrk"):
+        if c in fl:
+            ceiling = f", ceiling {fl[c]['ceiling_rps']:.0f} rps" if fl[c].get("ceiling_rps") else ""
+            out.print(f"client floor {c}: p50 {fl[c]['floor_p50_s'] * 1e3:.2f} ms at concurrency 1{ceiling} "
+                      f"({fl['source']})", highlight=False)
+    for c, why in ((c, v["skipped"]) for c, v in result["clients"].items() if "skipped" in v):
+        out.print(f"{c}: skipped: {why}", highlight=False, markup=False)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+        out.print(f"written: {json_out}")
+    if run is not None:
+        run.append(cc.crosscheck_record(result))
+        run.close()
+        out.print(f"appended to {run.records_path}")
+    if result["interference_rounds"]:
+        clean = (result["clean_deltas"] or {}).get("wrk")
+        out.print(f"rounds with interference (other work or steal on the measured cores): "
+                  f"{[i + 1 for i in result['interference_rounds']]} of {rounds}: the deltas are inconclusive; "
+                  + (f"clean rounds {[i + 1 for i in clean['rounds']]}: throughput "
+                     f"{clean['throughput_rps_pct']:+.1f} %, p50 {clean['p50_s_pct']:+.1f} %" if clean
+                     else "no clean round"), highlight=False)
+    d = result["deltas"]["wrk"]
+    p50_ok = d["p50_within_tolerance"] or d["p50_within_floor"]
+    out.print(f"servingbench vs wrk (medians of {rounds}): throughput {d['throughput_rps_pct']:+.1f} %, "
+              f"p50 {d['p50_s_pct']:+.1f} % ({d['p50_abs_s'] * 1e3:+.2f} ms), p99 {d['p99_s_pct']:+.1f} %; "
+              f"throughput {'within' if d['throughput_within_tolerance'] else 'OUTSIDE'} "
+              f"+-{result['tolerance_pct']:g} %, p50 {'within' if p50_ok else 'OUTSIDE'} "
+              f"+-{result['tolerance_pct']:g} % or the client floor", highlight=False)
+    if not d["throughput_within_tolerance"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -442,20 +613,45 @@ def matrix(results_dir: Path = typer.Argument(..., help="a results directory wit
 
 
 @app.command()
-def cleanup(kill: bool = typer.Option(False, "--kill", help="kill them (SIGKILL to each process)")) -> None:
-    """List (and with --kill, stop) server processes left behind by a harness that died."""
-    from servingbench.runtime.supervisor import describe_process, stale_servers
+def cleanup(
+    kill: bool = typer.Option(False, "--kill", help="SIGKILL the processes and remove the files and directories"),
+    owner: Optional[List[int]] = typer.Option(
+        None, "--owner", help="a harness PID that is alive but stuck: clean up only what it started (repeatable)"),
+) -> None:
+    """List (and with --kill, stop and remove) what a servingbench harness that died left behind.
 
-    stale = stale_servers()
-    if not stale:
-        out.print("no stale servingbench servers")
+    Processes carrying a harness's marks (servers, Ray's raylet/agents/workers, the load generator and its locust
+    workers, in-process jobs, the canary) whose harness is gone, a zombie or stopped; the /dev/shm entries they use
+    (MOSEC's semaphores) and Triton's regions; Ray's and MOSEC's /tmp dirs; scratch and secrets temp dirs whose
+    owner is gone.  Exit 1 when something was found and not removed."""
+    from servingbench.runtime.supervisor import describe_process, find_leftovers, remove_leftovers
+
+    owners = list(owner or [])
+    if any(pid <= 0 for pid in owners):
+        _fail("--owner takes the PID of a servingbench harness (a positive number)")
+    found = find_leftovers(owners)
+    for line in found.live_owners:
+        out.print(f"owner still running: {line}: not killed (kill it yourself if it is stuck)", highlight=False,
+                  markup=False)
+    if not found:
+        out.print("no stale servingbench processes, /dev/shm entries or temp dirs"
+                  + (f" of harness {', '.join(map(str, owners))}" if owners else ""), highlight=False, markup=False)
         return
-    for p, marker in stale:
-        out.print(f"stale: {describe_process(p)} (deployment marker {marker[:12]})")
-        if kill:
-            p.kill()
+    for m, why in found.processes:
+        out.print(f"stale: {m.desc or describe_process(m.proc)} ({m.role}, marker {m.marker[:12]}, {why})",
+                  highlight=False, markup=False)
+    for path, why in found.files:
+        out.print(f"stale: {path} ({why})", highlight=False, markup=False)
     if not kill:
-        out.print("run `servingbench cleanup --kill` to stop them")
+        out.print("run `servingbench cleanup --kill" + "".join(f" --owner {p}" for p in owners)
+                  + "` to stop and remove them", highlight=False, markup=False)
+        raise typer.Exit(1)
+    done, failed = remove_leftovers(found)
+    for line in done:
+        out.print(line, highlight=False, markup=False)
+    for line in failed:
+        out.print(f"not done: {line}", highlight=False, markup=False)
+    if failed:
         raise typer.Exit(1)
 
 

@@ -13,7 +13,11 @@
 * Damaged or foreign files (run.json that is not an object, missing fields, records with wrong types, non-regular
   files) are a :class:`ResultsError` that names the file, the line or field, the problem and the fix.
 * Secrets are redacted from everything written here as a last line of defence.
-* ``run --resume`` skips cells whose status is final (``ok`` / ``failed`` / ``skipped``).
+* ``run --resume`` skips cells whose status is final (``ok`` / ``failed`` / ``skipped``), and only resumes a run
+  made from the same suite (:func:`suite_sha256` of the validated suite, :func:`json_differences` to say what
+  differs).
+* :func:`concurrent_activity` finds what else is running on the machine (other harnesses, held results
+  directories, busy processes) for the run's warning and its ``concurrent_activity`` field.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import atexit
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -31,6 +36,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -199,6 +205,11 @@ _RUN_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "ended": ((str,), False),
     "resumed_at": ((str,), False),
     "planned_cells": ((list,), False),
+    "planned_probes": ((list,), False),
+    "missing_cells": ((list,), False),
+    "suite_sha256": ((str,), False),
+    "resumes": ((list,), False),
+    "concurrent_activity": ((list,), False),
 }
 _CELL_FIELDS = ("status", "reason", "framework", "deployment", "probe", "cell", "updated")
 _FIX_RUN = "the file is damaged or was not written by servingbench: restore it from a copy, or re-run the suite"
@@ -529,9 +540,19 @@ class RunResults:
         """An existing results directory.  A writer (default) takes the directory's lock, failing at once when
         another process holds it; ``readonly=True`` (reports, matrix) takes none and refuses writes."""
         r = cls(Path(path), redact, readonly=readonly)
-        if not r.path.is_dir():
+        try:
+            is_dir = stat.S_ISDIR(os.stat(r.path).st_mode)
+            has_run = is_dir and os.path.lexists(r.run_json)
+        except FileNotFoundError:
+            raise ResultsError(f"{path} is not a servingbench results directory (no such directory): give the "
+                               "path of a results/<run-id> directory") from None
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
+            raise ResultsError(f"cannot use {_show(str(path), 120)} as a results directory: "
+                               f"{getattr(e, 'strerror', None) or e}; give the path of a results/<run-id> "
+                               "directory") from None
+        if not is_dir:
             raise ResultsError(f"{path} is not a servingbench results directory (not a directory)")
-        if not r.run_json.exists():
+        if not has_run:
             raise ResultsError(f"{path} is not a servingbench results directory (no run.json)")
         r.read_run()  # shape and schema checked before the lock: a foreign directory gets no lock file
         if not readonly:
@@ -636,3 +657,183 @@ class RunResults:
     def records(self, type_: str | None = None) -> list[dict[str, Any]]:
         """All readable records (later duplicates of the same ``id`` replace earlier ones: resumed cells)."""
         return [r for _, r in self.numbered_records(type_)]
+
+
+# ---- the suite a run was made from ---------------------------------------------------------------------------------
+def suite_sha256(suite_json: Any) -> str:
+    """Content hash of a validated suite's JSON (``Suite.model_dump(mode="json")``): key order and whitespace do
+    not matter, every value does."""
+    text = json.dumps(suite_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def json_differences(old: Any, new: Any, path: str = "", limit: int = 12) -> list[str]:
+    """Where two JSON values differ, as ``"path: <old> in the run, <new> in the file"`` lines (at most ``limit``)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                sub = f"{where}.{k}" if where else str(k)
+                if k not in b:
+                    out.append(f"{sub}: only in the run ({_show(a[k], 60)})")
+                elif k not in a:
+                    out.append(f"{sub}: only in the file ({_show(b[k], 60)})")
+                else:
+                    walk(a[k], b[k], sub)
+                if len(out) >= limit:
+                    return
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{where}[{i}]")
+        elif a != b or type(a) is not type(b):
+            out.append(f"{where or '(the suite)'}: {_show(a, 60)} in the run, {_show(b, 60)} in the file")
+
+    walk(old, new, path)
+    return out
+
+
+# ---- other harnesses and busy processes on this machine -------------------------------------------------------------
+ACTIVITY_SAMPLE_S = 1.0
+"""How long :func:`concurrent_activity` samples CPU use."""
+BUSY_CPU_PCT = 50.0
+"""A process using more than this share of one core over the sample (not this harness's) distorts measurements."""
+_LOCK_SCAN_MAX = 2000
+
+
+def _is_harness_run(cmdline: list[str]) -> bool:
+    """A ``servingbench run`` harness itself: ``servingbench run ...``, ``python .../servingbench run ...`` or
+    ``python -m servingbench.cli run ...``.  Wrappers (``flock``, ``timeout``, a shell's ``-c`` string) are not the
+    harness (their child is), nor is anything that merely mentions the word."""
+    if not cmdline:
+        return False
+    rest: list[str] | None = None
+    if os.path.basename(cmdline[0]) == "servingbench":
+        rest = cmdline[1:]
+    elif os.path.basename(cmdline[0]).startswith("python"):
+        i = 1
+        while i < len(cmdline) and cmdline[i].startswith("-") and cmdline[i] not in ("-m", "-c"):
+            i += 2 if cmdline[i] in ("-X", "-W") else 1  # interpreter options, some with a value
+        if i + 1 < len(cmdline) and cmdline[i] == "-m" and cmdline[i + 1] in ("servingbench.cli", "servingbench"):
+            rest = cmdline[i + 2:]
+        elif i < len(cmdline) and os.path.basename(cmdline[i]) == "servingbench":
+            rest = cmdline[i + 1:]
+    return bool(rest) and rest[0] == "run"
+
+
+def _family(pid: int) -> set[int]:
+    """``pid``, its ancestors and its descendants: this harness, whatever started it, what it started."""
+    import psutil
+
+    out = {pid}
+    try:
+        me = psutil.Process(pid)
+        out.update(p.pid for p in me.parents())
+        out.update(p.pid for p in me.children(recursive=True))
+    except psutil.Error:
+        pass
+    return out
+
+
+def _locked_inodes() -> dict[int, int]:
+    """inode -> pid of every flock held on this machine (/proc/locks; waiters, marked ``->``, skipped)."""
+    held: dict[int, int] = {}
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read(4 * 2**20).splitlines()
+    except OSError:
+        return held
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->" or parts[1] != "FLOCK":
+            continue
+        try:
+            held[int(parts[5].rsplit(":", 1)[1])] = int(parts[4])
+        except (ValueError, IndexError):
+            continue
+    return held
+
+
+def _held_results_dirs(roots: Iterable[Path], ours: set[int]) -> list[dict[str, Any]]:
+    """Results directories under ``roots`` whose lock another process holds (a harness writing there now)."""
+    held = _locked_inodes()
+    mine = {key for key, lock in _LOCKS.items() if lock.pid == os.getpid() and lock.fd >= 0}
+    found: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    for root in roots:
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)[:_LOCK_SCAN_MAX]
+        except OSError:
+            continue
+        for entry in entries:
+            d = Path(entry.path)
+            if d in seen:
+                continue
+            seen.add(d)
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                st = os.stat(d / LOCK_NAME, follow_symlinks=False)
+                dst = os.stat(d)
+            except OSError:
+                continue
+            pid = held.get(st.st_ino)
+            if pid is None or pid in ours or (dst.st_dev, dst.st_ino) in mine:
+                continue
+            found.append({"kind": "results_locked", "path": str(d), "pid": pid,
+                          "text": f"results directory {d} is being written by {_holder_text(d / LOCK_NAME)}"})
+    return found
+
+
+def concurrent_activity(roots: Iterable[Path] = (), *, sample_s: float | None = None,
+                        busy_pct: float | None = None, exclude: Iterable[int] = ()) -> list[dict[str, Any]]:
+    """What else runs on this machine that would distort this run's numbers: other ``servingbench run``
+    harnesses, results directories under ``roots`` another process holds, and processes using more than
+    :data:`BUSY_CPU_PCT` % of a core over a :data:`ACTIVITY_SAMPLE_S` sample.  This process, its ancestors, its
+    descendants and ``exclude`` are not counted.  Each entry has ``kind``, ``pid`` and ``text`` (the warning);
+    busy processes are recorded by name only (their command lines may hold secrets)."""
+    import psutil
+
+    sample_s = ACTIVITY_SAMPLE_S if sample_s is None else sample_s
+    busy_pct = BUSY_CPU_PCT if busy_pct is None else busy_pct
+    ours = _family(os.getpid()) | set(exclude)
+    t0 = time.monotonic()
+    before: dict[int, tuple[Any, float]] = {}
+    found: list[dict[str, Any]] = []
+    for p in psutil.process_iter(["pid", "cmdline", "name"]):
+        if p.pid in ours:
+            continue
+        try:
+            cpu = p.cpu_times()
+            before[p.pid] = (p, cpu.user + cpu.system)
+        except psutil.Error:
+            continue
+        cmd = p.info.get("cmdline") or []
+        if _is_harness_run(cmd):
+            argv = [a if len(a) <= 120 else a[:117] + "..." for a in cmd[:8]]
+            found.append({"kind": "servingbench_run", "pid": p.pid, "argv": argv,
+                          "text": f"another servingbench run is active: pid {p.pid} ({' '.join(argv)})"})
+    found += _held_results_dirs(roots, ours)
+    time.sleep(max(0.0, sample_s - (time.monotonic() - t0)))
+    elapsed = max(time.monotonic() - t0, 1e-3)
+    ours |= _family(os.getpid())  # anything this process started meanwhile
+    by_pid = {e["pid"]: e for e in found if e["kind"] == "servingbench_run"}
+    for pid, (p, cpu0) in before.items():
+        if pid in ours:
+            continue
+        try:
+            cpu = p.cpu_times()
+            pct = 100.0 * (cpu.user + cpu.system - cpu0) / elapsed
+            name = p.name()
+        except psutil.Error:
+            continue
+        if pct <= busy_pct:
+            continue
+        if pid in by_pid:
+            by_pid[pid]["cpu_pct"] = round(pct, 1)
+            continue
+        found.append({"kind": "busy_process", "pid": pid, "name": name, "cpu_pct": round(pct, 1),
+                      "text": f"process {pid} ({name}) is using {pct:.0f} % of a CPU core"})
+    return found

@@ -8,13 +8,14 @@ once recorded, so ``run --resume`` only runs what is missing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ from servingbench.load.kinds import RUNNERS, CellRun
 from servingbench.load.pool import InputPool
 from servingbench.measure import canary as measure_canary
 from servingbench.measure.resources import tree_memory
-from servingbench.results import RunResults
+from servingbench.results import FINAL, ResultsError, RunResults
 from servingbench.runtime import isolation, supervisor
 from servingbench.runtime.supervisor import ServerError
 from servingbench.scenarios.schema import DeploymentConfig, Suite
@@ -139,7 +140,7 @@ def run_cell(cell: Cell, suite: Suite, artifacts: dict[str, Any], results: RunRe
              allow_remote: bool = False, canary: Any = None) -> str:
     """Run one cell to a final status and record it: start, verify, every workload, stop.  Returns the status."""
     cid = cell.id
-    safe = cid.replace("/", "-")
+    safe = cid.replace("/", "-").replace("#", "-")  # litserve/default#r1 -> litserve-default-r1
     log_dir = results.logs / safe
     log_dir.mkdir(parents=True, exist_ok=True)
     base = {**records.cell_base(cid, cell.framework, cell.config.label), "repeat": cell.repeat}
@@ -278,6 +279,12 @@ class SuiteOutcome:
     results: RunResults
     statuses: dict[str, str]
     interrupted: bool = False
+    missing: list[str] = field(default_factory=list)
+    """Planned cells (run.json planned_cells + planned_probes) without a final status: the run is ``partial``."""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing) and not self.interrupted
 
     @property
     def failed(self) -> list[str]:
@@ -291,27 +298,119 @@ def build_artifacts_for(suite: Suite) -> dict[str, Any]:
 
 
 def _open_results(suite: Suite, suite_path: Path, out: Path, resume: Path | None, cells: list[Cell],
-                  cpus: tuple) -> tuple[RunResults, set[str]]:
-    """The run's results directory (new, or the one resumed) and the cells already final in it."""
-    from servingbench.measure.environment import capture
-    from servingbench.results import new_run_id
+                  cpus: tuple, probes: list[tuple[str, str]] = (), *, frameworks: list[str] | None = None,
+                  force: bool = False, activity: list[dict[str, Any]] = ()) -> tuple[RunResults, set[str]]:
+    """The run's results directory (new, or the one resumed) and the cells already final in it.
 
+    A new run records the plan (``planned_cells``, ``planned_probes``) and ``suite_sha256``.  A resume checks the
+    suite against the run's (:func:`_resume_problems`) and refuses a mismatch unless ``force``; every resume is
+    recorded in ``resumes``.  ``activity`` (:func:`servingbench.results.concurrent_activity`) is added to
+    ``concurrent_activity``.
+    """
+    from servingbench.measure.environment import capture
+    from servingbench.results import new_run_id, suite_sha256
+
+    suite_json = json.loads(json.dumps(suite.model_dump(mode="json"), default=str))
+    digest = suite_sha256(suite_json)
+    cell_ids = [c.id for c in cells]
+    probe_ids = [f"{fw}/probe:{name}" for fw, name in probes]
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    seen = [{**{k: v for k, v in a.items() if k != "text"}, "warning": a["text"], "at": now,
+             "phase": "resume" if resume else "start"} for a in activity]
     if resume:
         results = RunResults.open(Path(resume).absolute())
-        results.update_run(status="running", resumed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return results, results.finished_cells()
+        try:
+            meta = results.read_run()
+            done = results.finished_cells()
+            problems, left_out = _resume_problems(meta, suite_json, digest, cell_ids + probe_ids, done, frameworks)
+            if (problems or left_out) and not force:
+                raise ResultsError(_resume_refusal(meta, results.path, suite_path, problems, left_out, frameworks))
+            planned_probes = meta.get("planned_probes")
+            if planned_probes is None:  # a run from before planned_probes: the probes its suite asked for
+                planned_probes = _old_planned_probes(meta)
+            resumes = [*(meta.get("resumes") or []),
+                       {"at": now, "suite_file": str(suite_path), "suite_sha256": digest, "frameworks": frameworks,
+                        "forced": bool(problems or left_out), "differences": problems, "left_out": left_out}]
+            update: dict[str, Any] = dict(
+                status="running", resumed_at=now, resumes=resumes,
+                planned_cells=list(dict.fromkeys([*(meta.get("planned_cells") or []), *cell_ids])),
+                planned_probes=list(dict.fromkeys([*planned_probes, *probe_ids])),
+                concurrent_activity=[*(meta.get("concurrent_activity") or []), *seen])
+            if not meta.get("suite_sha256") and not problems:
+                update["suite_sha256"] = digest  # an older run whose stored suite matched: hash it from now on
+            results.update_run(**update)
+        except BaseException:
+            results.close()
+            raise
+        return results, done
     meta = {
-        "suite": suite.model_dump(mode="json"),
+        "suite": suite_json,
+        "suite_sha256": digest,
         "suite_file": str(suite_path),
         "suite_text": suite_path.read_text() if suite_path.is_file() else None,
         "command": sys.argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started": now,
         "environment": capture(suite.frameworks),
         "cpu_sets": {"server": sorted(cpus[0]) if cpus[0] else None,
                      "generator": sorted(cpus[1]) if cpus[1] else None},
-        "planned_cells": [c.id for c in cells],
+        "planned_cells": cell_ids,
+        "planned_probes": probe_ids,
+        "concurrent_activity": seen,
     }
     return RunResults.create(Path(out).absolute(), new_run_id(suite.name), meta), set()
+
+
+def _old_planned_probes(meta: dict[str, Any]) -> list[str]:
+    suite = meta.get("suite") if isinstance(meta.get("suite"), dict) else {}
+    fws = list(dict.fromkeys(c.split("/", 1)[0] for c in meta.get("planned_cells") or [] if isinstance(c, str)))
+    fws = fws or [f for f in suite.get("frameworks") or [] if isinstance(f, str)]
+    return [f"{fw}/probe:{name}" for fw in fws for name in suite.get("features") or [] if isinstance(name, str)]
+
+
+def _resume_problems(meta: dict[str, Any], suite_json: dict[str, Any], digest: str, plan: list[str],
+                     done: set[str], frameworks: list[str] | None) -> tuple[list[str], list[str]]:
+    """``(differences, left_out)``: how the suite differs from the run's (name, then content: by ``suite_sha256``,
+    or the stored ``suite`` of a run from before the hash), and the run's unfinished planned cells this
+    invocation would not run (``--frameworks``, or a suite that no longer plans them)."""
+    from servingbench.results import json_differences
+
+    stored = meta.get("suite")
+    problems: list[str] = []
+    if not isinstance(stored, dict):
+        problems.append("the run records no suite to compare with")
+    else:
+        if stored.get("name") != suite_json.get("name"):
+            problems.append(f"name: {stored.get('name')!r} in the run, {suite_json.get('name')!r} in the file")
+        same = meta["suite_sha256"] == digest if meta.get("suite_sha256") else stored == suite_json
+        if not same:
+            diffs = [d for d in json_differences(stored, suite_json) if not d.startswith("name:")]
+            if meta.get("suite_sha256") and not diffs and not problems:
+                diffs = [f"content: sha256 {meta['suite_sha256'][:16]}... in the run, {digest[:16]}... in the file"]
+            problems += diffs
+    planned = [*(meta.get("planned_cells") or []),
+               *(meta.get("planned_probes") if meta.get("planned_probes") is not None else _old_planned_probes(meta))]
+    left_out = [c for c in dict.fromkeys(planned) if isinstance(c, str) and c not in done and c not in plan]
+    return problems, left_out
+
+
+def _resume_refusal(meta: dict[str, Any], path: Path, suite_path: Path, problems: list[str], left_out: list[str],
+                    frameworks: list[str] | None) -> str:
+    run = f"run {meta.get('run_id')} ({path})"
+    lines = []
+    if problems:
+        lines.append(f"cannot resume {run}: it was made from suite {(meta.get('suite') or {}).get('name')!r} "
+                     f"({meta.get('suite_file') or 'file unknown'}), and {suite_path} differs:")
+        lines += [f"  - {p}" for p in problems]
+    if left_out:
+        shown = ", ".join(left_out[:8]) + (f" and {len(left_out) - 8} more" if len(left_out) > 8 else "")
+        why = f"--frameworks {','.join(frameworks)}" if frameworks else f"{suite_path}"
+        lines.append(f"{'and ' if problems else f'cannot resume {run}: '}{why} leaves out {len(left_out)} "
+                     f"unfinished planned cell(s) of the run: {shown}")
+    fix = [f"resume with the run's suite file ({meta.get('suite_file') or 'the one it was made from'})"
+           if problems else "resume without --frameworks"]
+    lines.append(f"Fix: {' and '.join(fix)}; or pass --force to resume anyway (the run records what differs, "
+                 "and it stays 'partial' until every planned cell has a final status).")
+    return "\n".join(lines)
 
 
 def _reference_measurements(suite: Suite, results: RunResults, cpus: tuple, scratch: Path,
@@ -336,8 +435,16 @@ def _check_generator_bind(suite: Suite, allow_remote: bool) -> None:
 
 
 def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str] | None = None,
-              resume: Path | None = None, progress: Progress = print, allow_remote: bool = False) -> SuiteOutcome:
-    """Run (or resume) a suite into ``out/<run-id>/``.  Ctrl-C / SIGTERM stop the servers and mark the run."""
+              resume: Path | None = None, progress: Progress = print, allow_remote: bool = False,
+              force: bool = False) -> SuiteOutcome:
+    """Run (or resume) a suite into ``out/<run-id>/``.  Ctrl-C / SIGTERM stop the servers and mark the run.
+
+    A resume refuses a suite that differs from the run's, or ``frameworks`` that leave unfinished planned cells
+    out (:class:`ResultsError`), unless ``force``.  The run ends ``complete`` (or ``failed_cells``) only when every
+    planned cell has a final status; otherwise ``partial`` (:attr:`SuiteOutcome.missing`).  Other harnesses, held
+    results directories and busy processes on the machine are warned about and recorded
+    (``concurrent_activity``)."""
+    from servingbench.results import concurrent_activity
     from servingbench.runtime.secrets import SecretStore
 
     # Performance cells only when there are workloads; a features-only suite runs just the probes.
@@ -351,8 +458,14 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
                  "distort measurements; stop them with `servingbench cleanup --kill`")
     statuses: dict[str, str] = {}
     outside = supervisor.live_servers()  # servers started by the caller, not by this run: never ours to stop
+    roots = [Path(out).absolute()] + ([Path(resume).absolute().parent] if resume else [])
+    activity = concurrent_activity(roots, exclude={p.pid for s in outside for p in s.processes()})
+    for a in activity:
+        progress(f"[yellow]warning: {a['text']}: measurements may be distorted (recorded in run.json "
+                 "concurrent_activity)")
     with SecretStore() as store, supervisor.terminate_on_signals(), contextlib.ExitStack() as stack:
-        results, done = _open_results(suite, suite_path, out, resume, cells, cpus)
+        results, done = _open_results(suite, suite_path, out, resume, cells, cpus, probes, frameworks=frameworks,
+                                      force=force, activity=activity)
         stack.callback(results.close)  # the results directory's lock, released when the run ends however it ends
         results.set_redactions(store.sensitive_strings())
         progress(f"results: {results.path}")
@@ -387,6 +500,32 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
             supervisor.stop_all(keep=outside)
             shutil.rmtree(scratch, ignore_errors=True)
         failed = [c for c, s in statuses.items() if s == "failed"]
-        results.update_run(status="failed_cells" if failed else "complete",
-                           ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return SuiteOutcome(results, statuses)
+        missing = _finish(results, failed, suite_path, frameworks, progress)
+    return SuiteOutcome(results, statuses, missing=missing)
+
+
+def _finish(results: RunResults, failed: list[str], suite_path: Path, frameworks: list[str] | None,
+            progress: Progress) -> list[str]:
+    """Mark the run: ``complete`` / ``failed_cells`` only when every planned cell (planned_cells + planned_probes)
+    has a final status, else ``partial`` with ``missing_cells`` (and a ``not_run`` entry for each cell never
+    started, so the report lists it).  Returns the missing cells."""
+    data = results.read_run()
+    planned = list(dict.fromkeys([*(data.get("planned_cells") or []), *(data.get("planned_probes") or [])]))
+    cells = data.setdefault("cells", {})
+    missing = [c for c in planned if isinstance(c, str) and (cells.get(c) or {}).get("status") not in FINAL]
+    why = f"left out by --frameworks {','.join(frameworks)}" if frameworks else "not in the suite this run resumed with"
+    for cid in missing:
+        if cid not in cells:
+            fw, _, rest = cid.partition("/")
+            cells[cid] = {"status": "not_run", "framework": fw, "reason": f"planned but never run ({why})",
+                          **({"probe": rest.removeprefix("probe:")} if rest.startswith("probe:") else
+                             {"deployment": rest.split("#", 1)[0]}),
+                          "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    data.update(status="partial" if missing else "failed_cells" if failed else "complete", missing_cells=missing,
+                ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    results.write_run(data)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        progress(f"[yellow]partial: {len(missing)} planned cell(s) have no final status ({shown}); finish with "
+                 f"`servingbench run {suite_path} --resume {results.path}`")
+    return missing

@@ -80,14 +80,13 @@ def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, m
         ours = set(live.ctx.ports.assigned().values())
         listening = _listening(live.processes())
         assert listening, "no listening sockets found"
-        # Every port of the private head is loopback-only and one we handed out, except what Ray does not let us
-        # pin: each Serve replica's inter-deployment gRPC server binds [::]:0, hard-coded in
-        # ray/serve/_private/replica.py (_on_initialized).
-        replica_grpc = {a for a, who in listening.items() if who.startswith("ray::ServeReplica") and a[0] == "::"}
-        assert len(replica_grpc) == (1 if multiplex else 2)
-        wild = {a: who for a, who in listening.items()
-                if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1") and a not in replica_grpc}
+        # Every listener of the private head is loopback-only.  Every port is one we handed out, except each Serve
+        # replica's inter-deployment gRPC server: Ray binds it to [::]:0 (hard-coded in
+        # ray/serve/_private/replica.py, _on_initialized); rayserve_app rebinds it to 127.0.0.1:0.
+        wild = {a: who for a, who in listening.items() if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1")}
         assert not wild, wild
+        replica_grpc = {a for a, who in listening.items() if who.startswith("ray::ServeReplica") and a[1] not in ours}
+        assert len(replica_grpc) == (1 if multiplex else 2), replica_grpc
         unpinned = {a: who for a, who in listening.items() if a[1] not in ours and a not in replica_grpc}
         assert not unpinned, unpinned
         temp_dir = live.servers[0].spec.cleanup_globs[0]

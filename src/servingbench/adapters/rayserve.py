@@ -1,8 +1,11 @@
 """Ray Serve: applications from a Serve config file, on a private Ray head with its ports pinned to loopback.
 
 Pinned: every port of the head (GCS, raylet, object manager, agents, metrics, Ray client, workers) and the Serve proxy.
-Not pinnable in Ray 2.55.1: each Serve replica's inter-deployment gRPC server, which binds ``[::]:0`` (hard-coded
-in ``ray/serve/_private/replica.py``), so one random port per replica listens on every interface.
+Each Serve replica's inter-deployment gRPC server binds ``[::]:0`` in Ray 2.55.1, hard-coded in
+``ray/serve/_private/replica.py`` (``_on_initialized``), with no option or environment variable to change it; our
+application module rebinds it to 127.0.0.1 inside the replica (``rayserve_app.bind_replica_grpc``, switched on by
+``SERVINGBENCH_RAY_REPLICA_GRPC_HOST``), so on the private head every listener is loopback (a random port per
+replica: the only port not chosen by us).  On an existing cluster (``ray_address``) replicas bind as Ray decides.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class RayServeAdapter(Adapter):
             by_hand.append("# (`serve run` deploys declaratively: it replaces every application on that cluster)")
         else:
             driver.update(gcs_port=ctx.ports["ray-gcs"], ray_start=self._ray_start(deployment, ctx))
-            env = {k: v for k, v in self._env(deployment, ctx).items() if k.startswith(("RAY", "AUTOSC", "DASHB"))}
+            env = {k: v for k, v in self._env(deployment, ctx).items() if k.startswith(("RAY", "AUTOSC", "DASHB", "SERVINGBENCH_RAY"))}
             by_hand.append(shlex.join([f"{k}={v}" for k, v in env.items()] + driver["ray_start"]) + " &")
         by_hand.append(shlex.join(["serve", "run", "--address", driver.get("address") or
                                    f"127.0.0.1:{driver['gcs_port']}", str(manifest)]))
@@ -192,6 +195,8 @@ class RayServeAdapter(Adapter):
                 # Without this, `--node-ip-address 127.0.0.1` is silently replaced by the host's external address
                 # (services.resolve_ip_for_localhost) and the gRPC servers bind 0.0.0.0 / [::].
                 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+                # Each replica's inter-deployment gRPC server: [::]:0 in Ray, 127.0.0.1 with this (rayserve_app).
+                SERVINGBENCH_RAY_REPLICA_GRPC_HOST="127.0.0.1",
                 AUTOSCALER_METRIC_PORT=str(ctx.ports["ray-autoscaler-metrics"]),  # fixed 44217 otherwise
                 DASHBOARD_METRIC_PORT=str(ctx.ports["ray-dashboard-metrics"]),  # fixed 44227 otherwise
             )

@@ -1,6 +1,13 @@
 """NVIDIA Triton Inference Server: the real ``tritonserver`` binary, a generated model repository, KServe V2 over HTTP.
 
 The module is not called ``triton``: torch._dynamo takes any importable/cwd ``triton`` for OpenAI Triton.
+
+The admin key (``auth``) is the one secret any adapter passes on a command line: tritonserver (2.45, the
+nvidia-pytriton wheel) reads ``--http-restricted-api`` / ``--grpc-restricted-protocol`` only from argv (getopt_long;
+no options file, no environment variable), so while an ``auth`` cell runs, every local user can read the key from
+``/proc/<pid>/cmdline``.  What bounds it: the key is per run (``SecretStore``) and useless once the cell's server
+stops; the server listens on loopback only; the key is redacted from ``command.txt``, ``launch.json`` and the
+results (the cell record's ``argv``), and tritonserver never logs it (checked up to ``--log-verbose=3``).
 """
 
 from __future__ import annotations
@@ -217,6 +224,7 @@ class TritonAdapter(Adapter):
         if deployment.auth:
             if not ctx.secrets.token:
                 raise UnsupportedDeployment("triton: auth requested but the run has no token")
+            # argv only: tritonserver has no file or environment form of these options (see the module docstring).
             argv.append(f"--http-restricted-api={RESTRICTED}:admin-key={ctx.secrets.token}")
             argv.append(f"--grpc-restricted-protocol={RESTRICTED}:admin-key={ctx.secrets.token}")
         if deployment.tls:

@@ -130,11 +130,13 @@ def run_generator(
     os.chmod(plan_path, 0o600)  # carries auth headers; deleted below
     result_path = Path(gen_plan["result"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    supervisor.claim_tempdir(plan_path.parent)  # a scratch dir: `servingbench cleanup` removes it if we die
     with open(log_path, "ab") as log:
+        # Marked as the harness's (the locust workers inherit the marks): `servingbench cleanup` finds them all.
         proc = subprocess.Popen(
             [sys.executable, "-m", "servingbench.load.generator", str(plan_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **supervisor.marker_env("generator")},
             preexec_fn=supervisor.default_signals,
         )
     try:
@@ -143,13 +145,7 @@ def run_generator(
                 os.sched_setaffinity(proc.pid, gen_cpus)
         if sampler is not None:
             sampler.attach_generator(proc.pid)
-        deadline = time.perf_counter() + budget
-        while proc.poll() is None:
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"load generator did not finish within {budget:.0f} s")
-            if watch is not None:
-                watch()
-            time.sleep(0.2)
+        wait_for(proc, budget, watch, "load generator")
     finally:
         # The whole group, even after a normal exit: locust workers the generator started must not outlive it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -196,6 +192,19 @@ def generator_limits(gen: dict, throughput: float | None, ceiling_rps: float | N
         factors.append(f"{100 * frac:.0f}% of the calibrated ceiling {ceiling_rps:.0f} rps")
     return {"factors": factors, "cpu_pct": gen.get("cpu_pct"), "loop_lag_p99_ms": lag, "run_queue_delay_pct": rq,
             "ceiling_fraction": frac}
+
+
+def wait_for(proc: subprocess.Popen, budget_s: float, watch: Callable[[], None] | None = None,
+             what: str = "load generator", error: type[Exception] = RuntimeError) -> None:
+    """Wait for ``proc`` to exit, calling ``watch`` (e.g. "is the server still alive?") every 0.2 s; ``error`` if it
+    runs past ``budget_s``."""
+    deadline = time.perf_counter() + budget_s
+    while proc.poll() is None:
+        if time.perf_counter() > deadline:
+            raise error(f"{what} did not finish within {budget_s:.0f} s")
+        if watch is not None:
+            watch()
+        time.sleep(0.2)
 
 
 def summarize_point(raw: dict, resources: dict, m: Measurement, batch: int = 1,

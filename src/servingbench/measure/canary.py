@@ -71,12 +71,13 @@ class Canary:
     """One canary process for a run, pinned to ``cpus`` (the server's set); ``measure()`` while no server runs."""
 
     def __init__(self, cpus: set[int] | None = None) -> None:
-        from servingbench.runtime.supervisor import default_signals
+        from servingbench.runtime.supervisor import default_signals, marker_env
 
+        # Marked as the harness's: `servingbench cleanup` finds it if the harness dies mid-measurement.
         self.proc = subprocess.Popen([sys.executable, "-m", "servingbench.measure.canary"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                      start_new_session=True, preexec_fn=default_signals,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                     env={**os.environ, "OMP_NUM_THREADS": "1", **marker_env("canary")})
         if cpus:
             try:
                 os.sched_setaffinity(self.proc.pid, cpus)

@@ -82,13 +82,15 @@ def limits_for(models: list[tuple[str, Any]], batches: list[int], combos: list[t
     ``cpus`` like the server's workers (their rates add up; their latencies merge), so a deployment of W workers
     is compared with W copies of the bare model on the same cores."""
     from servingbench.measure.stats import LatencyHistogram
-    from servingbench.runtime.supervisor import default_signals, tail
+    from servingbench.runtime.supervisor import claim_tempdir, default_signals, marker_env, tail
 
     jobs = [{"artifact_dir": str(art.dir), "batch": b, "threads": t, "fmt": fmt, "device": device,
              "warmup_s": warmup_s, "duration_s": duration_s}
             for _, art in models for b in batches for t, fmt in combos]
     names = [name for name, _ in models for _ in batches for _ in combos]
     log_dir.mkdir(parents=True, exist_ok=True)
+    claim_tempdir(scratch)  # the plans below go there: `servingbench cleanup` removes it if this harness dies
+    marks = marker_env("inprocess")  # one marker for the jobs of this step: cleanup finds them if we die
     procs = []
     for k in range(workers):
         plan = {"jobs": jobs, "result": str(scratch / f"{tag}-{k}.json")}
@@ -98,7 +100,7 @@ def limits_for(models: list[tuple[str, Any]], batches: list[int], combos: list[t
             procs.append((subprocess.Popen(
                 [sys.executable, "-m", "servingbench.measure.inprocess", str(plan_path)], stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=default_signals), plan["result"]))
+                preexec_fn=default_signals, env={**os.environ, **marks}), plan["result"]))
     try:
         for proc, _ in procs:
             if cpus:

@@ -314,15 +314,20 @@ def probe_caching(ctx: ProbeContext) -> list[Verdict]:
     return out
 
 
-def _declared_none(v: Verdict, reason: str) -> list[Verdict]:
-    v.reason = reason
-    return [v]
+def _verdict_if_claimed(ctx: ProbeContext, feature: str, cap: Capability, unclaimed: str) -> tuple[Verdict, bool]:
+    """The feature's verdict to fill, and whether the adapter claims it (if not: ``not_supported``, the reason)."""
+    v = Verdict(feature, "not_supported")
+    claimed = cap in ctx.adapter.capabilities
+    if not claimed:
+        v.reason = unclaimed
+    return v, claimed
 
 
 def probe_batching(ctx: ProbeContext) -> list[Verdict]:
-    v = Verdict("batching", "not_supported")
-    if Capability.BATCHING not in ctx.adapter.capabilities:
-        return _declared_none(v, f"{ctx.framework} declares no server-side batching")
+    v, claimed = _verdict_if_claimed(ctx, "batching", Capability.BATCHING,
+                                     f"{ctx.framework} declares no server-side batching")
+    if not claimed:
+        return [v]
     import concurrent.futures as cf
 
     spec = ctx.spec()
@@ -485,9 +490,9 @@ def probe_tls(ctx: ProbeContext) -> list[Verdict]:
 
 
 def probe_grpc(ctx: ProbeContext) -> list[Verdict]:
-    v = Verdict("grpc", "not_supported")
-    if Capability.GRPC not in ctx.adapter.capabilities:
-        return _declared_none(v, f"{ctx.framework} has no gRPC inference endpoint")
+    v, claimed = _verdict_if_claimed(ctx, "grpc", Capability.GRPC, f"{ctx.framework} has no gRPC inference endpoint")
+    if not claimed:
+        return [v]
     spec = ctx.spec()
     x = spec.example_inputs(4)
     with ctx.deploy(label="grpc") as live:

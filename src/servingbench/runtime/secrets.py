@@ -1,7 +1,10 @@
 """Per-run credentials: an API token and a private CA with server and client certificates.
 
-Everything lives in a private temporary directory (0700, keys 0600) that is removed at the end of the run; nothing
-here is ever written into results or reports (the results writer redacts the token as a last line of defence).
+Everything lives in a private temporary directory (``servingbench-secrets-*``: 0700, keys 0600, with the harness's
+owner file so that ``servingbench cleanup`` removes it once a killed harness cannot) that is removed at the end of
+the run; nothing here is ever written into results or reports (the results writer redacts the token as a last line
+of defence).  Secrets reach servers through files and environment variables -- except Triton's admin key, which
+tritonserver reads only from its command line (see adapters/tritonserver.py).
 """
 
 from __future__ import annotations
@@ -104,8 +107,11 @@ class SecretStore:
     """Owns the private temp dir of one run.  Use as a context manager; ``make(auth=, tls=)`` returns Secrets."""
 
     def __init__(self) -> None:
+        from servingbench.runtime.supervisor import claim_tempdir
+
         self.dir = Path(tempfile.mkdtemp(prefix="servingbench-secrets-"))
         os.chmod(self.dir, 0o700)
+        claim_tempdir(self.dir)
         self._certs: dict[str, Path] | None = None
         self.token = _secrets.token_urlsafe(32)
 

@@ -5,6 +5,13 @@ process is watched, so a crash is reported at once with its log tail instead of 
 sends the framework's graceful signal, waits, then SIGKILLs the group *and* every process that still carries the
 deployment's marker environment variable (Ray and friends daemonise out of the group); then it asserts that no
 process survived and that the ports are free again.
+
+Every process a harness starts (servers, the load generator and its locust workers, the in-process limit jobs, the
+canary) carries ``SERVINGBENCH_MARKER`` / ``SERVINGBENCH_HARNESS_PID`` (+ the harness's start time and the
+process's role) in its environment -- :func:`marker_env` -- and every temporary directory a harness creates holds
+an owner file (:func:`claim_tempdir`).  :func:`find_leftovers` uses both to find what a dead (or stopped, or named
+stuck) harness left: the processes, the /dev/shm entries they map (MOSEC's ``sem.mp-*`` semaphores, Triton's
+``sbtis*`` regions), Ray's and MOSEC's marker-named dirs and the scratch/secrets dirs (``servingbench cleanup``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -22,9 +30,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import psutil
 
@@ -32,7 +41,19 @@ from servingbench.contract import LaunchSpec
 
 MARKER_ENV = "SERVINGBENCH_MARKER"
 HARNESS_ENV = "SERVINGBENCH_HARNESS_PID"
+HARNESS_START_ENV = "SERVINGBENCH_HARNESS_START"  #: the harness's start time (a reused PID is not the harness)
+ROLE_ENV = "SERVINGBENCH_ROLE"  #: server, generator, inprocess, canary (for cleanup's messages)
 LOOPBACK = "127.0.0.1"
+#: In every temporary directory a harness creates: ``{"pid": ..., "start": ...}`` of the harness.
+OWNER_FILE = ".servingbench-owner"
+#: Prefixes of the temporary directories servingbench creates (tempfile.mkdtemp / TemporaryDirectory).
+TEMP_PREFIXES = ("servingbench-scratch-", "servingbench-secrets-", "servingbench-gen-", "servingbench-verify-",
+                 "servingbench-serve-", "servingbench-calibrate-", "servingbench-src-")
+#: Directories named after a deployment's marker (``<prefix><marker[:12]>``): Ray's temp root, MOSEC's IPC dir.
+MARKER_DIR_PREFIXES = ("sb-ray-", "sb-mosec-")
+#: /dev/shm entries named after a deployment's marker: Triton's Python-backend regions (``sbtis<marker[:12]>_*``).
+MARKER_SHM_PREFIXES = ("sbtis",)
+SHM = "/dev/shm"
 
 
 class ServerError(RuntimeError):
@@ -122,21 +143,412 @@ def marked_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
-def stale_servers() -> list[tuple[psutil.Process, str]]:
-    """Server processes started by a servingbench harness that is no longer running (a crash, a kill -9)."""
+# ---- marks: what a harness starts carries them, what it creates holds them ---------------------------------------
+def process_start(pid: int) -> float | None:
+    """A process's start time (seconds since the epoch), or None when there is no such process."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def marker_env(role: str, marker: str | None = None) -> dict[str, str]:
+    """The variables that mark a child as started by this harness: merge them into its environment.
+
+    ``cleanup`` finds every process carrying them once the harness is gone (or stopped, or named stuck), and the
+    tests' no-leftover checks find it by its marker (``SERVINGBENCH_MARKER_PREFIX``).  Children inherit them, so
+    the generator's locust workers and Ray's raylet, agents and workers are marked too.
+    """
+    start = process_start(os.getpid())
+    return {MARKER_ENV: marker or new_marker(), HARNESS_ENV: str(os.getpid()),
+            HARNESS_START_ENV: f"{start:.2f}" if start else "", ROLE_ENV: role}
+
+
+def claim_tempdir(path: str | os.PathLike) -> bool:
+    """Put this harness's owner file into a temporary directory servingbench created (a name starting with one of
+    :data:`TEMP_PREFIXES`) that has none yet; ``cleanup`` removes such a directory only once its owner is gone."""
+    path = Path(path)
+    if not path.name.startswith(TEMP_PREFIXES) or not path.is_dir() or path.is_symlink():
+        return False
+    try:
+        fd = os.open(path / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:  # claimed already (by us: a later call) or not ours to write
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "start": process_start(os.getpid()),
+                   "marker_prefix": os.environ.get("SERVINGBENCH_MARKER_PREFIX", "")}, f)
+    return True
+
+
+def make_tempdir(prefix: str) -> Path:
+    """``tempfile.mkdtemp(prefix=...)`` (0700) holding this harness's owner file."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    claim_tempdir(path)
+    return path
+
+
+def harness_state(pid: int, start: float | None = None) -> str:
+    """``alive``; ``gone`` (no such process, or its PID now belongs to a later process); ``zombie``; ``stopped``
+    (SIGSTOP / Ctrl-Z: it makes no progress, and its servers would distort every other run)."""
+    try:
+        p = psutil.Process(pid)
+        if start is not None and abs(p.create_time() - start) > 0.05:
+            return "gone"
+        status = p.status()
+    except psutil.Error:
+        return "gone"
+    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+        return "zombie"
+    if status == psutil.STATUS_STOPPED:
+        return "stopped"
+    return "alive"
+
+
+@dataclass
+class Marked:
+    """A live process carrying a harness's marks."""
+
+    proc: psutil.Process
+    marker: str
+    harness: int | None
+    harness_start: float | None
+    role: str
+    desc: str = ""  #: ``pid:command`` when found (a dying process loses its command line)
+
+
+def _scan_marked() -> list[Marked]:
+    """Every live (not zombie) process but this one whose environment carries ``SERVINGBENCH_MARKER``."""
     out = []
-    for p in psutil.process_iter(["pid"]):
+    needle = MARKER_ENV.encode() + b"="
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
         try:
-            with open(f"/proc/{p.pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            with open(f"/proc/{d}/environ", "rb") as f:
+                raw = f.read()
         except OSError:
             continue
-        marker, harness = env.get(MARKER_ENV.encode()), env.get(HARNESS_ENV.encode())
-        if marker is None or harness is None or p.pid == os.getpid():
+        if needle not in raw:
             continue
-        if not psutil.pid_exists(int(harness)) or int(harness) == p.pid:
-            out.append((p, marker.decode()))
+        env = dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+        marker = env.get(MARKER_ENV.encode())
+        if marker is None:
+            continue
+        try:
+            proc = psutil.Process(int(d))
+            if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                continue
+        except psutil.Error:
+            continue
+
+        def num(key: str, kind):
+            with contextlib.suppress(ValueError, TypeError):
+                return kind(env.get(key.encode(), b"").decode()) or None
+            return None
+
+        out.append(Marked(proc, marker.decode(errors="replace"), num(HARNESS_ENV, int), num(HARNESS_START_ENV, float),
+                          env.get(ROLE_ENV.encode(), b"server").decode(errors="replace")))
     return out
+
+
+def _shm_of(pid: int) -> set[str]:
+    """/dev/shm entries a process maps or holds open (and that still have a name)."""
+    out = set()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(None, 5)
+            if len(parts) == 6 and parts[5].startswith(SHM + "/") and not parts[5].endswith(" (deleted)"):
+                out.add(parts[5])
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(SHM + "/") and not target.endswith(" (deleted)"):
+                    out.add(target)
+    return out
+
+
+def shm_in_use() -> set[str]:
+    """Every /dev/shm entry some live process maps or holds open."""
+    used: set[str] = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            used |= _shm_of(int(d))
+    return used
+
+
+def shm_of_tree(procs: Iterable[psutil.Process]) -> set[str]:
+    """The /dev/shm entries a process tree uses (MOSEC's multiprocessing semaphores ``sem.mp-*``, Triton's
+    regions): collected while it runs, removed once it is gone when nobody else uses them."""
+    out: set[str] = set()
+    for p in procs:
+        out |= _shm_of(p.pid)
+    return out
+
+
+def remove_unused_shm(paths: Iterable[str]) -> list[str]:
+    """Unlink those of ``paths`` no live process uses; returns the ones removed."""
+    paths = [p for p in paths if os.path.lexists(p)]
+    if not paths:
+        return []
+    used = shm_in_use()
+    removed = []
+    for p in paths:
+        if p not in used:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                removed.append(p)
+    return removed
+
+
+def stale_servers() -> list[tuple[psutil.Process, str]]:
+    """Processes (servers, generators, in-process jobs, canaries) started by a servingbench harness that is no
+    longer running (a crash, a kill -9), is a zombie or is stopped; with their markers."""
+    return [(m.proc, m.marker) for m, _ in _stale_processes(set())[0]]
+
+
+def _scope() -> str:
+    return os.environ.get("SERVINGBENCH_MARKER_PREFIX", "")
+
+
+def _stale_processes(owners: set[int]) -> tuple[list[tuple[Marked, str]], list[Marked]]:
+    """(stale marked processes with why, the other marked processes).  ``owners``: only what those harnesses
+    started counts, whatever their state (a live but stuck harness); otherwise what every gone, zombie or
+    stopped harness started.  ``SERVINGBENCH_MARKER_PREFIX`` limits both to markers with that prefix."""
+    mine = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        mine |= {p.pid for p in psutil.Process().parents()}
+    scope = _scope()
+    states: dict[tuple[int, float | None], str] = {}
+    stale, live = [], []
+    for m in _scan_marked():
+        why = None
+        if m.proc.pid not in mine and m.marker.startswith(scope) and m.harness is not None:
+            if owners:
+                why = f"harness {m.harness} named with --owner" if m.harness in owners else None
+            elif m.harness == m.proc.pid:
+                why = "its own harness"
+            else:
+                key = (m.harness, m.harness_start)
+                if key not in states:
+                    states[key] = harness_state(*key)
+                why = None if states[key] == "alive" else f"harness {m.harness} {states[key]}"
+        if why:
+            m.desc = describe_process(m.proc)
+            stale.append((m, why))
+        else:
+            live.append(m)
+    # Children that dropped the marks (a cleared environment) still belong to a stale parent.
+    seen = {m.proc.pid for m, _ in stale} | {m.proc.pid for m in live}
+    for m, _ in list(stale):
+        with contextlib.suppress(psutil.Error):
+            for c in m.proc.children(recursive=True):
+                if c.pid not in seen and c.pid not in mine and c.status() != psutil.STATUS_ZOMBIE:
+                    seen.add(c.pid)
+                    stale.append((Marked(c, m.marker, m.harness, m.harness_start, m.role, describe_process(c)),
+                                  f"child of {m.proc.pid}"))
+    return stale, live
+
+
+@dataclass
+class Leftovers:
+    """What :func:`find_leftovers` found: processes and paths, each with why it counts as left behind."""
+
+    processes: list[tuple[Marked, str]] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)
+    live_owners: list[str] = field(default_factory=list)  #: --owner harnesses still alive (not ours to kill)
+
+    def __bool__(self) -> bool:
+        return bool(self.processes or self.files)
+
+
+def _temp_roots() -> list[Path]:
+    roots = []
+    for r in (tempfile.gettempdir(), "/tmp"):
+        if os.path.isdir(r) and Path(r).resolve() not in [x.resolve() for x in roots]:
+            roots.append(Path(r))
+    return roots
+
+
+def _cli_harnesses() -> list[tuple[int, float]]:
+    """Live ``servingbench`` command-line processes other than this one and its parents: (pid, start)."""
+    mine = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        mine |= {p.pid for p in psutil.Process().parents()}
+    out = []
+    for p in psutil.process_iter(["cmdline", "create_time", "status"]):
+        cmd = p.info["cmdline"] or []
+        if p.pid in mine or p.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED):
+            continue
+        names = [os.path.basename(a) for a in cmd[:2]]
+        module = cmd[cmd.index("-m") + 1] if "-m" in cmd[:3] and cmd.index("-m") + 1 < len(cmd) else ""
+        if "servingbench" in names or module in ("servingbench", "servingbench.cli"):
+            out.append((p.pid, p.info["create_time"]))
+    return out
+
+
+def find_leftovers(owners: Iterable[int] = ()) -> Leftovers:
+    """Everything a gone, zombie or stopped harness started or created and left behind -- or, with ``owners``,
+    everything those harnesses did, alive or not (a stuck harness):
+
+    * processes carrying its marks (servers, Ray's raylet/GCS/agents/workers, the generator and its locust workers,
+      in-process jobs, the canary) and their children;
+    * /dev/shm entries those processes map or hold open (MOSEC's ``sem.mp-*``), and Triton's ``sbtis<marker>_*``
+      regions whose marker no live process carries;
+    * Ray's temp roots (``/tmp/sb-ray-<marker>``) and MOSEC's IPC dirs (``/tmp/sb-mosec-<marker>``) whose marker
+      no live process carries;
+    * servingbench's temporary directories (scratch, secrets, ...) whose owner file names such a harness; an
+      unclaimed one only when no live harness could have created it (none started before it).
+
+    ``SERVINGBENCH_MARKER_PREFIX`` limits all of it to markers (and owner files) of that prefix (tests).
+    """
+    owners = set(owners)
+    scope = _scope()
+    stale, live = _stale_processes(owners)
+    found = Leftovers(processes=stale)
+    for pid in sorted(owners):
+        state = harness_state(pid)
+        if state in ("alive", "stopped"):
+            with contextlib.suppress(psutil.Error):
+                found.live_owners.append(f"{describe_process(psutil.Process(pid))} ({state})")
+    live12 = {m.marker[:12] for m in live}
+    stale12 = {m.marker[:12] for m, _ in stale}
+    files: dict[str, str] = {}
+    for m, _ in stale:
+        for path in sorted(_shm_of(m.proc.pid)):
+            files.setdefault(path, f"used by stale process {m.proc.pid}")
+
+    def marker_named(m12: str) -> bool:
+        if owners:
+            return m12 in stale12
+        return bool(m12) and m12.startswith(scope[:12]) and m12 not in live12
+
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(SHM)):
+            for prefix in MARKER_SHM_PREFIXES:
+                if name.startswith(prefix) and marker_named(name[len(prefix):len(prefix) + 12]):
+                    files.setdefault(f"{SHM}/{name}", "no live process carries its marker")
+    states: dict[tuple[int, float | None], str] = {}
+    candidates: list[tuple[int, float]] | None = None
+    for root in _temp_roots():
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            path = str(Path(root) / e.name)
+            prefix = next((p for p in MARKER_DIR_PREFIXES if e.name.startswith(p)), None)
+            if prefix is not None:
+                if marker_named(e.name[len(prefix):len(prefix) + 12]):
+                    files.setdefault(path, "no live process carries its marker")
+                continue
+            if not e.name.startswith(TEMP_PREFIXES):
+                continue
+            owner = _dir_owner(Path(path))
+            if owner is not None:
+                pid, start, owner_scope = owner
+                if owner_scope != scope and scope:
+                    continue
+                if owners:
+                    if pid in owners:
+                        files.setdefault(path, f"owner {pid} named with --owner")
+                    continue
+                if (pid, start) not in states:
+                    states[(pid, start)] = harness_state(pid, start)
+                if states[(pid, start)] != "alive":
+                    files.setdefault(path, f"owner {pid} {states[(pid, start)]}")
+                continue
+            if owners or scope:  # an unclaimed directory cannot be attributed to one harness
+                continue
+            if candidates is None:
+                candidates = _live_harnesses(live)
+            with contextlib.suppress(OSError):
+                created = os.lstat(path).st_ctime
+                if not any(start <= created + 1.0 for _, start in candidates):
+                    files.setdefault(path, "no owner file, and no live harness started before it")
+    found.files = sorted(files.items())
+    return found
+
+
+def _dir_owner(path: Path) -> tuple[int, float | None, str] | None:
+    """(pid, start, marker prefix) from a directory's owner file, or None."""
+    try:
+        with open(path / OWNER_FILE, "rb") as f:
+            data = json.loads(f.read(4096))
+        start = data.get("start")
+        return int(data["pid"]), float(start) if start is not None else None, str(data.get("marker_prefix", ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _live_harnesses(live: list[Marked]) -> list[tuple[int, float]]:
+    """Live harnesses that may own an unclaimed temp dir: the harnesses of live marked processes, the owners of
+    claimed temp dirs, and ``servingbench`` command-line processes; (pid, start)."""
+    out = set(_cli_harnesses())
+    pids = {m.harness for m in live if m.harness is not None}
+    for root in _temp_roots():
+        with contextlib.suppress(OSError):
+            for name in os.listdir(root):
+                if name.startswith(TEMP_PREFIXES):
+                    owner = _dir_owner(Path(root) / name)
+                    if owner is not None:
+                        pids.add(owner[0])
+    for pid in pids:
+        if harness_state(pid) == "alive":
+            start = process_start(pid)
+            if start is not None:
+                out.add((pid, start))
+    return sorted(out)
+
+
+def remove_leftovers(found: Leftovers, wait_s: float = 10.0) -> tuple[list[str], list[str]]:
+    """SIGKILL the processes, then remove the paths that are still unused.  Returns (done, not done) lines."""
+    done, failed = [], []
+    procs = []
+    for m, _ in found.processes:
+        desc = m.desc or describe_process(m.proc)
+        try:
+            m.proc.kill()
+            procs.append((m.proc, desc))
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error as e:
+            failed.append(f"cannot kill {desc}: {e}")
+    end = time.monotonic() + wait_s
+    alive = [p for p, _ in procs]
+    while alive and time.monotonic() < end:  # dead or a zombie (whose parent has not reaped it yet)
+        time.sleep(0.05)
+        alive = _alive(alive)
+    descs = {p.pid: d for p, d in procs}
+    done += [f"killed {d}" for p, d in procs if p not in alive]
+    failed += [f"still alive after SIGKILL: {descs[p.pid]}" for p in alive]
+    if not found.files:
+        return done, failed
+    used = shm_in_use()
+    live12 = {m.marker[:12] for m in _scan_marked()}
+    for path, _ in found.files:
+        name = os.path.basename(path)
+        prefix = next((p for p in MARKER_DIR_PREFIXES + MARKER_SHM_PREFIXES if name.startswith(p)), None)
+        if path in used:
+            failed.append(f"kept {path}: still in use")
+            continue
+        if prefix is not None and name[len(prefix):len(prefix) + 12] in live12:
+            failed.append(f"kept {path}: a live process carries its marker")
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            failed.append(f"cannot remove {path}: {e}")
+            continue
+        done.append(f"removed {path}")
+    return done, failed
 
 
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
@@ -198,9 +610,7 @@ class ServerProcess:
         port = self.ports.get(self.spec.ready.port)
         if port is not None:
             require_free(port)
-        env = dict(self.spec.env)
-        env[MARKER_ENV] = self.marker
-        env[HARNESS_ENV] = str(os.getpid())
+        env = {**self.spec.env, **marker_env("server", self.marker)}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
@@ -322,6 +732,7 @@ class ServerProcess:
         if self.proc is None:
             return report
         tree = self.processes()
+        shm = shm_of_tree(tree)  # MOSEC's semaphores, Triton's regions: a SIGKILLed tree leaves them behind
         try:
             self.send_stop_signal()
             deadline = t0 + self.spec.grace_s
@@ -333,6 +744,7 @@ class ServerProcess:
                 time.sleep(0.05)
             remaining = _alive(set(tree) | set(marked_processes(self.marker)))
             if remaining:
+                shm |= shm_of_tree(remaining)
                 report.graceful = False
                 report.killed = [describe_process(p) for p in remaining]
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -351,6 +763,8 @@ class ServerProcess:
                 time.sleep(0.1)
                 held = [p for p in held if is_listening(p)]
             report.ports_held = held
+            with contextlib.suppress(OSError):
+                remove_unused_shm(shm)
             for pattern in self.spec.cleanup_globs:
                 for path in glob.glob(pattern):
                     with contextlib.suppress(OSError):
@@ -367,7 +781,7 @@ class ServerProcess:
 def describe_process(p: psutil.Process) -> str:
     """``pid:command`` of a process, for reports and messages."""
     try:
-        return f"{p.pid}:{' '.join(p.cmdline()[:3])[:80]}"
+        return f"{p.pid}:{' '.join(' '.join(p.cmdline()[:3]).split())[:80]}"
     except psutil.Error:
         return str(p.pid)
 

@@ -12,7 +12,9 @@ The YAML is parsed with limits before anything validates it, so a hostile or bro
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -246,7 +248,7 @@ def load_suite(path: str | Path) -> Suite:
         return Suite.model_validate(data)
     except ValidationError as e:
         problems = []
-        for err in e.errors():
+        for err in _relevant(e.errors()):
             loc = tuple(err["loc"])
             field = ".".join(str(p) for p in loc if not _is_tag(p)) or "(top level)"
             line = _line_of(node, loc)
@@ -254,11 +256,46 @@ def load_suite(path: str | Path) -> Suite:
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see 'servingbench validate --schema')"
             value = err.get("input", _value_at(data, loc))
+            msg += _hint(err["type"], value)
             text = repr(value)
             text = text if len(text) <= 200 else text[:197] + "..."
             shown = "" if isinstance(value, (dict, list)) else f" (value: {text})"
             problems.append(f"line {line}: {field}: {msg}{shown}" if line else f"{field}: {msg}{shown}")
         raise ScenarioError(path, problems) from None
+
+
+_WRONG_BRANCH = {"literal_error": str, "model_type": dict, "dict_type": dict, "model_attributes_type": dict}
+"""Error types that only say "the value is not this alternative's kind" (value's type differs from the kind)."""
+
+
+def _relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors worth showing: of the alternatives of a union (``cpu_sets: auto | {server, generator}``), an
+    alternative that the value is not even shaped like is dropped when another alternative says what is wrong."""
+    by_field: dict[tuple, list[dict[str, Any]]] = {}
+    for err in errors:
+        by_field.setdefault(tuple(p for p in err["loc"] if not _is_tag(p)), []).append(err)
+    out = []
+    for err in errors:
+        group = by_field[tuple(p for p in err["loc"] if not _is_tag(p))]
+        kind = _WRONG_BRANCH.get(err["type"])
+        union = any(_is_tag(p) for p in err["loc"])
+        if union and kind is not None and len(group) > 1 and not isinstance(err.get("input"), kind) and \
+                any(o is not err and _WRONG_BRANCH.get(o["type"]) is None for o in group):
+            continue
+        out.append(err)
+    return out
+
+
+def _hint(kind: str, value: Any) -> str:
+    """The fix for pydantic's own messages that do not say it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ": .inf and .nan are not accepted, write a finite number"
+    if kind == "int_parsing" and isinstance(value, str) and _FLOATISH.fullmatch(value.strip()):
+        return ": write a whole number without a decimal point or exponent (e.g. 1000 instead of 1e3)"
+    return ""
+
+
+_FLOATISH = re.compile(r"[-+]?(\d[\d_]*)?(\.\d*)?([eE][-+]?\d+)?")
 
 
 def apply_overrides(suite: Suite, path: str | Path, *, runtime: str | None = None,

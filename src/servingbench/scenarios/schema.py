@@ -6,6 +6,7 @@ seconds or milliseconds.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -33,8 +34,44 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written in YAML with a unit."""
 
 
+MAX_IN_FLIGHT = 100_000
+"""Largest generator pool (``max_in_flight``): each in-flight request is a locust user with its own connection."""
+MAX_CPU_ID = 8191
+"""Highest CPU number a ``cpu_sets`` entry may name (Linux supports at most 8192 CPUs)."""
+
+
+def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """``(path, value)`` of the first infinite or NaN number in ``value`` (lists and mappings searched, validated
+    models skipped: they check their own fields), or ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            found = _non_finite(item, f"{path}.{k}")
+            if found:
+                return found
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _finite_numbers(self) -> Any:
+        """No field of a suite takes ``.inf`` or ``.nan`` (nor 'inf' / 'nan', which pydantic turns into such floats):
+        an infinite rate or duration never ends, and a NaN passes no bound.  (Nested models check their own.)"""
+        for name, value in self:
+            found = _non_finite(value)
+            if found is not None:
+                where, bad = found
+                raise ValueError(f"{name}{where} is {bad!r}, not a finite number: write a finite value "
+                                 "(YAML's .inf and .nan are not accepted)")
+        return self
 
 
 class ModelRef(_Strict):
@@ -96,6 +133,22 @@ class ClosedLoop(_WorkloadBase):
     kind: Literal["closed_loop"]
     concurrency: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(description="load points: concurrent users")
 
+    @field_validator("concurrency")
+    @classmethod
+    def _some_points(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("concurrency is empty: list at least one load point, e.g. [1, 8, 32]")
+        return v
+
+
+def _check_max_in_flight(v: int) -> int:
+    if v > MAX_IN_FLIGHT:
+        raise ValueError(
+            f"max_in_flight {v} is more than {MAX_IN_FLIGHT}: every in-flight request is a generator user with its "
+            "own connection (memory and a file descriptor each), so a larger pool exhausts the load generator, not "
+            f"the server; use at most {MAX_IN_FLIGHT} (the default is 256)")
+    return v
+
 
 class OpenLoop(_WorkloadBase):
     """Requests at a fixed arrival rate; latency counts from each request's intended send time."""
@@ -104,6 +157,18 @@ class OpenLoop(_WorkloadBase):
     rates: list[Annotated[float, Field(gt=0)]] = Field(description="load points: arrival rates in requests/s")
     arrival: Literal["poisson", "constant"] = "poisson"
     max_in_flight: int = Field(256, ge=1, description="generator users available to send (pool size)")
+
+    @field_validator("rates")
+    @classmethod
+    def _some_rates(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("rates is empty: list at least one arrival rate in requests/s, e.g. [50, 100]")
+        return v
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _pool_cap(cls, v: int) -> int:
+        return _check_max_in_flight(v)
 
 
 class SloSearch(_WorkloadBase):
@@ -123,6 +188,11 @@ class SloSearch(_WorkloadBase):
     confirm: bool = Field(True, description="measure the final rate a second time; step down if it fails")
     drain: bool = Field(True, description="before each probe, wait until a single request is back near the idle "
                                           "latency (the previous probe's backlog gone)")
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _pool_cap(cls, v: int) -> int:
+        return _check_max_in_flight(v)
 
 
 class Stage(_Strict):
@@ -167,6 +237,14 @@ class DeploymentConfig(_Strict):
         default_factory=dict, description="framework name -> framework-specific knobs (typed per adapter: "
                                           "`servingbench frameworks` lists them)"
     )
+
+    @field_validator("frameworks")
+    @classmethod
+    def _some_frameworks(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("frameworks is empty: this deployment would run on no framework; list the frameworks "
+                             "it is for, or remove the key to use it for all of the suite's frameworks")
+        return v
 
     @field_validator("options")
     @classmethod
@@ -231,6 +309,40 @@ class CpuSets(_Strict):
     server: str | None = None
     generator: str | None = None
 
+    @staticmethod
+    def parse(field: str, text: str) -> set[int]:
+        """The CPU numbers of a list such as ``"0-3,6"``; ValueError naming ``field``, the value and the fix."""
+        cpus: set[int] = set()
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+            if not m:
+                raise ValueError(f"{field} {text!r}: {part.strip()!r} is not a CPU number or range: write CPU "
+                                 "numbers and ranges separated by commas, e.g. '0-3,6'")
+            lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+            if hi < lo:
+                raise ValueError(f"{field} {text!r}: the range {part.strip()!r} runs backwards: write '{hi}-{lo}'")
+            if hi > MAX_CPU_ID:
+                raise ValueError(f"{field} {text!r}: CPU {hi} is beyond the highest CPU number Linux supports "
+                                 f"({MAX_CPU_ID}): name this machine's CPUs (see `nproc` / `lscpu`)")
+            cpus.update(range(lo, hi + 1))
+        if not cpus:
+            raise ValueError(f"{field} {text!r} names no CPU: write e.g. '0-3', or remove the key")
+        return cpus
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "CpuSets":
+        server = self.parse("cpu_sets.server", self.server) if self.server is not None else None
+        gen = self.parse("cpu_sets.generator", self.generator) if self.generator is not None else None
+        if server and gen and server & gen:
+            both = sorted(server & gen)
+            shown = ", ".join(map(str, both[:16])) + (" ..." if len(both) > 16 else "")
+            raise ValueError(
+                f"cpu_sets: server {self.server!r} and generator {self.generator!r} share CPU(s) {shown}: the load "
+                "generator would compete with the server it measures; give them disjoint CPUs (or cpu_sets: auto)")
+        return self
+
 
 class RemoteTarget(_Strict):
     """A server someone else runs: servingbench verifies and measures it, but does not start or stop it."""
@@ -290,6 +402,14 @@ class Suite(_Strict):
             what = ("contains " + ", ".join(repr(c) for c in bad[:8])) if bad else \
                 "does not start with a letter or digit"
             raise ValueError(f"the suite name {what} (it names the results directory): use {allowed}")
+        return v
+
+    @field_validator("deployments")
+    @classmethod
+    def _some_deployments(cls, v: list[DeploymentConfig]) -> list[DeploymentConfig]:
+        if not v:
+            raise ValueError("deployments is empty: no cell would run; remove the key to use the default deployment "
+                             "(label 'default'), or list at least one deployment")
         return v
 
     @field_validator("features")

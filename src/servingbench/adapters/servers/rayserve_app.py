@@ -14,10 +14,51 @@ Two layouts:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+#: The address each replica's inter-deployment gRPC server binds instead of every interface (set by the adapter
+#: for its private loopback head: 127.0.0.1, the node's only address).
+REPLICA_GRPC_HOST_ENV = "SERVINGBENCH_RAY_REPLICA_GRPC_HOST"
+
+
+def bind_replica_grpc(host: str | None = None) -> bool:
+    """Make the replica's inter-deployment gRPC server listen on ``host`` instead of ``[::]``.
+
+    Ray Serve 2.55 has no option for it: ``ReplicaActor._on_initialized`` (ray/serve/_private/replica.py) calls
+    ``self._server.add_insecure_port("[::]:0")`` -- no environment variable, not ``grpc_options`` (those configure
+    the proxy's gRPC ingress), not the node IP.  This module is imported in the replica's process before that call
+    (the replica deserialises ``ZooModel`` from it), so ``grpc.aio``'s ``Server.add_insecure_port`` is wrapped
+    there to rewrite exactly that address; handles and proxies reach a replica at its node IP, which is 127.0.0.1
+    on our private head.  Returns whether the wrapper is in place.
+    """
+    host = host if host is not None else os.environ.get(REPLICA_GRPC_HOST_ENV)
+    if not host:
+        return False
+    from grpc.aio import _server
+
+    cls = _server.Server
+    if getattr(cls.add_insecure_port, "_servingbench_host", None) == host:
+        return True
+    original = getattr(cls.add_insecure_port, "__wrapped__", cls.add_insecure_port)
+    bind = f"[{host}]" if ":" in host else host
+
+    def add_insecure_port(self, address: str) -> int:
+        if address in ("[::]:0", "0.0.0.0:0"):
+            address = f"{bind}:0"
+        return original(self, address)
+
+    add_insecure_port.__wrapped__ = original  # type: ignore[attr-defined]
+    add_insecure_port._servingbench_host = host  # type: ignore[attr-defined]
+    cls.add_insecure_port = add_insecure_port
+    return True
+
+
+bind_replica_grpc()
 
 
 class BadInput(ValueError):
@@ -39,6 +80,8 @@ def _to_array(body: dict, m: dict) -> np.ndarray:
 class ZooModel:
     def __init__(self, models: list[dict], settings: dict) -> None:
         from servingbench.models.runtime import load_runtime
+
+        bind_replica_grpc()  # before Ray starts the replica's gRPC server (after this constructor returns)
 
         self.models = {m["name"]: m for m in models}
         self.settings = settings
