@@ -299,13 +299,15 @@ def build_artifacts_for(suite: Suite) -> dict[str, Any]:
 
 def _open_results(suite: Suite, suite_path: Path, out: Path, resume: Path | None, cells: list[Cell],
                   cpus: tuple, probes: list[tuple[str, str]] = (), *, frameworks: list[str] | None = None,
-                  force: bool = False, activity: list[dict[str, Any]] = ()) -> tuple[RunResults, set[str]]:
+                  force: bool = False, activity: list[dict[str, Any]] = (),
+                  progress: Progress | None = None) -> tuple[RunResults, set[str]]:
     """The run's results directory (new, or the one resumed) and the cells already final in it.
 
     A new run records the plan (``planned_cells``, ``planned_probes``) and ``suite_sha256``.  A resume checks the
     suite against the run's (:func:`_resume_problems`) and refuses a mismatch unless ``force``; every resume is
     recorded in ``resumes``.  ``activity`` (:func:`servingbench.results.concurrent_activity`) is added to
-    ``concurrent_activity``.
+    ``concurrent_activity``.  Torn lines of records.jsonl (a crash mid-write) are counted, warned about (a
+    UserWarning and ``progress``) and recorded in the resume's entry; the next append starts on a new line.
     """
     from servingbench.measure.environment import capture
     from servingbench.results import new_run_id, suite_sha256
@@ -325,12 +327,19 @@ def _open_results(suite: Suite, suite_path: Path, out: Path, resume: Path | None
             problems, left_out = _resume_problems(meta, suite_json, digest, cell_ids + probe_ids, done, frameworks)
             if (problems or left_out) and not force:
                 raise ResultsError(_resume_refusal(meta, results.path, suite_path, problems, left_out, frameworks))
+            results.numbered_records()  # torn lines: warned about; a line that is not a record: ResultsError
+            torn = list(results.torn_line_numbers)
+            if torn and progress is not None:
+                progress(f"[yellow]warning: {results.records_path}: {len(torn)} torn line(s) (line "
+                         f"{', '.join(map(str, torn[:10]))}) from an earlier crash are skipped; new records start on "
+                         "a new line")
             planned_probes = meta.get("planned_probes")
             if planned_probes is None:  # a run from before planned_probes: the probes its suite asked for
                 planned_probes = _old_planned_probes(meta)
             resumes = [*(meta.get("resumes") or []),
                        {"at": now, "suite_file": str(suite_path), "suite_sha256": digest, "frameworks": frameworks,
-                        "forced": bool(problems or left_out), "differences": problems, "left_out": left_out}]
+                        "forced": bool(problems or left_out), "differences": problems, "left_out": left_out,
+                        "torn_lines": torn}]
             update: dict[str, Any] = dict(
                 status="running", resumed_at=now, resumes=resumes,
                 planned_cells=list(dict.fromkeys([*(meta.get("planned_cells") or []), *cell_ids])),
@@ -465,11 +474,11 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
                  "concurrent_activity)")
     with SecretStore() as store, supervisor.terminate_on_signals(), contextlib.ExitStack() as stack:
         results, done = _open_results(suite, suite_path, out, resume, cells, cpus, probes, frameworks=frameworks,
-                                      force=force, activity=activity)
+                                      force=force, activity=activity, progress=progress)
         stack.callback(results.close)  # the results directory's lock, released when the run ends however it ends
         results.set_redactions(store.sensitive_strings())
         progress(f"results: {results.path}")
-        scratch = Path(tempfile.mkdtemp(prefix="servingbench-scratch-"))
+        scratch = supervisor.make_tempdir("servingbench-scratch-")  # owned: cleanup removes it if we die
         try:
             progress("building model artifacts")
             artifacts = build_artifacts_for(suite)

@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+import tempfile
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from typer.testing import CliRunner
 
 from servingbench.cli import app
@@ -33,6 +36,8 @@ SAMPLE = ROOT / "results" / "sample"
 CASE_LIMIT_S = 20
 """Longest any one case may take (in-process: SIGALRM; subprocess: timeout)."""
 
+# hypothesis's caches go to the temporary directory, not a .hypothesis/ folder in the checkout
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "servingbench-hypothesis")
 COUNTS: collections.Counter = collections.Counter()
 EXITS: collections.Counter = collections.Counter()
 _FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
@@ -282,7 +287,7 @@ def _dump(data) -> bytes:
 
 
 # ---- fuzz: suite files through `validate` ----------------------------------------------------------------------------
-@fuzz(300)
+@fuzz(200)
 @given(data=_suite_dicts())
 def test_fuzz_generated_suites(tmp_path, data):
     _validate_text(tmp_path, _dump(data), "suite: generated fields")
@@ -372,7 +377,7 @@ def test_fuzz_validate_arguments(in_workspace, args):
     _invoke(["validate", *args], "cli: validate")
 
 
-@fuzz(40)
+@fuzz(30)
 @given(args=_args("report"))
 def test_fuzz_report_arguments(in_workspace, args):
     _invoke(["report", *args], "cli: report")

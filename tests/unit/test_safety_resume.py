@@ -157,6 +157,34 @@ def test_resume_with_the_same_suite_runs_only_what_is_missing(tmp_path, stubbed)
     assert m["resumes"][-1]["forced"] is False and m["resumes"][-1]["differences"] == []
 
 
+def test_resume_reports_recovered_torn_lines(tmp_path, stubbed):
+    """A crash mid-write leaves a torn last line: the resume says so (warning, progress, run.json) and the next
+    record starts on a new line."""
+    path = suite_file(tmp_path)
+    rd = interrupted_run(tmp_path, stubbed, path)
+    with open(rd / "records.jsonl", "ab") as f:
+        f.write(b'{"type": "point", "cell": "litserve/b", "metrics": {"requ')
+    torn_at = len((rd / "records.jsonl").read_bytes().splitlines())
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable line"):
+        outcome, messages = run(path, tmp_path, resume=rd)
+    assert any(f"1 torn line(s) (line {torn_at})" in m for m in messages), messages
+    m = meta(outcome)
+    assert m["resumes"][-1]["torn_lines"] == [torn_at] and m["status"] == "complete"
+    with pytest.warns(UserWarning):
+        cells = {r["cell"] for r in outcome.results.records("cell")}
+    assert cells == set(ALL_CELLS)  # the record after the torn line was not swallowed
+
+
+def test_resume_refuses_a_records_line_that_is_not_a_record(tmp_path, stubbed):
+    path = suite_file(tmp_path)
+    rd = interrupted_run(tmp_path, stubbed, path)
+    with open(rd / "records.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    with pytest.raises(ResultsError, match=r"records.jsonl: line \d+: the record is a list"):
+        run(path, tmp_path, resume=rd)
+    assert not (rd / ".lock").exists()
+
+
 def test_resume_with_a_different_suite_is_refused(tmp_path, stubbed):
     ran, _ = stubbed
     path = suite_file(tmp_path)
@@ -352,7 +380,11 @@ time.sleep(120)
 """
 
 
-def test_other_harness_held_results_dir_and_busy_process_are_warned_and_recorded(tmp_path, stubbed, others):
+def test_other_harness_held_results_dir_and_busy_process_are_warned_and_recorded(tmp_path, stubbed, others,
+                                                                                 monkeypatch):
+    # the real 1 s sample; a low bar, so a busy loop counts even on a loaded 2-core machine
+    monkeypatch.setattr("servingbench.results.ACTIVITY_SAMPLE_S", 1.0)
+    monkeypatch.setattr("servingbench.results.BUSY_CPU_PCT", 10.0)
     other_dir = RunResults.create(tmp_path / "results", "someone-elses-run", {})
     other_dir.close()
     ready = tmp_path / "holder-ready"
@@ -372,7 +404,7 @@ def test_other_harness_held_results_dir_and_busy_process_are_warned_and_recorded
     locked = by_pid[("results_locked", holder)]
     assert locked["path"] == str(other_dir.path) and f"pid {holder}" in locked["warning"]
     hot = by_pid[("busy_process", busy)]
-    assert hot["cpu_pct"] > 50 and hot["name"].startswith("python") and "argv" not in hot  # name only
+    assert hot["cpu_pct"] > 10 and hot["name"].startswith("python") and "argv" not in hot  # name only
     assert all(a["phase"] == "start" and a["at"] for a in acts)
     for pid in (harness, holder, busy):
         assert any(f"{pid}" in m and m.startswith("[yellow]warning:") for m in messages), messages
