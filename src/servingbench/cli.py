@@ -38,8 +38,10 @@ def _stop_signals():
         yield
         return
 
+    from servingbench.runtime.supervisor import request_stop
+
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        request_stop(f"signal {signal.Signals(signum).name}")
 
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     old = {sig: signal.signal(sig, handler) for sig in sigs}

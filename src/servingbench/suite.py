@@ -487,6 +487,7 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
                 _reference_measurements(suite, results, cpus, scratch, progress)
                 canary = stack.enter_context(measure_canary.Canary(cpus[0]))
             for cell in cells:
+                supervisor.raise_if_stop_requested()
                 if cell.id in done:
                     statuses[cell.id] = results.read_run()["cells"][cell.id]["status"]
                     progress(f"{cell.id}: already {statuses[cell.id]} (resume)")

@@ -45,6 +45,9 @@ class CellRun:
 
     def measure(self, w: Any, load: dict[str, float], repeat: int, group: list[str]) -> dict[str, Any]:
         """Run one load point of ``w`` for the models in ``group``."""
+        from servingbench.runtime.supervisor import raise_if_stop_requested
+
+        raise_if_stop_requested()  # a stop signal whose KeyboardInterrupt was swallowed somewhere
         plan = PointPlan(w, load, self.suite.measurement_for(w), repeat, group, self.suite.generator,
                          generator_ceiling_rps=self.generator_ceiling_rps)
         return run_point(self.live, plan, self.pool, self.generator_cpus, self.scratch, self.log_dir)

@@ -200,6 +200,7 @@ def wait_for(proc: subprocess.Popen, budget_s: float, watch: Callable[[], None] 
     runs past ``budget_s``."""
     deadline = time.perf_counter() + budget_s
     while proc.poll() is None:
+        supervisor.raise_if_stop_requested()
         if time.perf_counter() > deadline:
             raise error(f"{what} did not finish within {budget_s:.0f} s")
         if watch is not None:

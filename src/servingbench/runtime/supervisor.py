@@ -814,13 +814,31 @@ def stop_all(keep: set | frozenset = frozenset()) -> None:
 atexit.register(stop_all)
 
 
+_STOP: list[str] = []  # why a stop was requested by a signal (empty: none)
+
+
+def request_stop(why: str) -> None:
+    """A signal handler's action: remember the stop, then raise KeyboardInterrupt.  A KeyboardInterrupt raised inside
+    a finalizer or a logging lock is swallowed ("Exception ignored in ..."); :func:`raise_if_stop_requested`, called
+    by every wait loop, raises it again there."""
+    _STOP.append(why)
+    raise KeyboardInterrupt(why)
+
+
+def raise_if_stop_requested() -> None:
+    """Raise KeyboardInterrupt if a signal asked the run to stop (and the first one got lost)."""
+    if _STOP:
+        raise KeyboardInterrupt(_STOP[-1])
+
+
 @contextlib.contextmanager
 def terminate_on_signals():
     """Turn SIGTERM/SIGHUP into KeyboardInterrupt inside the block so every ``finally`` runs (Ctrl-C already does)."""
 
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        request_stop(f"signal {signal.Signals(signum).name}")
 
+    _STOP.clear()  # a stop requested in an earlier run of this process does not carry over
     old = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -830,3 +848,4 @@ def terminate_on_signals():
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        _STOP.clear()
