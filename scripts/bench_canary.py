@@ -16,7 +16,7 @@ whether the canaries agree (``report.compare.canary_check``) and every row's ver
 
 ``--wrap CMD`` runs each run inside CMD (e.g. a lock; then the runs are not strictly back to back); without it,
 run the whole script inside the lock.  ``--quiet-wait S``: before each run, wait at most S seconds until the CPUs
-are under 15 % busy.  Results: ``--out`` (default ``results/bench-canary-<time>``), ``summary.json``.
+are under 15 % busy, else wait a minute and try again (outside the lock when ``--wrap`` takes it).  Results: ``--out`` (default ``results/bench-canary-<time>``), ``summary.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 QUIET = "--exec-when-quiet"
+NOT_QUIET = 75  # exit status of the quiet gate when the machine stayed busy
 
 
 def servingbench_cmd() -> list[str]:
@@ -55,14 +56,33 @@ def machine_busy(seconds: float) -> float:
 
 
 def exec_when_quiet(argv: list[str]) -> None:
+    """``--exec-when-quiet MAX_S BUSY -- CMD...`` (runs inside the lock): wait at most MAX_S until the CPUs are less
+    than BUSY busy over 3 s (other users' work that does not take the lock), then exec CMD; still busy: exit
+    ``NOT_QUIET`` (the lock is released and the caller tries again later)."""
     max_s, limit, cmd = float(argv[0]), float(argv[1]), argv[3:]
     t0 = time.perf_counter()
     busy = machine_busy(3.0)
     while busy >= limit and time.perf_counter() - t0 < max_s:
         busy = machine_busy(3.0)
+    quiet = busy < limit
     print(f"quiet gate: CPUs {100 * busy:.0f} % busy after {time.perf_counter() - t0:.0f} s "
-          f"({'quiet' if busy < limit else 'NOT quiet: starting anyway'})", flush=True)
+          f"({'quiet: starting' if quiet else 'NOT quiet: giving the lock back, trying later'})", flush=True)
+    if not quiet:
+        sys.exit(NOT_QUIET)
     os.execvp(cmd[0], cmd)
+
+
+def run_gated(cmd: list[str], gate: list[str], wrap: list[str], log, env: dict | None = None,
+              retry_s: float = 60.0, tries: int = 60) -> int:
+    """``wrap + gate + cmd``; while the gate finds the machine busy, wait ``retry_s`` outside the lock and retry."""
+    for _ in range(tries):
+        log.write(f"$ {shlex.join([*wrap, *gate, *cmd])}\n")
+        log.flush()
+        rc = subprocess.run([*wrap, *gate, *cmd], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != NOT_QUIET or not gate:
+            return rc
+        time.sleep(retry_s)
+    return rc
 
 
 def machine_seconds(run_dir: Path) -> float | None:
@@ -130,7 +150,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--frameworks", nargs="+", default=["mosec", "triton"])
     ap.add_argument("--wrap", default="", help="command prefix for every run, e.g. a lock")
-    ap.add_argument("--quiet-wait", type=float, default=120.0)
+    ap.add_argument("--quiet-wait", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from servingbench.report.compare import canary_check, compare_runs
@@ -149,11 +169,8 @@ def main() -> int:
             root.mkdir(parents=True, exist_ok=True)
             gate = ([sys.executable, str(Path(__file__).resolve()), QUIET, str(args.quiet_wait), "0.15", "--"]
                     if args.quiet_wait > 0 else [])
-            cmd = [*wrap, *gate, *servingbench_cmd(), "run", str(suite), "--out", str(root)]
-            log.write(f"$ {shlex.join(cmd)}\n")
-            log.flush()
             t0 = time.perf_counter()
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            rc = run_gated([*servingbench_cmd(), "run", str(suite), "--out", str(root)], gate, wrap, log)
             wall = time.perf_counter() - t0
             found = sorted(p for p in root.iterdir() if p.is_dir())
             if not found:

@@ -28,7 +28,8 @@ directory is continued (its ``summary.json`` pairs are kept, numbering goes on);
 pairs, so the benchmark can be run in pieces (e.g. each piece inside the lock: ``exclusive python
 scripts/bench_compare.py --out DIR --chunk 4``).  ``--wrap CMD``: a command
 prefix for every run (``--wrap /work/shared/bin/exclusive``: each run takes the lock separately); inside it a quiet
-gate waits (at most ``--quiet-wait`` s) until the CPUs are under 15 % busy.  Results: ``--out`` (default
+gate waits (at most ``--quiet-wait`` s) until the CPUs are under 15 % busy, else gives the lock back and tries again
+a minute later.  Results: ``--out`` (default
 ``results/bench-compare-<time>``): the suite, every run's results directory, ``runs.log``, ``summary.json``.
 """
 
@@ -51,6 +52,7 @@ import yaml
 REGISTRATION = "calibration=servingbench.testing.calibration:CalibrationAdapter"
 PLANTED_ENV = "SERVINGBENCH_CALIBRATION_SLOWDOWN"
 QUIET = "--exec-when-quiet"
+NOT_QUIET = 75  # exit status of the quiet gate when the machine stayed busy
 
 
 # ---- running (the same helpers as scripts/bench_slo_search.py) ----------------------------------------------------
@@ -72,16 +74,33 @@ def machine_busy(seconds: float) -> float:
 
 
 def exec_when_quiet(argv: list[str]) -> None:
-    """``--exec-when-quiet MAX_S BUSY -- CMD...``: wait (at most MAX_S) until the CPUs are less than BUSY busy over
-    3 s, say so, then exec CMD.  Runs inside the lock."""
+    """``--exec-when-quiet MAX_S BUSY -- CMD...`` (runs inside the lock): wait at most MAX_S until the CPUs are less
+    than BUSY busy over 3 s (other users' work that does not take the lock), then exec CMD; still busy: exit
+    ``NOT_QUIET`` (the lock is released and the caller tries again later)."""
     max_s, limit, cmd = float(argv[0]), float(argv[1]), argv[3:]
     t0 = time.perf_counter()
     busy = machine_busy(3.0)
     while busy >= limit and time.perf_counter() - t0 < max_s:
         busy = machine_busy(3.0)
+    quiet = busy < limit
     print(f"quiet gate: CPUs {100 * busy:.0f} % busy after {time.perf_counter() - t0:.0f} s "
-          f"({'quiet' if busy < limit else 'NOT quiet: starting anyway'})", flush=True)
+          f"({'quiet: starting' if quiet else 'NOT quiet: giving the lock back, trying later'})", flush=True)
+    if not quiet:
+        sys.exit(NOT_QUIET)
     os.execvp(cmd[0], cmd)
+
+
+def run_gated(cmd: list[str], gate: list[str], wrap: list[str], log, env: dict | None = None,
+              retry_s: float = 60.0, tries: int = 60) -> int:
+    """``wrap + gate + cmd``; while the gate finds the machine busy, wait ``retry_s`` outside the lock and retry."""
+    for _ in range(tries):
+        log.write(f"$ {shlex.join([*wrap, *gate, *cmd])}\n")
+        log.flush()
+        rc = subprocess.run([*wrap, *gate, *cmd], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != NOT_QUIET or not gate:
+            return rc
+        time.sleep(retry_s)
+    return rc
 
 
 def run_once(suite: Path, out_root: Path, wrap: list[str], log, env_extra: dict[str, str],
@@ -91,11 +110,9 @@ def run_once(suite: Path, out_root: Path, wrap: list[str], log, env_extra: dict[
     env.pop(PLANTED_ENV, None)
     env.update(env_extra)
     gate = [sys.executable, str(Path(__file__).resolve()), QUIET, str(quiet_s), "0.15", "--"] if quiet_s > 0 else []
-    cmd = [*wrap, *gate, *servingbench_cmd(), "run", str(suite), "--out", str(out_root)]
-    log.write(f"$ {' '.join(f'{k}={v}' for k, v in env_extra.items())} {shlex.join(cmd)}\n")
-    log.flush()
+    log.write(f"# environment: {env_extra or 'unchanged'}\n")
     t0 = time.perf_counter()
-    rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    rc = run_gated([*servingbench_cmd(), "run", str(suite), "--out", str(out_root)], gate, wrap, log, env)
     dirs = sorted(p for p in out_root.iterdir() if p.is_dir())
     return (dirs[-1] if dirs else None), rc, time.perf_counter() - t0
 
@@ -192,7 +209,7 @@ def main() -> int:
     ap.add_argument("--budget-min", type=float, default=None, help="start no new triple after this much machine time")
     ap.add_argument("--chunk", type=int, default=None, help="run at most this many more pairs in this invocation")
     ap.add_argument("--wrap", default="", help="command prefix for every run, e.g. a lock")
-    ap.add_argument("--quiet-wait", type=float, default=120.0)
+    ap.add_argument("--quiet-wait", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path("results") / f"bench-compare-{time.strftime('%Y%m%d-%H%M%S')}"

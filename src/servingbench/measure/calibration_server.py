@@ -113,6 +113,7 @@ class Worker:
 
     def _run(self) -> None:
         clock, get = time.perf_counter, self.queue.get
+        sleep, spin = time.sleep, self.spin_s
         while True:
             job = get()
             taken = clock()
@@ -121,15 +122,20 @@ class Worker:
                 job.out = job.runtime.predict(job.x)
             except BaseException as e:  # noqa: BLE001 - reported to the request, the worker goes on
                 job.err = e
-            if clock() > deadline:
-                self.overruns += 1
-            if deadline - clock() > self.spin_s:  # leave the core and the GIL to the connection threads ...
-                time.sleep(deadline - clock() - self.spin_s)
-            while clock() < deadline:  # ... then spin: exactly service_s since the request was taken
-                pass
-            self.served += 1
-            self.history.append((job.queued, taken, clock()))
-            job.done.release()
+            try:
+                rest = deadline - clock()
+                if rest < 0:
+                    self.overruns += 1
+                elif rest > spin:  # leave the core and the GIL to the connection threads ...
+                    sleep(rest - spin)
+                while clock() < deadline:  # ... then spin: exactly service_s since the request was taken
+                    pass
+                self.served += 1
+                self.history.append((job.queued, taken, clock()))
+            except Exception as e:  # noqa: BLE001 - never let the worker die: the server would hang
+                print(f"calibration worker: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            finally:  # whatever happens, the request is answered
+                job.done.release()
 
 
     def stats(self, reset: bool = False) -> dict[str, Any]:
