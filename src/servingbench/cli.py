@@ -242,9 +242,12 @@ def run(
         False, "--force", help="with --resume: resume even when the suite differs from the run's or --frameworks "
                                "leaves unfinished cells out (recorded in run.json; the run stays partial until every "
                                "planned cell has a final status)"),
+    plain: bool = typer.Option(False, "--plain", help="line-per-event output even in a terminal (the default when "
+                                                      "stdout is not a terminal: CI logs, pipes)"),
 ) -> None:
-    """Run a suite: start each framework, verify outputs, measure, stop.  Exit 1 if any cell failed or the run is
-    partial (planned cells not run), 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP)."""
+    """Run a suite: start each framework, verify outputs, measure, stop.  In a terminal a live display shows the
+    suite's and the cell's progress with ETAs and the running point's throughput and p99.  Exit 1 if any cell
+    failed or the run is partial (planned cells not run), 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP)."""
     from servingbench.suite import run_suite
     from servingbench.results import ResultsError
     from servingbench.scenarios.loader import ScenarioError, apply_overrides, load_suite
@@ -260,19 +263,23 @@ def run(
         raise typer.Exit(2)
     if force and resume is None:
         _fail("--force only applies with --resume DIR (a new run always starts from the suite as it is)")
+    from servingbench.progress import make_progress, summary_table
+
     t0 = time.perf_counter()
     with _stop_signals():
         try:
-            outcome = run_suite(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, resume=resume,
-                                progress=lambda msg: console.print(msg, highlight=False), allow_remote=allow_remote,
-                                force=force)
+            with make_progress(console, plain=plain) as progress:
+                outcome = run_suite(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, resume=resume,
+                                    progress=progress, allow_remote=allow_remote, force=force)
         except (ResultsError, ValueError) as e:
             _fail(str(e))
             return
         except KeyboardInterrupt as e:
             console.print(f"interrupted ({e or 'Ctrl-C'}) before the run started", highlight=False, markup=False)
             raise typer.Exit(130)
-        console.print(f"done in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{c} {s}" for c, s in outcome.statuses.items()))
+        console.print(f"done in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{c} {s}" for c, s in outcome.statuses.items()), highlight=False, markup=False)
+        if outcome.statuses:
+            console.print(summary_table(outcome.results.records("point"), outcome.statuses))
         if report and not outcome.interrupted:
             from servingbench.results import ResultsError
 
@@ -280,14 +287,14 @@ def run(
                 _write_report(outcome.results.path, beside=True)  # <results>/<run-id>/report/index.html
             except ResultsError as e:
                 out.print(f"[red]report: {e}")
-        out.print(f"results: {outcome.results.path}")
+        out.print(f"results: {Path(outcome.results.path).absolute()}", highlight=False, markup=False)
     if outcome.interrupted:
         raise typer.Exit(130)
     if outcome.failed or outcome.partial:
         raise typer.Exit(1)
 
 
-def _write_report(results_path: Path, out_root: Path = Path("reports"), beside: bool = False) -> None:
+def _write_report(results_path: Path, out_root: Path = Path("reports"), beside: bool = False) -> Path:
     import warnings
 
     from servingbench.report.build import write_report
@@ -297,21 +304,82 @@ def _write_report(results_path: Path, out_root: Path = Path("reports"), beside: 
         path = write_report(results_path, out_root, beside=beside)
     for w in caught:
         out.print(f"[yellow]warning: {w.message}", highlight=False)
-    out.print(f"report: {Path(path).absolute()}")
+    out.print(f"report: {Path(path).absolute()}", highlight=False, markup=False)
+    return Path(path)
 
 
 @app.command()
 def report(
     results_dir: Path = typer.Argument(..., help="results/<run-id>"),
     out_root: Path = typer.Option(Path("reports"), "--out", help="reports root"),
+    open_: bool = typer.Option(False, "--open", help="open the report in the default browser (when there is one)"),
 ) -> None:
     """Write reports/<run-id>/index.html (self-contained), report.md, figures and tables."""
     from servingbench.results import ResultsError
 
     try:
-        _write_report(results_dir, out_root)
+        path = _write_report(results_dir, out_root)
     except ResultsError as e:
         _fail(str(e))
+    if open_:
+        _open_in_browser(path)
+
+
+def _open_in_browser(path: Path) -> bool:
+    """Open ``path`` in the default browser; say so (and where the file is) when there is none."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.get() is not None and webbrowser.open(path.absolute().as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        out.print(f"no browser found here: open {path.absolute()} yourself", highlight=False, markup=False)
+    return bool(opened)
+
+
+@app.command()
+def export(
+    results_dir: Path = typer.Argument(..., help="results/<run-id>"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="log one MLflow run per cell (metrics per load point, "
+                                                        "params, flags as tags, report and manifests as artifacts)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: "
+                                               "$MLFLOW_TRACKING_URI, else sqlite:///<results root>/mlflow.db)"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: the suite's "
+                                                                        "name)"),
+    parquet: Optional[Path] = typer.Option(None, "--parquet", help="write tidy tables here: points, windows, "
+                                                                   "probes, cells (.parquet; docs/export.md)"),
+) -> None:
+    """Export a run: tidy Parquet tables and/or MLflow tracking runs (docs/export.md)."""
+    from servingbench.export import ExportError, export_mlflow, write_parquet
+    from servingbench.report.data import RunData
+    from servingbench.results import ResultsError
+
+    if not mlflow and parquet is None:
+        _fail("nothing to export: give --mlflow and/or --parquet DIR")
+    if (tracking_uri or experiment) and not mlflow:
+        _fail("--tracking-uri / --experiment only apply with --mlflow")
+    try:
+        d = RunData.load(results_dir)
+    except ResultsError as e:
+        _fail(str(e))
+    try:
+        if parquet is not None:
+            for name, path in write_parquet(d, parquet).items():
+                out.print(f"{name}: {path.absolute()}", highlight=False, markup=False)
+        if mlflow:
+            report_dir = None
+            try:
+                report_dir = _write_report(results_dir, beside=True).parent
+            except ResultsError as e:
+                out.print(f"report not attached: {e}", highlight=False, markup=False)
+            uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+            for r in export_mlflow(d, uri, experiment, report_dir):
+                out.print(f"{r['cell']}: MLflow run {r['run_id']} ({r['status']})", highlight=False, markup=False)
+    except ExportError as e:
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - the tracking store's own errors (bad URI, unreachable server)
+        _fail(f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
 def _html_target(html: Path) -> Path:

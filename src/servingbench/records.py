@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from servingbench.results import point_load
+
 
 def cell_base(cell_id: str, framework: str, deployment: str) -> dict[str, Any]:
     """The keys every record of a cell starts with."""
@@ -33,6 +35,7 @@ def point_record(base: dict[str, Any], workload: Any, group: list[str], load: di
         "workload": workload.name, "kind": workload.kind, **extra, "models": group,
         "model": group[0] if len(group) == 1 else models, "batch": workload.batch, "load": load, "repeat": repeat,
     }
+    rec["load_kind"], rec["load_level"] = point_load(load)
     if step is not None:
         rec["step"] = step
     rec.update(point)

@@ -41,7 +41,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: What each schema version changed (docs/results.md).  Older files are migrated in memory when read (asv-style:
+#: one function per step, applied in order); a file from a newer servingbench is refused with the fix.
+SCHEMA_CHANGES = {
+    2: "point records carry load_kind and load_level (the load point as one number: concurrency, rate or users); "
+       "run.json carries plan (planned load points per cell; null in runs migrated from schema 1)",
+}
 FINAL = {"ok", "failed", "skipped"}
 
 RUN_ID_MAX = 120
@@ -192,6 +198,7 @@ _RUN_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     # field: (allowed types, required).  None is accepted for the optional fields.
     "schema": ((int,), True),
     "run_id": ((str,), True),
+    "plan": ((dict,), False),
     "status": ((str,), True),
     "cells": ((dict,), True),
     "suite": ((dict,), False),
@@ -265,14 +272,72 @@ def read_run_json(path: Path) -> dict[str, Any]:
         raise ResultsError(f"{path} holds {_kind(data)}, not a JSON object: {_FIX_RUN}")
     if "schema" not in data:
         raise ResultsError(f"{path} has no 'schema' field: {_FIX_RUN}")
-    if data.get("schema") != SCHEMA_VERSION or isinstance(data.get("schema"), bool):
-        raise ResultsError(f"{path}: schema {data.get('schema')!r} is not supported "
-                           f"(this servingbench writes {SCHEMA_VERSION})")
+    problem = schema_problem(data.get("schema"))
+    if problem:
+        raise ResultsError(f"{path}: {problem}")
+    data = migrate_run(data)
     problems = run_problems(data)
     if problems:
         raise ResultsError(f"{path}: " + "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more"
                                                                      if len(problems) > 10 else "") + f": {_FIX_RUN}")
     return data
+
+
+# ---- schema versions ----------------------------------------------------------------------------------------------
+def schema_problem(version: Any) -> str | None:
+    """Why a file's ``schema`` cannot be read (with the fix), or ``None`` for 1 .. :data:`SCHEMA_VERSION`."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return f"schema {_show(version, 40)} is not a schema version (1 to {SCHEMA_VERSION}): {_FIX_RUN}"
+    if version > SCHEMA_VERSION:
+        return (f"schema {version} was written by a newer servingbench (this one reads schema 1 to "
+                f"{SCHEMA_VERSION}): upgrade servingbench to read it")
+    return None
+
+
+def point_load(load: Any) -> tuple[str | None, float | None]:
+    """A point's load as (kind, level): ``concurrency``, ``rate`` or ``users`` and its number."""
+    if isinstance(load, dict):
+        for kind in ("concurrency", "rate", "users"):
+            v = load.get(kind)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return kind, float(v)
+    return None, None
+
+
+def _run_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    data.setdefault("plan", None)  # what was planned is not known for schema-1 runs
+    return data
+
+
+def _record_1_to_2(rec: dict[str, Any]) -> dict[str, Any]:
+    if rec.get("type") == "point":
+        kind, level = point_load(rec.get("load"))
+        rec.setdefault("load_kind", kind)
+        rec.setdefault("load_level", level)
+    return rec
+
+
+#: version -> (run.json step, record step) to version + 1
+MIGRATIONS = {1: (_run_1_to_2, _record_1_to_2)}
+
+
+def migrate_run(data: dict[str, Any]) -> dict[str, Any]:
+    """A checked run.json of any readable schema as the current one; ``schema_migrated_from`` says from which."""
+    start = data["schema"]
+    for v in range(start, SCHEMA_VERSION):
+        data = MIGRATIONS[v][0](data)
+    if start != SCHEMA_VERSION:
+        data.update(schema=SCHEMA_VERSION, schema_migrated_from=data.get("schema_migrated_from") or start)
+    return data
+
+
+def migrate_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of any readable schema (no ``schema``: 1) as the current one."""
+    start = rec.get("schema", 1)
+    for v in range(start, SCHEMA_VERSION):
+        rec = MIGRATIONS[v][1](rec)
+    rec["schema"] = SCHEMA_VERSION
+    return rec
 
 
 # ---- records ------------------------------------------------------------------------------------------------------
@@ -284,6 +349,9 @@ def record_problem(rec: Any) -> str | None:
         v = rec.get(key)
         if v is not None and not isinstance(v, str):
             return f"field {key!r} is {_kind(v)} ({_show(v, 40)}), expected a string"
+    v = rec.get("schema", 1)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        return f"field 'schema' is {_kind(v)} ({_show(v, 40)}), expected a schema version (1 to {SCHEMA_VERSION})"
     if rec.get("type") == "probe":
         for key in ("framework", "feature"):
             if not isinstance(rec.get(key), str):
@@ -643,10 +711,12 @@ class RunResults:
                     bad.append(n)
                     continue
                 problem = record_problem(rec)
+                if not problem and rec.get("schema", 1) > SCHEMA_VERSION:
+                    raise ResultsError(f"{self.records_path}: line {n}: {schema_problem(rec['schema'])}")
                 if problem:
                     raise ResultsError(f"{self.records_path}: line {n}: the record {problem}; the file is damaged "
                                        "or was not written by servingbench: remove that line, or re-run the suite")
-                out[rec.get("id") or f"line{n}"] = (n, rec)
+                out[rec.get("id") or f"line{n}"] = (n, migrate_record(rec))
         self.torn_lines, self.torn_line_numbers = len(bad), bad
         if bad:
             shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")

@@ -25,7 +25,7 @@ from servingbench.contract import AdapterUnavailable, Secrets, UnsupportedDeploy
 from servingbench.deploy.live import (
     LiveDeployment, VerificationError, make_deployment, runtime_record, server_python_runtime,
 )
-from servingbench.load.kinds import RUNNERS, CellRun
+from servingbench.load.kinds import RUNNERS, CellRun, emit
 from servingbench.load.pool import InputPool
 from servingbench.measure import canary as measure_canary
 from servingbench.measure.resources import tree_memory
@@ -73,6 +73,32 @@ def plan_cells(suite: Suite, frameworks: list[str] | None = None) -> list[Cell]:
         for fw in chosen
         if d.frameworks is None or fw in d.frameworks
     ]
+
+
+#: An SLO search's probes are not known in advance: the estimate (at most ``max_steps``) a live ETA starts from.
+SLO_PROBES_ESTIMATE = 8
+
+
+def planned_points(suite: Suite, cell: Cell) -> int:
+    """How many load points ``cell`` measures (SLO searches: an estimate, see :data:`SLO_PROBES_ESTIMATE`)."""
+    n = 0
+    for w in suite.workloads:
+        if cell.repeat >= suite.measurement_for(w).repeats:
+            continue
+        models = w.models or [m.name for m in suite.models]
+        groups = 1 if (w.weights and len(models) > 1) else len(models)
+        per = {"closed_loop": lambda: len(w.concurrency), "open_loop": lambda: len(w.rates),
+               "shape": lambda: len(w.stages),
+               "slo_search": lambda: min(w.max_steps, SLO_PROBES_ESTIMATE) + int(w.confirm)}[w.kind]()
+        n += groups * per
+    return n
+
+
+def point_seconds(suite: Suite) -> float:
+    """A prior for one point's wall time (warm-up + the stable windows + 2 s of generator start), before any
+    point has finished."""
+    ms = [suite.measurement_for(w) for w in suite.workloads] or [suite.measurement]
+    return sum(m.warmup + m.window * m.windows + 2.0 for m in ms) / len(ms)
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -478,6 +504,11 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
         stack.callback(results.close)  # the results directory's lock, released when the run ends however it ends
         results.set_redactions(store.sensitive_strings())
         progress(f"results: {results.path}")
+        points = [(c.id, planned_points(suite, c)) for c in cells]
+        if not results.read_run().get("plan"):  # a resume keeps the plan of the run it continues
+            results.update_run(plan={"points": dict(points), "slo_probes_estimate": SLO_PROBES_ESTIMATE})
+        emit(progress, "plan", cells=points, probes=[f"{fw}/probe:{name}" for fw, name in probes],
+             point_s=point_seconds(suite))
         scratch = supervisor.make_tempdir("servingbench-scratch-")  # owned: cleanup removes it if we die
         try:
             progress("building model artifacts")
@@ -491,15 +522,21 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
                 if cell.id in done:
                     statuses[cell.id] = results.read_run()["cells"][cell.id]["status"]
                     progress(f"{cell.id}: already {statuses[cell.id]} (resume)")
+                    emit(progress, "cell_finished", cell=cell.id, status=statuses[cell.id], resumed=True)
                     continue
+                emit(progress, "cell_started", cell=cell.id)
                 statuses[cell.id] = run_cell(cell, suite, artifacts, results, store, cpus, progress, scratch,
                                              allow_remote, canary)
+                emit(progress, "cell_finished", cell=cell.id, status=statuses[cell.id], resumed=False)
             for fw, name in probes:
                 cid = f"{fw}/probe:{name}"
                 if cid in done:
                     statuses[cid] = results.read_run()["cells"][cid]["status"]
+                    emit(progress, "cell_finished", cell=cid, status=statuses[cid], resumed=True)
                     continue
+                emit(progress, "cell_started", cell=cid)
                 statuses[cid] = run_probe_cell(fw, name, suite, artifacts, results, store, cpus, progress)
+                emit(progress, "cell_finished", cell=cid, status=statuses[cid], resumed=False)
         except KeyboardInterrupt:
             supervisor.stop_all(keep=outside)
             results.update_run(status="interrupted", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -62,6 +62,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
+import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -690,6 +691,7 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
             w.update(stage=stage, users=users, transition=transition)
             windows.append(w)
             metric_values.append(_window_metric(w, "closed"))
+            _live_line(plan.get("live"), n, w)
         stable_from = 0  # stages are judged by the harness (load/point.shape_stages), each on its own windows
     else:
         users = plan["users"] if mode == "closed" else max(plan["max_in_flight"], processes)
@@ -707,6 +709,7 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
             gevent.sleep(max(0.0, start + plan["window_s"] - time.perf_counter()))
             windows.append(window(n, start))
             metric_values.append(_window_metric(windows[-1], mode))
+            _live_line(plan.get("live"), n, windows[-1])
             # Stable when the last `windows` windows agree on throughput *and* p50 (closed and open loop).
             # Open loop: a window's throughput also varies with its random arrivals (sqrt(N)), allowed for.
             counts = [w["count"] for w in windows] if mode == "open" else None
@@ -717,6 +720,17 @@ def _drive(plan: dict, runner, ctl: _Controller, processes: int, mode: str, dist
     measured = sum(w["end"] - w["start"] for w in windows)
     return _result(plan, mode, stable_from, windows, metric_values, finals, t_begin, t_measure, measured, cpu0,
                    ready)
+
+
+def _live_line(path: str | None, n: int, w: dict) -> None:
+    """One line per finished window for a live display (``GeneratorPlan.live``); never fails the point."""
+    if not path:
+        return
+    h = w["_hist"]
+    line = {"window": n, "throughput_rps": w["throughput_rps"], "p99_s": h.percentile(99) if h.count else None,
+            "count": w["count"], "errors": w["errors"]}
+    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _result(plan, mode, stable_from, windows, metric_values, finals, t_begin, t_measure, measured, cpu0,

@@ -18,6 +18,16 @@ from servingbench.load.point import run_point
 from servingbench.load.pool import InputPool
 
 Progress = Callable[[str], None]
+
+
+def emit(progress: Any, event: str, **data: Any) -> None:
+    """Structured progress for a live display: calls ``progress.<event>(**data)`` when the observer defines it (a
+    plain callable such as ``print`` gets the text lines only).  Events: ``plan``, ``cell_started``,
+    ``point_started``, ``point_finished``, ``cell_finished`` (``servingbench.progress``)."""
+    fn = getattr(progress, event, None)
+    if callable(fn):
+        fn(**data)
+
 #: Flags that make an SLO probe be measured once more before it counts (they are about the machine, not the rate).
 RETRY_FLAGS = frozenset({"interference", "machine_speed_changed", "unstable"})
 ABOVE_LIMIT = 1.05  # a point above 105 % of its in-process limit is flagged (the limit's own noise is a few %)
@@ -42,14 +52,19 @@ class CellRun:
     pending: list[dict[str, Any]] = field(default_factory=list)  # records of this cell, written at its end
     points: int = 0
     answered: int = 0  # points with any successful request
+    started: int = 0  # generator runs started (live-progress file names)
 
     def measure(self, w: Any, load: dict[str, float], repeat: int, group: list[str]) -> dict[str, Any]:
         """Run one load point of ``w`` for the models in ``group``."""
         from servingbench.runtime.supervisor import raise_if_stop_requested
 
         raise_if_stop_requested()  # a stop signal whose KeyboardInterrupt was swallowed somewhere
+        self.started += 1
+        live = self.scratch / f"live-{self.base['cell'].replace('/', '_')}-{self.started}.jsonl"
         plan = PointPlan(w, load, self.suite.measurement_for(w), repeat, group, self.suite.generator,
-                         generator_ceiling_rps=self.generator_ceiling_rps)
+                         generator_ceiling_rps=self.generator_ceiling_rps, live=str(live))
+        emit(self.progress, "point_started", cell=self.base["cell"], label=f"{w.name} {'+'.join(group)} "
+             + " ".join(f"{k} {v:g}" for k, v in load.items()), live=live)
         return run_point(self.live, plan, self.pool, self.generator_cpus, self.scratch, self.log_dir)
 
     def record(self, rec: dict[str, Any], line: str) -> None:
@@ -60,6 +75,10 @@ class CellRun:
             self.answered += bool(rec["metrics"].get("throughput_rps"))
         self.pending.append(rec)
         self.progress(line)
+        if rec.get("type") == "point":
+            emit(self.progress, "point_finished", cell=self.base["cell"],
+                 throughput_rps=rec["metrics"].get("throughput_rps"), p99_s=rec["metrics"]["latency_s"].get("p99"),
+                 valid=rec["validity"]["valid"])
 
     def _check_limit(self, rec: dict[str, Any]) -> None:
         """A server faster than the same model in-process on the same cores is a measurement problem, not a win."""

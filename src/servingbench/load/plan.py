@@ -73,6 +73,7 @@ class GeneratorPlan(_Plan):
     stages: list[dict[str, Any]] | None = None
     shape: Literal["step", "ramp"] | None = None
     start_users: int = 1
+    live: str | None = None  #: append one JSON line per window here (live progress: throughput, p99, errors)
 
     @classmethod
     def build(cls, *, mode: Mode, load: dict[str, float], m: Measurement, targets: list[dict], result: str,
@@ -98,3 +99,4 @@ class PointPlan:
     models: list[str] = field(default_factory=list)
     generator: Generator | None = None  # locust processes (suite.generator); None: one process
     generator_ceiling_rps: float | None = None  # the run's calibrated generator ceiling: flags points near it
+    live: str | None = None  # the generator appends one line per window here (GeneratorPlan.live)

@@ -56,7 +56,7 @@ def run_point(
     gen_plan = GeneratorPlan.build(
         mode=MODES[w.kind], load=plan.load, m=m, targets=targets, result=str(workdir / f"gen-{tag}.json"),
         processes=generator_plan(plan.generator, gen_cpus), framework=live.deployment.framework,
-        deployment=live.deployment.describe(), seed=plan.repeat,
+        deployment=live.deployment.describe(), seed=plan.repeat, live=plan.live,
         ca_file=str(live.secrets.ca_cert) if live.secrets.ca_cert else None,
         client_cert=str(live.secrets.client_cert) if live.deployment.tls == "mutual" else None,
         client_key=str(live.secrets.client_key) if live.deployment.tls == "mutual" else None, **extra,
