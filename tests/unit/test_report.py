@@ -370,3 +370,22 @@ def test_metric_registry_formats():
     assert format_value(300 * 2**20, "bytes") == "300 MiB"
     assert format_value(None, "s") == "–"
     assert METRICS["latency_p50_s"].label == "p50 latency (ms)"
+
+
+def test_report_shows_how_the_run_went(tmp_path: Path):
+    """Issue 15: other work on the machine, a partial run and its resumes are stated in the report."""
+    run = _copy(tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    meta["concurrent_activity"] = [{"kind": "servingbench_run", "pid": 4242,
+                                    "text": "another servingbench run is active: pid 4242 (servingbench run x.yaml)"}]
+    meta["missing_cells"] = ["mlflow/default#r0", "ray/default#r0"]
+    meta["status"] = "partial"
+    meta["resumes"] = [{"at": "2026-12-02T10:00:00", "forced": True, "differences": ["workloads.0.concurrency"],
+                        "left_out": [], "torn_lines": [53]}]
+    (run / "run.json").write_text(json.dumps(meta))
+    html = write_report(run, tmp_path / "reports").read_text()
+    assert "another servingbench run is active: pid 4242" in html
+    assert "partial: 2 planned cell(s) have no result (mlflow/default#r0, ray/default#r0)" in html
+    assert "resumed 1 time(s)" in html and "workloads.0.concurrency" in html and "1 torn record line" in html
+    md = (tmp_path / "reports" / meta["run_id"] / "report.md").read_text()
+    assert "another servingbench run is active" in md and "partial" in md

@@ -213,7 +213,36 @@ def _environment(b: _Builder) -> dict[str, Any]:
     if n < 4:
         warnings.append(f"Only {n} logical CPUs: server and load generator share a small machine, so the numbers "
                         "show orders of magnitude rather than a ranking.")
+    warnings += _run_warnings(meta)
     return {"rows": rows, "frameworks": fw, "calibration": cal_rows, "warnings": warnings}
+
+
+def _run_warnings(meta: dict[str, Any]) -> list[str]:
+    """What run.json says about how the run went: other work on the machine, cells never run, resumes."""
+    out = []
+    for a in meta.get("concurrent_activity") or []:
+        if isinstance(a, dict) and a.get("text"):
+            out.append(f"During the run: {a['text']}. Measurements may be distorted (see the validity flags).")
+    missing = [c for c in meta.get("missing_cells") or [] if isinstance(c, str)]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        out.append(f"The run is partial: {len(missing)} planned cell(s) have no result ({shown}). Comparisons and "
+                   "winners below cover only the cells that ran.")
+    resumes = [r for r in meta.get("resumes") or [] if isinstance(r, dict)]
+    if resumes:
+        forced = [r for r in resumes if r.get("forced")]
+        torn = sum(len(r.get("torn_lines") or []) for r in resumes)
+        text = f"The run was resumed {len(resumes)} time(s) (at {', '.join(str(r.get('at')) for r in resumes[:5])})"
+        if forced:
+            diffs = "; ".join(str(x) for r in forced for x in (r.get("differences") or r.get("left_out") or []))[:400]
+            text += f"; {len(forced)} resume(s) forced past a changed suite or left-out cells ({diffs or 'see run.json'})"
+        if torn:
+            text += f"; {torn} torn record line(s) from a crash were skipped"
+        out.append(text + ": cells measured in different sessions may differ by the machine's drift.")
+    if meta.get("schema_migrated_from"):
+        out.append(f"These results were written with result schema {meta['schema_migrated_from']} and read through "
+                   "its migration (docs/export.md).")
+    return out
 
 
 def _generator_text(g: dict) -> str:
