@@ -33,7 +33,7 @@ import urllib.request
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import psutil
 
@@ -428,6 +428,16 @@ def find_leftovers(owners: Iterable[int] = ()) -> Leftovers:
             for prefix in MARKER_SHM_PREFIXES:
                 if name.startswith(prefix) and marker_named(name[len(prefix):len(prefix) + 12]):
                     files.setdefault(f"{SHM}/{name}", "no live process carries its marker")
+    for path, why in _leftover_dirs(owners, scope, live, marker_named).items():
+        files.setdefault(path, why)
+    found.files = sorted(files.items())
+    return found
+
+
+def _leftover_dirs(owners: set[int], scope: str, live: list, marker_named: Callable[[str], bool]) -> dict[str, str]:
+    """Temp directories a harness left (see :func:`find_leftovers`): marker-named dirs whose marker no live process
+    carries, and servingbench's temp dirs whose owner is gone (or named in ``owners``)."""
+    found: dict[str, str] = {}
     states: dict[tuple[int, float | None], str] = {}
     candidates: list[tuple[int, float]] | None = None
     for root in _temp_roots():
@@ -442,7 +452,7 @@ def find_leftovers(owners: Iterable[int] = ()) -> Leftovers:
             prefix = next((p for p in MARKER_DIR_PREFIXES if e.name.startswith(p)), None)
             if prefix is not None:
                 if marker_named(e.name[len(prefix):len(prefix) + 12]):
-                    files.setdefault(path, "no live process carries its marker")
+                    found.setdefault(path, "no live process carries its marker")
                 continue
             if not e.name.startswith(TEMP_PREFIXES):
                 continue
@@ -453,12 +463,12 @@ def find_leftovers(owners: Iterable[int] = ()) -> Leftovers:
                     continue
                 if owners:
                     if pid in owners:
-                        files.setdefault(path, f"owner {pid} named with --owner")
+                        found.setdefault(path, f"owner {pid} named with --owner")
                     continue
                 if (pid, start) not in states:
                     states[(pid, start)] = harness_state(pid, start)
                 if states[(pid, start)] != "alive":
-                    files.setdefault(path, f"owner {pid} {states[(pid, start)]}")
+                    found.setdefault(path, f"owner {pid} {states[(pid, start)]}")
                 continue
             if owners or scope:  # an unclaimed directory cannot be attributed to one harness
                 continue
@@ -467,8 +477,7 @@ def find_leftovers(owners: Iterable[int] = ()) -> Leftovers:
             with contextlib.suppress(OSError):
                 created = os.lstat(path).st_ctime
                 if not any(start <= created + 1.0 for _, start in candidates):
-                    files.setdefault(path, "no owner file, and no live harness started before it")
-    found.files = sorted(files.items())
+                    found.setdefault(path, "no owner file, and no live harness started before it")
     return found
 
 
