@@ -185,15 +185,92 @@ def frameworks() -> None:
 
 
 @app.command()
-def models() -> None:
-    """List the model zoo."""
+def models(
+    check: Optional[List[Path]] = typer.Option(None, "--check", help="check a suite's user models (a .yaml), or "
+                                               "one model file / Hugging Face directory (with --input-shape): load "
+                                               "it, run its first call, show what was understood"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="with --check FILE: the per-sample "
+                                              "input shape, e.g. 3,224,224"),
+    dtype: str = typer.Option("float32", "--dtype", help="with --check FILE: the input dtype"),
+    measure: bool = typer.Option(False, "--measure", help="also time each zoo model in-process here (batch 1, "
+                                                          "one thread, median of 1 s of calls)"),
+) -> None:
+    """List the model zoo with each model's cost (MACs, parameters; --measure: in-process latency here), or
+    check user models (--check)."""
     from servingbench.models import list_models
 
-    t = Table("model", "input", "output", "cost", "description")
-    for m in list_models():
-        t.add_row(m.name, f"{m.input.dtype}{list(m.input.shape)}", f"{m.output.dtype}{list(m.output.shape)}", m.cost,
-                  m.description)
+    if check:
+        _check_models(check, input_shape, dtype)
+        return
+    cols = ["model", "input", "output", "parameters", "cost"] + (["latency (1 thread)"] if measure else [])
+    t = Table(*cols, "description")
+    for m in list_models(real_size=True):
+        module = m.build(init=False)
+        params = sum(p.numel() for p in module.parameters())
+        row = [m.name, f"{m.input.dtype}{list(m.input.shape)}", f"{m.output.dtype}{list(m.output.shape)}",
+               f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params:,}", m.cost]
+        if measure:
+            row.append(_inprocess_latency(m, module))
+        t.add_row(*row, m.description)
     out.print(t)
+
+
+def _inprocess_latency(spec, module) -> str:
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(1)
+    x = torch.from_numpy(spec.example_inputs(1))
+    times = []
+    with torch.inference_mode():
+        module.eval()(x)
+        t_end = time.perf_counter() + 1.0
+        while time.perf_counter() < t_end or len(times) < 3:
+            t0 = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t0)
+    return f"{statistics.median(times) * 1e3:.2f} ms (n={len(times)})"
+
+
+def _check_models(paths: List[Path], input_shape: Optional[str], dtype: str) -> None:
+    """``models --check``: each user model of a suite, or one model file, loaded and called once."""
+    from servingbench.models.user import SOURCES, UserModelError, check_user_model, parse_entry
+    from servingbench.scenarios.loader import ScenarioError, load_suite
+
+    t = Table("model", "source", "path", "input", "output", "parameters", "tolerance")
+    failed = False
+    for path in paths:
+        entries = []
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                suite = load_suite(path)
+                entries = [(m.name, m.user_entry()) for m in suite.models if m.user]
+                if not entries:
+                    out.print(f"{path}: no user models (only zoo models: {', '.join(m.name for m in suite.models)})")
+            else:
+                if not input_shape:
+                    _fail(f"--check {path}: give --input-shape (e.g. 3,224,224) for a model file, or check a suite")
+                try:
+                    shape = [int(s) for s in input_shape.split(",")]
+                except ValueError:
+                    _fail(f"--input-shape {input_shape!r}: give comma-separated positive ints, e.g. 3,224,224")
+                kind = ("hf" if path.is_dir() else "export" if path.suffix == ".pt2" else "torchscript")
+                entries = [(path.stem, {"name": path.stem, kind: str(path), "input": {"shape": shape,
+                                                                                     "dtype": dtype}})]
+            for name, entry in entries:
+                spec, info = check_user_model(parse_entry(entry, Path.cwd()))
+                t.add_row(name, f"{info['source']}", str(info["path"]), info["input"], info["output"],
+                          f"{info['parameters']:,}" if info["parameters"] is not None else "?",
+                          f"rtol {spec.rtol:g}, atol {spec.atol:g}")
+        except (ScenarioError, UserModelError) as e:
+            failed = True
+            console.print(str(e), highlight=False, markup=False)
+    if t.row_count:
+        out.print(t)
+        out.print("sources: " + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()), highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -620,7 +697,6 @@ def serve(
     import tempfile
 
     from servingbench.deploy.live import LiveDeployment
-    from servingbench.models import get_model
     from servingbench.runtime.secrets import SecretStore
     from servingbench.runtime.supervisor import terminate_on_signals
 
@@ -633,7 +709,7 @@ def serve(
         try:
             with live:
                 for art in arts:
-                    req = live.codec.request(get_model(art.name), get_model(art.name).example_inputs(1), secrets)
+                    req = live.codec.request(art.spec(), art.spec().example_inputs(1), secrets)
                     out.print(f"{art.name}: {req.method} {live.url(req)}")
                 if secrets.token:
                     out.print(f"token (this session only): {secrets.token}")

@@ -318,9 +318,20 @@ class SuiteOutcome:
 
 
 def build_artifacts_for(suite: Suite) -> dict[str, Any]:
+    """Every model's artifacts (built once, cached).  A user model is loaded and called first
+    (:func:`servingbench.models.user.check_user_model`): a model that does not match its spec fails here, before
+    any server starts."""
     from servingbench.models import build_artifacts, get_model
+    from servingbench.models.user import check_user_model, parse_entry
 
-    return {m.name: build_artifacts(get_model(m.name, **m.params)) for m in suite.models}
+    out = {}
+    for m in suite.models:
+        if m.user:
+            spec, _ = check_user_model(parse_entry(m.user_entry(), Path.cwd()))
+            out[m.name] = build_artifacts(spec)
+        else:
+            out[m.name] = build_artifacts(get_model(m.name, **m.params))
+    return out
 
 
 def _open_results(suite: Suite, suite_path: Path, out: Path, resume: Path | None, cells: list[Cell],
@@ -498,6 +509,8 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
     for a in activity:
         progress(f"[yellow]warning: {a['text']}: measurements may be distorted (recorded in run.json "
                  "concurrent_activity)")
+    progress("building model artifacts")  # before the results directory: a user model that fails stops here
+    artifacts = build_artifacts_for(suite)
     with SecretStore() as store, supervisor.terminate_on_signals(), contextlib.ExitStack() as stack:
         results, done = _open_results(suite, suite_path, out, resume, cells, cpus, probes, frameworks=frameworks,
                                       force=force, activity=activity, progress=progress)
@@ -511,8 +524,6 @@ def run_suite(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str
              point_s=point_seconds(suite))
         scratch = supervisor.make_tempdir("servingbench-scratch-")  # owned: cleanup removes it if we die
         try:
-            progress("building model artifacts")
-            artifacts = build_artifacts_for(suite)
             canary = None
             if cells:
                 _reference_measurements(suite, results, cpus, scratch, progress)

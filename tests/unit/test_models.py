@@ -268,3 +268,21 @@ def test_importing_the_package_does_not_import_torch():
             "assert 'torch' not in sys.modules")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_real_size_entries_have_the_published_sizes_and_are_not_built_by_default():
+    """Issue 16: ResNet-50 at 224 px and a BERT-base-sized encoder, built locally (nothing downloaded)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    assert [m.name for m in list_models()] == NAMES  # tests and verify build only the small ones
+    assert {"resnet50", "bert_base"} <= {m.name for m in list_models(real_size=True)}
+    r50 = get_model("resnet50").build(init=False).eval()
+    assert sum(p.numel() for p in r50.parameters()) == 25_557_032  # torchvision's resnet50
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        r50(torch.zeros(1, 3, 224, 224))
+    assert "4.09G MACs" in get_model("resnet50").cost and abs(fc.get_total_flops() / 2 / 4.089e9 - 1) < 0.01
+    bert = get_model("bert_base").build(init=False)
+    n = sum(p.numel() for p in bert.parameters())
+    assert 105e6 < n < 112e6  # BERT-base: ~110M
+    assert get_model("bert_base").input.shape == (128,)

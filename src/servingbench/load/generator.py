@@ -308,6 +308,7 @@ class _Load:
         from servingbench.adapters import registry
         from servingbench.contract import Deployment
         from servingbench.models import get_model
+        from servingbench.models.artifacts import spec_from_meta
 
         plan = _checked(plan)
         # The deployment's own codec, rebuilt from its configuration; no framework: calibration against a trivial
@@ -318,7 +319,10 @@ class _Load:
         self.index = index
         self.targets = []
         for t in plan["targets"]:
-            spec = get_model(t["model_name"], **t["model_params"]) if codec else None
+            spec = None
+            if codec:
+                spec = spec_from_meta(t["model_spec"]) if t.get("model_spec") else get_model(t["model_name"],
+                                                                                            **t["model_params"])
             self.targets.append(_Target(t, codec, spec, plan["sample_every"] if codec else 0))
         weights = np.array([t["weight"] for t in plan["targets"]], dtype=float)
         self.weights = weights / weights.sum()

@@ -26,6 +26,7 @@ class TargetPlan(_Plan):
     model: str
     model_name: str  #: zoo name: the generator rebuilds the ModelSpec from it and model_params
     model_params: dict[str, Any] = {}
+    model_spec: dict[str, Any] | None = None  #: a user model's meta.json (its spec); None for zoo models
     url: str
     method: str
     headers: dict[str, str]

@@ -42,6 +42,7 @@ def run_point(
         meta = art.metadata()
         targets.append({
             "model": name, "model_name": meta["name"], "model_params": meta.get("params", {}),
+            "model_spec": meta if meta.get("source") else None,
             "bodies": bodies, "expected": str(exp_path),
             "weight": (w.weights or {}).get(name, 1.0), **info,
         })

@@ -93,17 +93,32 @@ class ModelArtifacts:
         return np.load(self.ref_inputs), np.load(self.ref_outputs)
 
     def spec(self) -> ModelSpec:
-        """The zoo spec these artifacts were built from (params and seed from ``meta.json``)."""
-        meta = self.metadata()
-        return dataclasses.replace(get_model(meta["name"], **meta["params"]), seed=int(meta["seed"]))
+        """The spec these artifacts were built from: a zoo spec (params and seed from ``meta.json``), or a user
+        model's spec whose source is this directory's copy."""
+        return spec_from_meta(self.metadata(), self.dir)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The model formats servers can load these artifacts as (a user model may have no TorchScript form)."""
+        return tuple(self.metadata().get("formats") or ("eager", "torchscript"))
 
     def intact(self) -> bool:
-        """``meta.json`` parses and every file's sha256 matches the recorded one."""
+        """``meta.json`` parses, records the reference files, and every recorded file's sha256 matches."""
         try:
             recorded = self.sha256()
-            return all(_sha256(self.dir / f) == recorded[f] for f in FILES)
+            needed = {"reference_inputs.npy", "reference_outputs.npy"}
+            return needed <= set(recorded) and all(_sha256(self.dir / f) == h for f, h in recorded.items())
         except (OSError, ValueError, KeyError, TypeError):
             return False
+
+
+def spec_from_meta(meta: dict[str, Any], art_dir: Path | None = None) -> ModelSpec:
+    """The spec an artifact's ``meta.json`` (or a generator plan's ``model_spec``) describes."""
+    if meta.get("source"):
+        from servingbench.models.user import spec_from_meta as user_spec_from_meta
+
+        return user_spec_from_meta(meta, art_dir)
+    return dataclasses.replace(get_model(meta["name"], **meta["params"]), seed=int(meta["seed"]))
 
 
 def load_artifacts(directory: str | os.PathLike[str]) -> ModelArtifacts:
@@ -156,36 +171,80 @@ def build_artifacts(spec: ModelSpec, cache_dir: Path | None = None) -> ModelArti
     return art
 
 
+def _copy_user_source(spec: ModelSpec, d: Path) -> ModelSpec:
+    """A user model's source copied into ``d`` (what servers load); the spec pointing at the copy."""
+    from servingbench.models.user import ARTIFACT_NAMES, artifact_source
+
+    src = dict(spec.source)  # type: ignore[attr-defined]
+    kind = src["kind"]
+    if kind == "hf":
+        shutil.copytree(src["path"], d / ARTIFACT_NAMES[kind])
+    elif kind in ARTIFACT_NAMES:
+        shutil.copyfile(src["path"], d / ARTIFACT_NAMES[kind])
+    elif src.get("state_dict"):
+        shutil.copyfile(src["state_dict"], d / "state_dict.pt")
+    return dataclasses.replace(spec, source=artifact_source(src, d))
+
+
 def _export(spec: ModelSpec, d: Path) -> None:
     """Write every artifact file and ``meta.json`` into the empty directory ``d``."""
     import torch
 
-    module = spec.build()
-    torch.save(module.state_dict(), d / "state_dict.pt")
+    user = bool(getattr(spec, "source", None))
+    if user:
+        original = spec
+        spec = _copy_user_source(spec, d)
+        module = spec.build()
+    else:
+        module = spec.build()
+        torch.save(module.state_dict(), d / "state_dict.pt")
     x = spec.example_inputs(REF_BATCH, seed=REF_SEED)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
             ref = module(torch.from_numpy(x)).float().numpy()
-        with torch.no_grad():  # the same inference kernels eager uses (e.g. the Transformer fast path)
-            traced = torch.jit.trace(module, torch.from_numpy(spec.example_inputs(2, seed=1)), check_trace=False)
-            got = traced(torch.from_numpy(x)).float().numpy()
+        traced, trace_error = None, None
+        if isinstance(module, torch.jit.ScriptModule):  # a TorchScript source is its own TorchScript form
+            got = ref
+        else:
+            try:
+                with torch.no_grad():  # the same inference kernels eager uses (e.g. the Transformer fast path)
+                    traced = torch.jit.trace(module, torch.from_numpy(spec.example_inputs(2, seed=1)),
+                                             check_trace=False)
+                    got = traced(torch.from_numpy(x)).float().numpy()
+            except Exception as e:  # noqa: BLE001 - a user model that cannot be traced: eager only
+                if not user:
+                    raise
+                trace_error = f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                got = ref
     finally:
         torch.set_num_threads(threads)
+    formats, ts_error = ["eager", "torchscript"], None
     if not np.allclose(got, ref, rtol=spec.rtol, atol=spec.atol):
-        raise RuntimeError(f"TorchScript trace of {spec.name!r} disagrees with eager "
-                           f"(max abs err {float(np.max(np.abs(got - ref)))})")
-    traced.save(str(d / "model.ts"))
+        if not user:
+            raise RuntimeError(f"TorchScript trace of {spec.name!r} disagrees with eager "
+                               f"(max abs err {float(np.max(np.abs(got - ref)))})")
+        formats, ts_error = ["eager"], f"the trace disagrees with eager (max abs err {np.max(np.abs(got - ref)):.3g})"
+    if traced is not None and "torchscript" in formats and not (d / "model.ts").exists():
+        traced.save(str(d / "model.ts"))
+    elif traced is None and not (user and spec.source["kind"] == "torchscript"):
+        formats, ts_error = ["eager"], trace_error
     np.save(d / "reference_inputs.npy", x)
     np.save(d / "reference_outputs.npy", ref)
+    if user:  # the output as the first call gave it
+        from servingbench.models.zoo import TensorSpec
+
+        original = dataclasses.replace(original, output=TensorSpec("output", tuple(ref.shape[1:]), "float32"))
+    files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
     meta = {
-        **spec.to_dict(),
+        **(original.to_dict() if user else spec.to_dict()),
+        "formats": formats, **({"torchscript_error": ts_error} if ts_error else {}),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "reference": {"batch": REF_BATCH, "seed": REF_SEED, "threads": 1, "device": "cpu", "format": "eager"},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "sha256": {f: _sha256(d / f) for f in FILES},
+        "sha256": {f: _sha256(d / f) for f in files},
     }
     (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

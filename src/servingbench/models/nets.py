@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "BasicBlock", "ResNet18", "TextEncoder", "calibrate", "init_weights"]
+__all__ = ["MLP", "BasicBlock", "Bottleneck", "ResNet18", "ResNet50", "TextEncoder", "calibrate", "init_weights"]
 
 
 class MLP(nn.Sequential):
@@ -38,28 +38,83 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); attribute names follow torchvision's so state_dict keys match."""
+class _ResNet(nn.Module):
+    """The ResNet stem (7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool), four stages ``layer1..4`` built by
+    :meth:`stages`, global average pool and a linear head; torchvision's attribute names, so state_dict keys match."""
 
     def __init__(self, num_classes: int, width: int) -> None:
         super().__init__()
-        w = width
-        self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(w)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = w
-        for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
-            stride = 1 if i == 1 else 2
-            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
-            cin = cout
+        cin = width
+        for i, blocks in enumerate(self.stages(width), start=1):
+            stage = []
+            for make in blocks:
+                block, cin = make(cin)
+                stage.append(block)
+            setattr(self, f"layer{i}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
+
+    def stages(self, width: int) -> list[list]:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResNet18(_ResNet):
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2])."""
+
+    def stages(self, width: int) -> list[list]:
+        def block(cout: int, stride: int):
+            return lambda cin: (BasicBlock(cin, cout, stride), cout)
+
+        return [[block(w, 1 if i == 0 else 2), block(w, 1)]
+                for i, w in enumerate((width, 2 * width, 4 * width, 8 * width))]
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck block (1x1 reduce, 3x3 with the stride, 1x1 expand x4) with a projected shortcut when the
+    shape changes; torchvision's attribute names."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, mid: int, stride: int) -> None:
+        super().__init__()
+        cout = mid * self.expansion
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50(_ResNet):
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3])."""
+
+    def stages(self, width: int) -> list[list]:
+        def block(mid: int, stride: int):
+            return lambda cin: (Bottleneck(cin, mid, stride), mid * Bottleneck.expansion)
+
+        return [[block(mid, 1 if i == 0 else 2)] + [block(mid, 1)] * (n - 1)
+                for i, (mid, n) in enumerate(((width, 3), (2 * width, 4), (4 * width, 6), (8 * width, 3)))]
 
 
 class TextEncoder(nn.Module):

@@ -74,12 +74,22 @@ def load_runtime(artifact_dir: str | os.PathLike[str], fmt: str = "eager", devic
     art = load_artifacts(artifact_dir)
     spec = art.spec()
     module: torch.nn.Module
-    if fmt == "eager":
+    if fmt not in art.formats:
+        meta = art.metadata()
+        raise ValueError(f"model {spec.name!r} has no {fmt} form ({meta.get('torchscript_error') or 'not built'}): "
+                         f"use model_format {' or '.join(art.formats)}")
+    if getattr(spec, "source", None) and (fmt == "eager" or spec.source.get("kind") == "torchscript"):
+        module = spec.build()  # a user model from its copy in the artifact directory
+    elif fmt == "eager":
         module = spec.build(init=False)
         module.load_state_dict(torch.load(art.state_dict, map_location="cpu", weights_only=True))
     else:
         module = torch.jit.load(str(art.torchscript), map_location="cpu")
-    module = module.eval().to(device)
+    from servingbench.models.user import eval_mode
+
+    module = eval_mode(module)
+    if device != "cpu":
+        module = module.to(device)
     return ModelRuntime(spec, module, device, fmt, art)
 
 

@@ -114,6 +114,7 @@ class _Entry:
     rtol: float
     atol: float
     check: Callable[[Mapping[str, int]], None] = lambda p: None
+    real_size: bool = False  # large: listed, built only when a suite names it
 
 
 def _mlp(**p: int) -> Any:
@@ -126,6 +127,31 @@ def _cnn(**p: int) -> Any:
     from servingbench.models.nets import ResNet18
 
     return ResNet18(p["num_classes"], p["width"])
+
+
+def _resnet50(**p: int) -> Any:
+    from servingbench.models.nets import ResNet50
+
+    return ResNet50(p["num_classes"], p["width"])
+
+
+def _resnet50_macs(res: int, width: int, num_classes: int) -> int:
+    out = _out
+    macs, n = _resnet_stem(res, width)
+    cin = width
+    for i, (mid, blocks) in enumerate(((width, 3), (2 * width, 4), (4 * width, 6), (8 * width, 3))):
+        for b in range(blocks):
+            stride = 2 if (i > 0 and b == 0) else 1
+            m = out(n, 3, stride, 1)
+            macs += n * n * mid * cin + m * m * mid * mid * 9 + m * m * 4 * mid * mid
+            if b == 0:
+                macs += m * m * 4 * mid * cin
+            n, cin = m, 4 * mid
+    return macs + cin * num_classes
+
+
+def _describe_resnet50(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    return _describe_resnet("ResNet-50", _resnet50_macs, "compute-bound, real size", p)
 
 
 def _encoder(**p: int) -> Any:
@@ -149,13 +175,20 @@ def _describe_mlp(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpe
             TensorSpec("output", (p["num_classes"],), "float32"))
 
 
-def _resnet18_macs(res: int, width: int, num_classes: int) -> int:
-    def out(n: int, k: int, s: int, pad: int) -> int:
-        return (n + 2 * pad - k) // s + 1
+def _out(n: int, k: int, s: int, pad: int) -> int:
+    """Output size of a convolution or pool: input n, kernel k, stride s, padding pad."""
+    return (n + 2 * pad - k) // s + 1
 
-    n = out(res, 7, 2, 3)
-    macs = n * n * 3 * width * 49
-    n = out(n, 3, 2, 1)  # max pool
+
+def _resnet_stem(res: int, width: int) -> tuple[int, int]:
+    """(MACs of the 7x7/2 stem convolution, feature size after the 3x3/2 max pool)."""
+    n = _out(res, 7, 2, 3)
+    return n * n * 3 * width * 49, _out(n, 3, 2, 1)
+
+
+def _resnet18_macs(res: int, width: int, num_classes: int) -> int:
+    out = _out
+    macs, n = _resnet_stem(res, width)
     cin = width
     for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
         for b in range(2):
@@ -168,13 +201,18 @@ def _resnet18_macs(res: int, width: int, num_classes: int) -> int:
     return macs + cin * num_classes
 
 
-def _describe_cnn(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+def _describe_resnet(arch: str, macs_of: Callable[[int, int, int], int], kind: str,
+                     p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
     r = p["resolution"]
-    macs = _resnet18_macs(r, p["width"], p["num_classes"])
-    return (f"ResNet-18 image classifier ({r}x{r} RGB, width {p['width']}, {p['num_classes']} classes)",
-            f"compute-bound ({_fmt_macs(macs)})",
+    macs = macs_of(r, p["width"], p["num_classes"])
+    return (f"{arch} image classifier ({r}x{r} RGB, width {p['width']}, {p['num_classes']} classes)",
+            f"{kind} ({_fmt_macs(macs)})",
             TensorSpec("input", (3, r, r), "float32", -1.0, 1.0),
             TensorSpec("output", (p["num_classes"],), "float32"))
+
+
+def _describe_cnn(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    return _describe_resnet("ResNet-18", _resnet18_macs, "compute-bound", p)
 
 
 def _describe_encoder(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
@@ -208,6 +246,18 @@ _ENTRIES: dict[str, _Entry] = {
         # measured <= 1.4e-5 (batch 1 vs 8: oneDNN picks convolution algorithms by batch size and thread count);
         # 20 convolutions deep, and cuDNN's fp32 algorithms differ from oneDNN's more than CPU builds do.
         rtol=1e-3, atol=1e-3,
+    ),
+    # Real-size entries: what production models cost (ResNet-50 at 224 px: ~4.1 GMACs; a BERT-base-sized encoder:
+    # 12 layers, 768 hidden, 12 heads, 128 tokens, ~85M parameters outside the embeddings).  Not in the quick suite.
+    "resnet50": _Entry(
+        factory=_resnet50, defaults={"resolution": 224, "num_classes": 1000, "width": 64},
+        describe=_describe_resnet50, rtol=1e-3, atol=1e-3, real_size=True,  # 53 convolutions: as cnn
+    ),
+    "bert_base": _Entry(
+        factory=_encoder, check=_check_encoder, describe=_describe_encoder,
+        defaults={"vocab_size": 30522, "seq_len": 128, "d_model": 768, "n_heads": 12, "n_layers": 12,
+                  "num_classes": 2},
+        rtol=1e-3, atol=1e-3, real_size=True,
     ),
     "encoder": _Entry(
         factory=_encoder, check=_check_encoder, describe=_describe_encoder,
@@ -246,6 +296,7 @@ def get_model(name: str, **params: Any) -> ModelSpec:
                      rtol=entry.rtol, atol=entry.atol)
 
 
-def list_models() -> list[ModelSpec]:
-    """Every zoo model with its default parameters."""
-    return [get_model(n) for n in _ENTRIES]
+def list_models(real_size: bool = False) -> list[ModelSpec]:
+    """The zoo's small models with their default parameters (what tests and ``verify`` use by default); with
+    ``real_size`` also the real-size ones (``resnet50``, ``bert_base``: hundreds of MB of artifacts each)."""
+    return [get_model(n) for n, e in _ENTRIES.items() if real_size or not e.real_size]

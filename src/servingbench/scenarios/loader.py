@@ -245,7 +245,7 @@ def load_suite(path: str | Path) -> Suite:
     if not isinstance(data, dict):
         raise ScenarioError(path, ["the file must be a mapping with at least 'name', 'frameworks', 'models'"])
     try:
-        return Suite.model_validate(data)
+        return Suite.model_validate(data, context={"base": path.absolute().parent})
     except ValidationError as e:
         problems = []
         for err in _relevant(e.errors()):

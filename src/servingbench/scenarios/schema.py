@@ -7,7 +7,9 @@ seconds or milliseconds.
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -74,15 +76,76 @@ class _Strict(BaseModel):
         return self
 
 
+class InputSpec(_Strict):
+    """A user model's input: one tensor per request, its per-sample shape (without the batch dimension)."""
+
+    name: str = "input"
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="per-sample shape, e.g. [3, 224, 224]")
+    dtype: Literal["float32", "float16", "bfloat16", "float64", "int64", "int32"] = "float32"
+    low: float | None = Field(None, description="example values are drawn from [low, high)")
+    high: float | None = None
+
+
+#: a user model's source keys (servingbench.models.user.SOURCES) and the paths among its fields
+USER_SOURCES = ("torchscript", "export", "factory", "hf")
+_USER_PATHS = ("torchscript", "export", "hf", "state_dict", "example")
+
+
 class ModelRef(_Strict):
-    name: str = Field(description="zoo model name (servingbench models)")
+    """A zoo model (``name`` + ``params``), or a user's own model: ``name`` + one source (``torchscript``,
+    ``export``, ``factory`` (+ ``state_dict``), ``hf``) + ``input`` or ``example`` (docs/models.md).  Relative paths
+    are taken from the suite file's directory."""
+
+    name: str = Field(description="zoo model name (servingbench models), or the name of a user model")
     params: dict[str, Any] = Field(default_factory=dict, description="constructor parameters, e.g. resolution")
+    torchscript: str | None = Field(None, description="user model: a TorchScript file (torch.jit.save)")
+    export: str | None = Field(None, description="user model: a torch.export program (.pt2)")
+    factory: str | None = Field(None, description="user model: 'module:callable' returning an nn.Module")
+    state_dict: str | None = Field(None, description="user model with factory: weights to load into it")
+    hf: str | None = Field(None, description="user model: a local Hugging Face transformers model directory")
+    input: InputSpec | None = Field(None, description="user model: its input tensor")
+    example: str | None = Field(None, description="user model: a .npy batch of example inputs (instead of input)")
+    rtol: float | None = Field(None, ge=0, lt=1, description="user model: verification tolerance (default 1e-3)")
+    atol: float | None = Field(None, ge=0, lt=1, description="user model: verification tolerance (default 1e-3)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, data: Any, info: Any) -> Any:
+        base = (getattr(info, "context", None) or {}).get("base")
+        if isinstance(data, dict) and base is not None:
+            data = dict(data)
+            for key in _USER_PATHS:
+                v = data.get(key)
+                if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)):
+                    data[key] = str(Path(base) / v)
+        return data
+
+    @property
+    def user(self) -> bool:
+        """A user's model (a source key is given), not a zoo model."""
+        return any(getattr(self, k) is not None for k in USER_SOURCES)
+
+    def user_entry(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None and k != "params"}
 
     @model_validator(mode="after")
     def _known(self) -> "ModelRef":
-        from servingbench.models import get_model
+        from servingbench.models import get_model, list_models
 
-        get_model(self.name, **self.params)  # raises ValueError with suggestions
+        if not self.user:
+            extra = [k for k in ("state_dict", "input", "example", "rtol", "atol") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only apply to a user model: add its source ("
+                                 f"{', '.join(USER_SOURCES)}), or remove them for the zoo model {self.name!r}")
+            get_model(self.name, **self.params)  # raises ValueError with suggestions
+            return self
+        from servingbench.models.user import parse_entry
+
+        if self.name in {m.name for m in list_models(real_size=True)}:
+            raise ValueError(f"model {self.name!r} is a zoo model's name: give your model another name")
+        if self.params:
+            raise ValueError("params only apply to zoo models (a user model is built by its source)")
+        parse_entry(self.user_entry(), Path.cwd())  # files exist (paths made absolute above), the input is well-formed
         return self
 
 
