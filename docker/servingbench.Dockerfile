@@ -7,7 +7,7 @@
 #   docker build -f docker/servingbench.Dockerfile --build-arg FRAMEWORK=litserve \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t servingbench/litserve:cuda .
 #
-# FRAMEWORK: litserve | mosec | mlserver | triton | rayserve | mlflow  (triton: the nvidia-pytriton wheel's
+# FRAMEWORK: litserve | mosec | mlserver | triton | rayserve | mlflow | fastapi  (triton: the nvidia-pytriton wheel's
 # tritonserver with the Python backend; on GPU hosts see triton-ngc.Dockerfile for NVIDIA's own container).
 # TORCH_INDEX_URL: the PyTorch index for the torch build (CPU by default; a CUDA index for GPU hosts).
 # The images run as any user (the harness passes --user uid:gid); nothing under /opt/venv is written at run time.
@@ -20,7 +20,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN test -n "${FRAMEWORK}" || { echo "--build-arg FRAMEWORK=<litserve|mosec|mlserver|triton|rayserve|mlflow> is required" >&2; exit 1; }
+RUN test -n "${FRAMEWORK}" || { echo "--build-arg FRAMEWORK=<litserve|mosec|mlserver|triton|rayserve|mlflow|fastapi> is required" >&2; exit 1; }
 
 WORKDIR /build
 COPY pyproject.toml requirements.lock README.md ./

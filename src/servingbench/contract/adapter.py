@@ -124,6 +124,8 @@ class Adapter(ABC):
         docs_claims: what the framework's documentation claims per capability (shown beside measured verdicts).
         open_paths: paths the auth probe expects to stay open without credentials (health, metrics, docs...).
         native_manifest: glob patterns (relative to the workdir) of the framework's *native* manifest files.
+        baseline: True for a no-framework baseline (a plain web server written by hand), which reports mark as
+            such; False for serving frameworks.
     """
 
     name: ClassVar[str]
@@ -135,6 +137,7 @@ class Adapter(ABC):
     docs_claims: ClassVar[Mapping[str, str]] = {}
     open_paths: ClassVar[tuple[str, ...]] = ()
     native_manifest: ClassVar[tuple[str, ...]] = ()
+    baseline: ClassVar[bool] = False
 
     # ---- environment -------------------------------------------------------------------------------------------
     def framework_version(self) -> str | None:

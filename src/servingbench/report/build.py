@@ -189,7 +189,11 @@ def _environment(b: _Builder) -> dict[str, Any]:
         ("CPU sets", f"server {_cpus(cpus.get('server'))}; generator {_cpus(cpus.get('generator'))}"),
         ("Load generator", _generator_text((meta.get("suite") or {}).get("generator") or {})),
     ]
-    fw = [(k, str(v)) for k, v in (env.get("frameworks") or {}).items()]
+    fw = [(k, str(v) + (" (baseline: a plain web server, no serving framework)" if _is_baseline(k) else ""))
+          for k, v in (env.get("frameworks") or {}).items()]
+    baselines = [f for f in d.frameworks if _is_baseline(f)]
+    if baselines:
+        rows.append(("Baselines", ", ".join(baselines) + ": no serving framework (docs/frameworks.md)"))
     cal = meta.get("calibration") or {}
     cal_rows = []
     if cal:
@@ -243,6 +247,16 @@ def _run_warnings(meta: dict[str, Any]) -> list[str]:
         out.append(f"These results were written with result schema {meta['schema_migrated_from']} and read through "
                    "its migration (docs/export.md).")
     return out
+
+
+def _is_baseline(framework: str) -> bool:
+    """A no-framework baseline adapter (``Adapter.baseline``); unknown names are not."""
+    from servingbench.adapters import registry
+
+    try:
+        return bool(getattr(registry.get_class(framework), "baseline", False))
+    except Exception:  # noqa: BLE001 - an adapter not installed here: reported without the mark
+        return False
 
 
 def _generator_text(g: dict) -> str:

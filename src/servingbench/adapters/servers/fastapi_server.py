@@ -1,0 +1,57 @@
+"""A plain FastAPI server for servingbench models: the no-framework baseline.  Run by uvicorn
+(``uvicorn fastapi_server:app``) with ``SB_FASTAPI_CONFIG`` naming its ``deployment.json``.
+
+``blocking: false``: inference runs in FastAPI's thread pool (``anyio.to_thread.run_sync``); ``blocking: true``:
+inline in the ``async`` endpoint, blocking the event loop (the common mistake this baseline measures).
+"""
+
+import hmac
+import json
+import os
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+
+from servingbench.models.runtime import load_runtime
+
+with open(os.environ["SB_FASTAPI_CONFIG"]) as f:
+    CFG = json.load(f)
+TOKEN = os.environ.get("SB_FASTAPI_TOKEN")
+app = FastAPI()
+RUNTIMES = {m["name"]: load_runtime(m["dir"], fmt=CFG["model_format"], device=CFG["device"], threads=CFG["threads"])
+            for m in CFG["models"]}
+DTYPES = {name: np.dtype(rt.spec.input.dtype) for name, rt in RUNTIMES.items()}
+
+
+@app.on_event("startup")
+async def _pool() -> None:
+    if CFG.get("pool_threads"):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = CFG["pool_threads"]
+
+
+def check_token(request: Request) -> None:
+    if not CFG["auth"]:
+        return
+    got = request.headers.get("authorization", "")
+    if not TOKEN or not hmac.compare_digest(got.encode(), f"Bearer {TOKEN}".encode()):
+        raise HTTPException(status_code=401, detail="missing or wrong token")
+
+
+@app.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@app.post("/predict/{model}", dependencies=[Depends(check_token)])
+async def predict(model: str, request: Request) -> dict:
+    rt = RUNTIMES.get(model)
+    if rt is None:
+        raise HTTPException(status_code=404, detail=f"no model {model!r}")
+    body = await request.json()
+    x = np.asarray(body["inputs"], dtype=DTYPES[model])
+    if CFG["blocking"]:
+        out = rt.predict(x)  # blocks the event loop: the baseline of the common mistake
+    else:
+        out = await anyio.to_thread.run_sync(rt.predict, x)
+    return {"outputs": out.tolist()}
