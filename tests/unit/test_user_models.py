@@ -123,7 +123,7 @@ def test_factory_with_a_state_dict_and_an_example_file(tmp_path, cache, monkeypa
 
 
 def test_hugging_face_directory(tmp_path, cache):
-    transformers = pytest.importorskip("transformers", reason="the hf source needs transformers (requirements.lock)")
+    import transformers  # in requirements.lock (the hf extra)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=64, num_labels=3)
     torch.manual_seed(0)
