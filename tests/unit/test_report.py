@@ -389,3 +389,36 @@ def test_report_shows_how_the_run_went(tmp_path: Path):
     assert "resumed 1 time(s)" in html and "workloads.0.concurrency" in html and "1 torn record line" in html
     md = (tmp_path / "reports" / meta["run_id"] / "report.md").read_text()
     assert "another servingbench run is active" in md and "partial" in md
+
+
+def test_published_results_are_shown_beside_ours(tmp_path: Path):
+    """Issue 16: a suite's published figures (scenarios/published/) appear with their source, ours and a verdict."""
+    from servingbench.report.analysis import published_results
+    from servingbench.report.data import RunData
+
+    run = _copy(tmp_path)
+    d0 = RunData.load(run)
+    df = d0.point_df[d0.point_df["valid"] & (d0.point_df["workload"] == "closed")]
+
+    def med(fw: str, load: float) -> float:
+        return float(df[(df["framework"] == fw) & (df["load"] == load)]["throughput_rps"].median())
+
+    ratio = med("mlserver", 16.0) / med("mosec", 16.0)
+    meta = json.loads((run / "run.json").read_text())
+    side = lambda fw, load: {"framework": fw, "deployment": "default", "workload": "closed", "load": load}  # noqa: E731
+    meta["suite"]["published"] = [
+        {"claim": "MLServer reaches X of MOSEC", "source": "a paper, table 3", "metric": "throughput_rps",
+         "of": side("mlserver", 16.0), "over": side("mosec", 16.0), "value": round(ratio * 1.1, 4), "tolerance": 0.15},
+        {"claim": "MOSEC p50 at c=1 is 1-2 ms", "source": "a blog", "metric": "latency_p50_s",
+         "of": side("mosec", 1.0), "range": [1.0, 2.0], "tolerance": 0.25},
+        {"claim": "a point never measured", "source": "x", "metric": "throughput_rps", "of": side("mosec", 999.0),
+         "value": 10.0, "tolerance": 0.25},
+    ]
+    (run / "run.json").write_text(json.dumps(meta))
+    pub = published_results(RunData.load(run))
+    assert list(pub["verdict"].str.split(" ").str[0]) == ["agrees", "differs", "not"]
+    assert pub.loc[0, "ours"] == pytest.approx(ratio)
+    assert "-9%" in pub.loc[0, "verdict"]  # ours / published - 1 = 1 / 1.1 - 1
+    html = write_report(run, tmp_path / "reports").read_text()
+    assert "Published results, reproduced" in html and "a paper, table 3" in html and "differs (outside the range)" in html
+    assert (tmp_path / "reports" / meta["run_id"] / "tables" / "published.csv").exists()

@@ -90,3 +90,22 @@ def test_not_yaml_and_missing_file(tmp_path):
     assert "not valid YAML" in error_of(tmp_path, "name: [unclosed\n")
     with pytest.raises(ScenarioError, match="cannot read"):
         load_suite(tmp_path / "nope.yaml")
+
+
+def test_published_claims_must_name_points_of_the_suite(tmp_path):
+    """Issue 16: a published figure names a framework, deployment, workload and load of the suite."""
+    from servingbench.scenarios.loader import ScenarioError, load_suite
+
+    base = ("name: p\nframeworks: [litserve]\nmodels: [mlp]\nworkloads:\n  - {name: c, kind: closed_loop, "
+            "concurrency: [1]}\npublished:\n  - {claim: x, source: y, metric: throughput_rps, ")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base + "of: {framework: litserve, workload: c, load: 1}, value: 100}\n")
+    assert load_suite(ok).published[0].of.deployment == "default"
+    for body, match in (("of: {framework: litserve, deployment: nope, workload: c, load: 1}, value: 1}",
+                         "names deployment 'nope'"),
+                        ("of: {framework: litserve, workload: c, load: 1}}", "value or as range"),
+                        ("of: {framework: litserve, workload: c, load: 1}, range: [4, 2]}", r"\[4.0, 2.0\] is not")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(base + body + "\n")
+        with pytest.raises(ScenarioError, match=match):
+            load_suite(bad)

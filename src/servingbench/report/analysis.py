@@ -561,3 +561,44 @@ def histogram_cdf(h) -> tuple[np.ndarray, np.ndarray]:
     if len(ps) and ps.max() > 1.5:  # percent, not fraction
         ps = ps / 100.0
     return xs, ps
+
+
+# ---- published results ---------------------------------------------------------------------------------------------
+def _published_point(d: RunData, side: dict[str, Any], metric: str) -> tuple[float | None, list[str]]:
+    """Median of ``metric`` over the valid points of one deployment at one workload and load (all repeats), with
+    the record ids it came from."""
+    df = d.point_df
+    if df.empty or metric not in df:
+        return None, []
+    model = side.get("model") or (d.models[0] if d.models else None)
+    sel = df[(df["framework"] == side.get("framework")) & (df["deployment"] == side.get("deployment", "default"))
+             & (df["workload"] == side.get("workload")) & (df["model"] == model) & df["valid"]
+             & ((df["load"] - float(side.get("load") or 0)).abs() < 1e-9)]
+    vals = pd.to_numeric(sel[metric], errors="coerce").dropna()
+    return (float(vals.median()) if len(vals) else None), list(sel["record_id"])
+
+
+def published_results(d: RunData) -> pd.DataFrame:
+    """One row per published figure of the suite (``published:``): the figure, its source, ours (a median over
+    the repeats of valid points, or a ratio of two such medians) and whether they agree within the tolerance."""
+    rows = []
+    for pub in (d.meta.get("suite") or {}).get("published") or []:
+        metric = pub.get("metric")
+        ours, ids = _published_point(d, pub.get("of") or {}, metric)
+        if pub.get("over"):
+            den, ids2 = _published_point(d, pub["over"], metric)
+            ours = ours / den if ours is not None and den else None
+            ids = ids + ids2
+        value, rng, tol = pub.get("value"), pub.get("range"), float(pub.get("tolerance") or 0.25)
+        if ours is None:
+            verdict = "not measured (no valid point)"
+        elif rng:
+            verdict = "agrees (inside the range)" if rng[0] <= ours <= rng[1] else "differs (outside the range)"
+        else:
+            rel = ours / value - 1 if value else float("inf")
+            verdict = (f"agrees ({rel:+.0%})" if abs(rel) <= tol else f"differs ({rel:+.0%}, tolerance ±{tol:.0%})")
+        rows.append({"claim": pub.get("claim"), "source": pub.get("source"), "metric": metric,
+                     "ratio": bool(pub.get("over")), "published": value, "published_range": rng, "ours": ours,
+                     "verdict": verdict, "record_ids": " ".join(ids)})
+    return pd.DataFrame(rows, columns=["claim", "source", "metric", "ratio", "published", "published_range", "ours",
+                                       "verdict", "record_ids"])

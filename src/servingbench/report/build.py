@@ -163,6 +163,27 @@ def _summary(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
     return {"models": by_model, "repeats": repeats, "threshold": b.threshold}
 
 
+def _published(b: _Builder) -> Table | None:
+    """The suite's published figures beside ours (``published:`` of the suite), or None."""
+    pub = an.published_results(b.d)
+    if pub.empty:
+        return None
+    b.csv(pub, "published")
+    t = Table("Published results, reproduced", ["claim", "source", "published", "ours", "verdict"], [],
+              csv="tables/published.csv",
+              note="Ours: the median over repeats of valid points (a ratio of two such medians for a ratio claim), "
+                   "measured on this machine under this run's conditions (section 2).")
+    for r in pub.itertuples():
+        unit = "" if r.ratio else r.metric
+        fmt = (lambda v: f"{v:.2f}") if r.ratio else (lambda v: _fmt(v, "s" if unit.endswith("_s") else "rps"))
+        published = (f"{fmt(r.published_range[0])} – {fmt(r.published_range[1])}" if r.published_range
+                     else fmt(r.published))
+        t.rows.append([Cell(r.claim), Cell(r.source), Cell(published + (" (ratio)" if r.ratio else "")),
+                       Cell("–" if r.ours is None or _nan(r.ours) else fmt(r.ours), r.record_ids),
+                       Cell(r.verdict, cls="flag" if r.verdict.startswith("differs") else "")])
+    return t
+
+
 def _environment(b: _Builder) -> dict[str, Any]:
     d, meta = b.d, b.d.meta
     env = meta.get("environment") or {}
@@ -631,6 +652,7 @@ def build_context(d: RunData, out: Path, threshold: float = 0.05) -> dict[str, A
         "cells": d.cell_names(),
         "slo": d.slo,
         "summary": _summary(b, levels),
+        "published": _published(b),
         "environment": _environment(b),
         "validity": _validity(b),
         "features": _features(b),

@@ -425,6 +425,38 @@ class RemoteTarget(_Strict):
         return hosts <= {"127.0.0.1", "localhost", "::1"}
 
 
+class PublishedPoint(_Strict):
+    """One measured point of this suite: a deployment's metric at a workload's load level (median over repeats)."""
+
+    framework: str
+    deployment: str = Field("default", description="the deployment's label")
+    workload: str
+    model: str | None = Field(None, description="default: the suite's first model")
+    load: float = Field(gt=0, description="the load level: concurrency (closed loop) or rate (open loop)")
+
+
+class Published(_Strict):
+    """A published figure this suite reproduces; the report shows it, its source and ours side by side."""
+
+    claim: str = Field(description="what was published, in words")
+    source: str = Field(description="where: a URL or citation (file, test, issue)")
+    metric: Literal["throughput_rps", "samples_per_s", "latency_p50_s", "latency_p99_s"]
+    of: PublishedPoint
+    over: PublishedPoint | None = Field(None, description="a ratio claim: metric(of) / metric(over)")
+    value: float | None = Field(None, description="the published figure (a ratio with over)")
+    range: tuple[float, float] | None = Field(None, description="a published range [low, high] instead of a value")
+    tolerance: float = Field(0.25, gt=0, lt=10, description="ours agrees when within this relative distance of "
+                                                           "value (or inside range)")
+
+    @model_validator(mode="after")
+    def _one_figure(self) -> "Published":
+        if (self.value is None) == (self.range is None):
+            raise ValueError("give the published figure as value or as range (one of them)")
+        if self.range is not None and not self.range[0] <= self.range[1]:
+            raise ValueError(f"range {list(self.range)} is not [low, high]")
+        return self
+
+
 class Suite(_Strict):
     name: str
     description: str = ""
@@ -450,6 +482,8 @@ class Suite(_Strict):
     interpreters: dict[str, str] = Field(
         default_factory=dict, description="framework -> python of its own venv (servingbench isolate FRAMEWORK; "
                                           "docs/isolation.md)")
+    published: list[Published] = Field(default_factory=list, description="published figures this suite "
+                                       "reproduces (scenarios/published/): the report puts ours beside them")
 
     @field_validator("name")
     @classmethod
@@ -524,6 +558,18 @@ class Suite(_Strict):
                     raise ValueError(
                         f"deployment {d.label!r} names framework {fw!r}, which is not in the suite's frameworks"
                     )
+        wnames = [w.name for w in self.workloads]
+        for i, pub in enumerate(self.published):
+            for side in (pub.of, pub.over):
+                if side is None:
+                    continue
+                for what, value, known in (("framework", side.framework, self.frameworks),
+                                           ("deployment", side.deployment, labels),
+                                           ("workload", side.workload, wnames),
+                                           ("model", side.model, names if side.model is not None else [None])):
+                    if value not in known:
+                        raise ValueError(f"published.{i} ({pub.claim[:40]!r}) names {what} {value!r}, which is "
+                                         f"not in the suite's {what}s {known}")
         for key, names in (("targets", self.targets), ("images", self.images), ("interpreters", self.interpreters)):
             for fw in names:
                 if fw not in self.frameworks:
