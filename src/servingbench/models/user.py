@@ -283,6 +283,16 @@ def _input_from(name: str, entry: Mapping[str, Any], base: Path) -> TensorSpec:
 
 
 def _path(name: str, key: str, value: Any, base: Path, want_dir: bool) -> Path:
+    try:
+        return _checked_path(name, key, value, base, want_dir)
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a loop of links...
+        if isinstance(e, UserModelError):
+            raise
+        raise UserModelError(f"model {name!r}: {key}: {str(value)[:200]!r} is not a usable path ({e}); give the "
+                             "path of an existing file") from None
+
+
+def _checked_path(name: str, key: str, value: Any, base: Path, want_dir: bool) -> Path:
     p = Path(os.path.expanduser(str(value)))
     if not p.is_absolute():
         p = base / p
