@@ -204,13 +204,16 @@ def models(
         return
     cols = ["model", "input", "output", "parameters", "cost"] + (["latency (1 thread)"] if measure else [])
     t = Table(*cols, "description")
+    import torch
+
     for m in list_models(real_size=True):
-        module = m.build(init=False)
+        with torch.device("meta"):  # sizes only: no memory, no time (the real-size models are hundreds of MB)
+            module = m.build(init=False)
         params = sum(p.numel() for p in module.parameters())
         row = [m.name, f"{m.input.dtype}{list(m.input.shape)}", f"{m.output.dtype}{list(m.output.shape)}",
                f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params:,}", m.cost]
         if measure:
-            row.append(_inprocess_latency(m, module))
+            row.append(_inprocess_latency(m, m.build(init=False)))
         t.add_row(*row, m.description)
     out.print(t)
 
@@ -448,7 +451,7 @@ def export(
             report_dir = None
             try:
                 report_dir = _write_report(results_dir, beside=True).parent
-            except ResultsError as e:
+            except (ResultsError, OSError) as e:  # e.g. a read-only results directory: export without it
                 out.print(f"report not attached: {e}", highlight=False, markup=False)
             uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
             for r in export_mlflow(d, uri, experiment, report_dir):

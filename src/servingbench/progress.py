@@ -10,6 +10,7 @@ time left that learns from the points and cells already finished.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
@@ -214,7 +215,7 @@ class RichProgress(PlainProgress):
         self._live: Path | None = None
         self._offset = 0
         self._label = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the poll thread and the run's events change the same state
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -234,43 +235,51 @@ class RichProgress(PlainProgress):
         self.bars.stop()
 
     def plan(self, cells: list[tuple[str, int]], probes: list[str], point_s: float) -> None:
-        super().plan(cells, probes, point_s)
-        assert self.eta is not None
-        self.suite_task = self.bars.add_task("suite", total=self.eta.total_points + len(probes), info="")
-        self._update()
+        with self._lock:
+            super().plan(cells, probes, point_s)
+            assert self.eta is not None
+            self.suite_task = self.bars.add_task("suite", total=self.eta.total_points + len(probes), info="")
+            self._update()
 
     def cell_started(self, cell: str) -> None:
-        super().cell_started(cell)
-        if self.cell_task is not None:
-            self.bars.remove_task(self.cell_task)
-        total = self.eta.cell_total(cell) if self.eta and cell in self.eta.planned else 1
-        self.cell_task = self.bars.add_task(cell, total=total, info="")
-        self._update()
+        with self._lock:
+            super().cell_started(cell)
+            self._drop_point()
+            if self.cell_task is not None:
+                self.bars.remove_task(self.cell_task)
+            total = self.eta.cell_total(cell) if self.eta and cell in self.eta.planned else 1
+            self.cell_task = self.bars.add_task(cell, total=total, info="")
+            self._update()
 
     def point_started(self, cell: str, label: str, live: Path | None = None) -> None:
-        super().point_started(cell, label, live)
         with self._lock:
+            super().point_started(cell, label, live)
             self._live, self._offset, self._label = (Path(live) if live else None), 0, label
-        if self.point_task is None:
-            self.point_task = self.bars.add_task("", total=None, info="")
-        self.bars.update(self.point_task, description=f"  {label}", info="warming up")
+            if self.point_task is None:
+                self.point_task = self.bars.add_task("", total=None, info="")
+            self.bars.update(self.point_task, description=f"  {label}", info="warming up")
 
     def point_finished(self, cell: str, **kw: Any) -> None:
-        super().point_finished(cell, **kw)
         with self._lock:
-            self._live = None
+            super().point_finished(cell, **kw)
+            self._drop_point()
+            self._update()
+
+    def cell_finished(self, cell: str, status: str, resumed: bool = False) -> None:
+        with self._lock:
+            if self.eta:
+                self.eta.cell_finished(cell, resumed)
+            self._drop_point()  # a point that raised never finished: its row goes with its cell
+            if self.cell_task is not None and not resumed:
+                self.bars.remove_task(self.cell_task)
+                self.cell_task = None
+            self._update()
+
+    def _drop_point(self) -> None:
+        self._live = None
         if self.point_task is not None:
             self.bars.remove_task(self.point_task)
             self.point_task = None
-        self._update()
-
-    def cell_finished(self, cell: str, status: str, resumed: bool = False) -> None:
-        if self.eta:
-            self.eta.cell_finished(cell, resumed)
-        if self.cell_task is not None and not resumed:
-            self.bars.remove_task(self.cell_task)
-            self.cell_task = None
-        self._update()
 
     def _update(self) -> None:
         e = self.eta
@@ -286,17 +295,22 @@ class RichProgress(PlainProgress):
 
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_s):
-            with self._lock:
-                line, self._offset = read_live(self._live, self._offset)
-                task = self.point_task
-            if line is not None and task is not None:
-                self.bars.update(task, info=live_text(line))
-            self._update()
+            try:
+                with self._lock:
+                    line, self._offset = read_live(self._live, self._offset)
+                    if line is not None and self.point_task is not None:
+                        self.bars.update(self.point_task, info=live_text(line))
+                    self._update()
+            except Exception:  # noqa: BLE001 - a display glitch never stops the run or the display
+                continue
 
 
 def make_progress(console: Console, plain: bool = False) -> PlainProgress:
-    """The rich display in a terminal, else (or with ``plain``) line-per-event output."""
-    return PlainProgress(console) if plain or not console.is_terminal else RichProgress(console)
+    """The rich display when the console writes to a terminal; line-per-event output with ``plain``, in CI
+    (``$CI`` set) or when the output is a pipe or file (rich's ``FORCE_COLOR`` does not count as a terminal)."""
+    isatty = getattr(console.file, "isatty", None)
+    terminal = bool(isatty and isatty()) and not os.environ.get("CI")
+    return RichProgress(console) if terminal and not plain else PlainProgress(console)
 
 
 def summary_table(points: list[dict[str, Any]], statuses: dict[str, str]) -> Table:

@@ -200,3 +200,32 @@ def test_models_check_shows_what_it_understood(tmp_path, cache):
     assert r.exit_code == 2 and "model 'm': the first call with input float32[2, 3]" in r.output
     r = CliRunner().invoke(app, ["models", "--check", str(tmp_path / "net.pt")])
     assert r.exit_code != 0 and "--input-shape" in r.output
+
+
+def test_a_model_returning_a_tuple_is_served_by_its_first_tensor(tmp_path, cache):
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.net(x)
+            return y, y.sum(dim=1)
+
+    torch.jit.save(torch.jit.script(Pair().eval()), tmp_path / "pair.pt")
+    suite = load_suite(_suite(tmp_path, "- {name: pair, torchscript: pair.pt, input: {shape: [16]}}\n"))
+    art = build_artifacts_for(suite)["pair"]
+    x, expected = art.reference()
+    assert expected.shape == (8, 4)
+    for fmt in art.formats:
+        assert np.allclose(load_runtime(art.dir, fmt=fmt).predict(x), expected, atol=1e-5), fmt
+
+
+def test_a_factory_without_weights_is_served_with_the_weights_drawn_at_build(tmp_path, cache, monkeypatch):
+    (tmp_path / "randnet.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(16, 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = load_suite(_suite(tmp_path, "- {name: rnd, factory: 'randnet:build', input: {shape: [16]}}\n"))
+    art = build_artifacts_for(suite)["rnd"]
+    x, expected = art.reference()
+    for _ in range(2):  # each load calls the factory again (new random init): the saved weights win
+        assert np.allclose(load_runtime(art.dir, fmt="eager").predict(x), expected, atol=1e-6)

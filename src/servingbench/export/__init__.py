@@ -2,7 +2,8 @@
 
 * :func:`tidy_tables` / :func:`write_parquet`: ``points`` (one row per load point: the report's
   ``tables/points.csv`` columns, plus ``load_level``), ``windows`` (one row per measurement window of every point),
-  ``probes`` (one row per feature probe) and ``cells`` (one row per server start: the report's ``cells.csv``).
+  ``probes`` (one row per feature probe) and ``cells`` (one row per deployment, repeats folded: the report's
+  ``cells.csv``).
 * :func:`export_mlflow`: one MLflow run per cell (performance cells and feature probes), tagged with the
   servingbench run id and cell, so exporting twice adds nothing.  Default store: ``sqlite:///<results root>/mlflow.db``
   (MLflow's local database store; its file store is in maintenance mode), artifacts beside it in ``mlartifacts/``.
@@ -205,8 +206,12 @@ def export_mlflow(d: RunData, tracking_uri: str | None = None, experiment: str |
     client = _client(uri)
     name = experiment or (d.meta.get("suite") or {}).get("name") or "servingbench"
     exp_id = _experiment(client, str(name), d.path.absolute().parent / "mlartifacts" if local else None)
-    existing = {r.data.tags.get(CELL_TAG): r.info.run_id for r in client.search_runs(
-        [exp_id], filter_string=f"tags.`{RUN_TAG}` = '{d.run_id}'", max_results=5000)}
+    existing = {}
+    for r in client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{d.run_id}'", max_results=5000):
+        if r.info.status in ("FINISHED", "FAILED"):
+            existing[r.data.tags.get(CELL_TAG)] = r.info.run_id
+        else:  # an export that died half-way: redo that cell
+            client.delete_run(r.info.run_id)
     now_ms = int(time.time() * 1000)
     out = []
     cells = {c.get("cell"): c for c in d.cells if c.get("cell")}

@@ -183,6 +183,11 @@ def _copy_user_source(spec: ModelSpec, d: Path) -> ModelSpec:
         shutil.copyfile(src["path"], d / ARTIFACT_NAMES[kind])
     elif src.get("state_dict"):
         shutil.copyfile(src["state_dict"], d / "state_dict.pt")
+    else:  # a factory without weights: keep the ones this call drew, so every server loads the same
+        import torch
+
+        torch.save(spec.build().state_dict(), d / "state_dict.pt")
+        src["state_dict"] = str(d / "state_dict.pt")
     return dataclasses.replace(spec, source=artifact_source(src, d))
 
 

@@ -37,7 +37,6 @@ import hashlib
 import importlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,7 +54,7 @@ SOURCES = {
     "factory": "module:callable returning an nn.Module (plus an optional state_dict file)",
     "hf": "a local Hugging Face transformers model directory (config.json + weights)",
 }
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32")
+DTYPES = ("float32", "float16", "float64", "int64", "int32")
 DEFAULT_RTOL = DEFAULT_ATOL = 1e-3
 
 
@@ -77,7 +76,12 @@ class UserModelSpec(ModelSpec):
         """Hash of the source's content (file bytes, factory name), the input spec and the tolerances."""
         h = hashlib.sha256(json.dumps({"name": self.name, "input": self.input.to_dict(), "rtol": self.rtol,
                                        "atol": self.atol, "kind": self.source.get("kind"),
-                                       "factory": self.source.get("factory")}, sort_keys=True).encode())
+                                       "factory": self.source.get("factory"),
+                                       "first_tensor": bool(self.source.get("first_tensor"))},
+                                      sort_keys=True).encode())
+        code = _factory_file(self.source.get("factory"))
+        if code is not None:  # the factory's code: an edit rebuilds
+            h.update(code.read_bytes())
         root = Path(self.source.get("path") or ".")
         for p in _source_files(self.source):  # contents (and paths inside an hf directory), not file names
             if self.source.get("kind") == "hf":
@@ -89,6 +93,20 @@ class UserModelSpec(ModelSpec):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "key": self.key(), "source": dict(self.source), "user": True}
+
+
+def _factory_file(factory: str | None) -> Path | None:
+    """The source file of a factory's module (found without importing it), or None."""
+    if not factory:
+        return None
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(str(factory).partition(":")[0])
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and os.path.isfile(origin) else None
 
 
 def _source_files(source: Mapping[str, Any]) -> list[Path]:
@@ -133,8 +151,8 @@ def artifact_source(source: Mapping[str, Any], art_dir: Path) -> dict[str, Any]:
     kind = s["kind"]
     if kind in ARTIFACT_NAMES:
         s["path"] = str(Path(art_dir) / ARTIFACT_NAMES[kind])
-    elif kind == "factory" and s.get("state_dict"):
-        s["state_dict"] = str(Path(art_dir) / "state_dict.pt")
+    elif kind == "factory" and (s.get("state_dict") or (Path(art_dir) / "state_dict.pt").is_file()):
+        s["state_dict"] = str(Path(art_dir) / "state_dict.pt")  # the user's, or the weights drawn at build time
     return s
 
 
@@ -218,6 +236,8 @@ def load_source_module(source: Mapping[str, Any], name: str) -> Any:
         raise UserModelError(f"model {name!r}: {kind}: {path or source.get('factory')} could not be loaded as "
                              f"{what} ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
                              f"check the file and the source key ({', '.join(SOURCES)})") from None
+    if source.get("first_tensor") and kind != "hf":  # the model returns a tuple/dict: serve its first tensor
+        module = FirstTensor(eval_mode(module))
     return eval_mode(module)
 
 
@@ -346,15 +366,15 @@ def check_user_model(spec: UserModelSpec, batch: int = 2) -> tuple[UserModelSpec
     and what was understood (for ``servingbench models --check``)."""
     import torch
 
-    if spec.source.get("kind") == "factory":
-        sys.path.insert(0, os.getcwd()) if os.getcwd() not in sys.path else None
     module = spec.build()
     x = spec.example_inputs(batch, seed=1)
     try:
         with torch.inference_mode():
             out = module(torch.from_numpy(x))
-        if not isinstance(out, torch.Tensor):
-            out = FirstTensor(module)(torch.from_numpy(x))
+            if not isinstance(out, torch.Tensor):  # a tuple/dict output: servers take its first tensor
+                spec = dataclasses.replace(spec, source={**spec.source, "first_tensor": True})
+                module = FirstTensor(module)
+                out = module(torch.from_numpy(x))
     except Exception as e:  # noqa: BLE001
         raise UserModelError(
             f"model {spec.name!r}: the first call with input {spec.input.dtype}{[batch, *spec.input.shape]} "

@@ -175,7 +175,7 @@ def _published(b: _Builder) -> Table | None:
                    "measured on this machine under this run's conditions (section 2).")
     for r in pub.itertuples():
         unit = "" if r.ratio else r.metric
-        fmt = (lambda v: f"{v:.2f}") if r.ratio else (lambda v: _fmt(v, "s" if unit.endswith("_s") else "rps"))
+        fmt = (lambda v: f"{v:.2f}") if r.ratio else (lambda v: _fmt(v, "s" if unit.startswith("latency_") else "rps"))
         published = (f"{fmt(r.published_range[0])} – {fmt(r.published_range[1])}" if r.published_range
                      else fmt(r.published))
         t.rows.append([Cell(r.claim), Cell(r.source), Cell(published + (" (ratio)" if r.ratio else "")),

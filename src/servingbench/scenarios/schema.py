@@ -81,7 +81,7 @@ class InputSpec(_Strict):
 
     name: str = "input"
     shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="per-sample shape, e.g. [3, 224, 224]")
-    dtype: Literal["float32", "float16", "bfloat16", "float64", "int64", "int32"] = "float32"
+    dtype: Literal["float32", "float16", "float64", "int64", "int32"] = "float32"
     low: float | None = Field(None, description="example values are drawn from [low, high)")
     high: float | None = None
 

@@ -30,7 +30,7 @@ async def _pool() -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = CFG["pool_threads"]
 
 
-def check_token(request: Request) -> None:
+async def check_token(request: Request) -> None:  # async: no thread-pool hop per request
     if not CFG["auth"]:
         return
     got = request.headers.get("authorization", "")
@@ -48,8 +48,13 @@ async def predict(model: str, request: Request) -> dict:
     rt = RUNTIMES.get(model)
     if rt is None:
         raise HTTPException(status_code=404, detail=f"no model {model!r}")
-    body = await request.json()
-    x = np.asarray(body["inputs"], dtype=DTYPES[model])
+    try:
+        body = await request.json()
+        x = np.asarray(body["inputs"], dtype=DTYPES[model])
+        if x.ndim != 1 + len(rt.spec.input.shape) or tuple(x.shape[1:]) != tuple(rt.spec.input.shape):
+            raise ValueError(f"inputs have shape {list(x.shape)}, expected [batch, {', '.join(map(str, rt.spec.input.shape))}]")
+    except (ValueError, KeyError, TypeError) as e:
+        raise HTTPException(status_code=400, detail=f"bad request: {e}") from None
     if CFG["blocking"]:
         out = rt.predict(x)  # blocks the event loop: the baseline of the common mistake
     else:
