@@ -5,7 +5,7 @@ Read :mod:`servingbench.contract.adapter` for the life cycle, and ``docs/adding-
 
 from servingbench.contract.adapter import Adapter, AdapterOptions, Codec, NoOptions, OptionsError
 from servingbench.contract.codecs import JsonCodec, as_output, check_status, decode_outputs, encode_inputs
-from servingbench.contract.features import CATALOG, FEATURES, PROBES, Capability, Feature
+from servingbench.contract.features import CATALOG, CONTRACT_CLAIMS, FEATURES, PROBES, Capability, Feature
 from servingbench.contract.helpers import (
     model_entry, path_with_venv, server_env, write_command_file, write_deployment_json,
 )
@@ -15,7 +15,7 @@ from servingbench.contract.types import (
 )
 
 __all__ = [
-    "CATALOG", "FEATURES", "PROBES",
+    "CATALOG", "CONTRACT_CLAIMS", "FEATURES", "PROBES",
     "Adapter", "AdapterOptions", "AdapterUnavailable", "Capability", "Codec", "DecodeError", "Deployment", "Feature",
     "JsonCodec", "LaunchSpec", "NoOptions", "OptionsError", "Ports", "ReadyProbe", "RequestSpec", "RunContext",
     "Secrets", "UnsupportedDeployment",

@@ -23,6 +23,9 @@ class Capability(str, Enum):
     TLS = "tls"  #: native TLS on the inference endpoint
     GRPC = "grpc"  #: a gRPC inference endpoint
     GPU = "gpu"  #: CUDA placement of models (the framework places the model on a GPU through its own knobs)
+    #: the readiness endpoint says ready only when inference answers correctly.  Every adapter claims it: the
+    #: contract's ``LaunchSpec.ready`` is that claim (the readiness probe tests it from spawn).
+    READINESS = "readiness"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,11 @@ CATALOG: tuple[Feature, ...] = (
     Feature(Capability.TLS, "tls", "TLS"),
     Feature(Capability.GRPC, "grpc", "gRPC endpoint"),
     Feature(Capability.GPU, "gpu", "GPU placement"),
+    Feature(Capability.READINESS, "readiness", "Ready means ready"),
 )
+
+#: Claimed by every adapter through the contract itself (see :attr:`Capability.READINESS`).
+CONTRACT_CLAIMS = frozenset({Capability.READINESS})
 
 #: Feature names in report order.
 FEATURES: tuple[str, ...] = tuple(f.name for f in CATALOG)

@@ -159,8 +159,11 @@ class Worker:
         return out
 
 
-def make_handler(models: dict[str, tuple[Any, dict]], worker: Worker) -> type[BaseHTTPRequestHandler]:
-    """The request handler: ``models`` maps a name to ``(runtime, input spec {"shape", "dtype"})``."""
+def make_handler(models: dict[str, tuple[Any, dict]], worker: Worker,
+                 unavailable_until: float = 0.0) -> type[BaseHTTPRequestHandler]:
+    """The request handler: ``models`` maps a name to ``(runtime, input spec {"shape", "dtype"})``.  Until
+    ``time.monotonic()`` passes ``unavailable_until``, inference answers 503 while /health already says ok (a
+    planted false-ready window: ``unavailable_s`` of the deployment, for the readiness probe's tests)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive unless the client says otherwise
@@ -193,6 +196,8 @@ def make_handler(models: dict[str, tuple[Any, dict]], worker: Worker) -> type[Ba
             if not self.path.startswith("/predict/"):
                 return self._send(404, {"error": f"no route {self.path!r}"})
             name = self.path[len("/predict/"):]
+            if unavailable_until and time.monotonic() < unavailable_until:
+                return self._send(503, {"error": "still loading (planted unavailable_s)"})
             if name not in models:
                 return self._send(404, {"error": f"no model {name!r}"})
             runtime, spec = models[name]
@@ -220,7 +225,8 @@ def make_server(cfg: dict, models: dict[str, tuple[Any, dict]], worker: Worker) 
         allow_reuse_address = True
         request_queue_size = int(cfg.get("backlog", 1024))
 
-    return Server((cfg.get("host", "127.0.0.1"), int(cfg["port"])), make_handler(models, worker))
+    until = time.monotonic() + float(cfg["unavailable_s"]) if cfg.get("unavailable_s") else 0.0
+    return Server((cfg.get("host", "127.0.0.1"), int(cfg["port"])), make_handler(models, worker, until))
 
 
 def service_seconds(cfg: dict, environ: dict | None = None) -> tuple[float, float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 import requests
 
 from servingbench.adapters import registry
-from servingbench.contract import PROBES, Adapter, Capability, Secrets, UnsupportedDeployment
+from servingbench.contract import CONTRACT_CLAIMS, PROBES, Adapter, Capability, Secrets, UnsupportedDeployment
 from servingbench.measure.resources import tree_memory
 from servingbench.measure.stats import LatencyHistogram
 
@@ -71,8 +72,9 @@ class ProbeContext:
 
     @contextlib.contextmanager
     def deploy(self, models: list[str] | None = None, launch_override: Callable | None = None,
-               **cfg: Any) -> Iterator[Any]:
-        """Start a deployment (DeploymentConfig fields as keyword arguments); stop it on exit."""
+               on_created: Callable[[Any], None] | None = None, **cfg: Any) -> Iterator[Any]:
+        """Start a deployment (DeploymentConfig fields as keyword arguments); stop it on exit.  ``on_created``
+        sees the LiveDeployment before its servers are spawned (the readiness probe watches from spawn)."""
         from servingbench.deploy.live import LiveDeployment, make_deployment
         from servingbench.scenarios.schema import DeploymentConfig
 
@@ -89,6 +91,8 @@ class ProbeContext:
         live = LiveDeployment(adapter, dep, self.workdir / label, self.log_dir / label, secrets,
                               server_cpus=self.server_cpus, startup_timeout=self.startup_timeout,
                               python=self.python, runtime=self._runtime_for(dep.device))
+        if on_created is not None:
+            on_created(live)
         with live:
             yield live
 
@@ -527,9 +531,141 @@ def probe_gpu(ctx: ProbeContext) -> list[Verdict]:
     return [v]
 
 
+class ReadinessWatcher(threading.Thread):
+    """From the server's spawn, polls its readiness endpoint (the adapter's ``LaunchSpec.ready``) and a real
+    inference request (batch 1 of the reference inputs) in turn, every ``interval_s``; ``samples`` holds
+    ``(seconds since spawn, health ready?, inference state)`` with the state ``ok``, ``wrong`` or ``error: ...``."""
+
+    def __init__(self, live: Any, spec: Any, interval_s: float = 0.02) -> None:
+        super().__init__(name="readiness-watcher", daemon=True)
+        self.live, self.spec, self.interval_s = live, spec, interval_s
+        self.samples: list[tuple[float, bool, str]] = []
+        self.stop_event = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            self._watch()
+        except Exception as e:  # noqa: BLE001 - reported in the verdict
+            self.error = f"{type(e).__name__}: {e}"
+
+    def _watch(self) -> None:
+        live = self.live
+        while not live.servers and not self.stop_event.wait(0.002):
+            pass
+        if not live.servers:
+            return
+        server = live.servers[0]
+        ready = server.spec.ready
+        http = requests.Session()
+        http.verify, http.cert = live.http.verify, live.http.cert
+        x, expected = live.deployment.model(self.spec.name).reference()
+        x, expected = x[:1], expected[:1]
+        req = live.codec.request(self.spec, x, live.secrets)
+        health_url, infer_url = live.base_url(ready.port) + ready.path, live.url(req)
+        while not self.stop_event.is_set():
+            t = time.perf_counter() - (server.t_spawn or time.perf_counter())
+            try:
+                r = http.get(health_url, headers=dict(ready.headers), timeout=0.5)
+                healthy = r.status_code == ready.status and (ready.body_contains is None
+                                                             or ready.body_contains in r.text)
+            except requests.RequestException:
+                healthy = False
+            self.samples.append((t, healthy, self._infer(http, req, infer_url, expected)))
+            self.stop_event.wait(self.interval_s)
+
+    def _infer(self, http: requests.Session, req: Any, url: str, expected: np.ndarray) -> str:
+        """One inference request: ``ok``, ``wrong`` (a decoded answer off the reference) or ``error: ...``."""
+        try:
+            r = http.request(req.method, url, data=req.body, headers=dict(req.headers), timeout=2.0)
+        except requests.RequestException as e:  # connection refused, reset, timeout
+            return f"error: {type(e).__name__}"
+        if r.status_code >= 400:
+            return f"error: HTTP {r.status_code}"
+        try:
+            got = self.live.codec.decode(self.spec, r.status_code, r.content)
+        except Exception as e:  # noqa: BLE001 - an undecodable answer is not an answer
+            return f"error: {type(e).__name__}"
+        same = got.shape == expected.shape and np.allclose(got, expected, rtol=self.spec.rtol, atol=self.spec.atol)
+        return "ok" if same else "wrong"
+
+    def wait_settled(self, hold_s: float = 1.0, timeout_s: float = 30.0) -> bool:
+        """Wait until health and inference have both been fine for ``hold_s``."""
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline and self.is_alive():
+            ok = [t for t, h, st in self.samples if h and st == "ok"]
+            bad = [t for t, h, st in self.samples if not (h and st == "ok")]
+            if ok and ok[-1] - max([b for b in bad if b < ok[-1]] or [ok[0]]) >= hold_s:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def readiness_intervals(samples: list[tuple[float, bool, str]]) -> dict[str, Any]:
+    """From watcher samples: when health first said ready, when inference first answered correctly, and the
+    samples (and their time span) where health said ready but inference failed or answered wrongly."""
+    health = next((t for t, h, _ in samples if h), None)
+    correct = next((t for t, _, st in samples if st == "ok"), None)
+    false_ready = [(t, st) for t, h, st in samples if h and st != "ok"]
+    errors: dict[str, int] = {}
+    for _, st in false_ready:
+        errors[st] = errors.get(st, 0) + 1
+    span = (false_ready[-1][0] - false_ready[0][0]) if false_ready else 0.0
+    return {"health_ready_s": health, "first_correct_s": correct, "false_ready_samples": len(false_ready),
+            "false_ready_span_s": span, "false_ready_kinds": errors, "samples": len(samples),
+            "wrong_answers": sum(1 for _, st in false_ready if st == "wrong")}
+
+
+def probe_readiness(ctx: ProbeContext) -> list[Verdict]:
+    """Ready means ready: from spawn, is there any moment where the readiness endpoint says ready but inference
+    fails or answers wrongly?  (Polling both every 20 ms until both have been fine for a second.)"""
+    v = Verdict("readiness", "not_run")
+    spec = ctx.spec()
+    watchers: list[ReadinessWatcher] = []
+
+    def watch(live: Any) -> None:
+        watchers.append(ReadinessWatcher(live, spec))
+        watchers[0].start()
+
+    try:
+        with ctx.deploy(on_created=watch) as live:
+            if live.remote is not None:
+                v.reason = "a remote target: its spawn is not observable"
+                return [v]
+            settled = watchers[0].wait_settled()
+    finally:
+        for w in watchers:
+            w.stop_event.set()
+            w.join(5)
+    w = watchers[0]
+    m = readiness_intervals(w.samples)
+    v.metrics = {k: val for k, val in m.items() if k != "false_ready_kinds"}
+    ready = w.live.servers[0].spec.ready if w.live.servers else None
+    where = f"GET {ready.path}" if ready else "the readiness endpoint"
+    v.evidence.append(f"{m['samples']} polls of {where} and POST inference from spawn: health ready at "
+                      f"{_sec(m['health_ready_s'])}, first correct answer at {_sec(m['first_correct_s'])}")
+    if w.error or not settled:
+        v.verdict, v.reason = "failed", w.error or "health and inference never both fine for 1 s within 30 s"
+    elif m["false_ready_samples"]:
+        v.verdict = "partial"
+        v.reason = (f"ready before it could answer: {m['false_ready_samples']} poll(s) over "
+                    f"{m['false_ready_span_s']:.2f} s where {where} said ready but inference "
+                    f"{'answered wrongly' if m['wrong_answers'] else 'failed'}")
+        v.evidence.append(f"inference while health said ready: {m['false_ready_kinds']}")
+    else:
+        v.verdict = "supported"
+        v.evidence.append("no poll where health said ready and inference failed or answered wrongly")
+    return [v]
+
+
+def _sec(t: float | None) -> str:
+    return "never" if t is None else f"{t:.2f} s"
+
+
 PROBE_FUNCS: dict[str, Callable[[ProbeContext], list[Verdict]]] = {
     "multi_model": probe_multi_model, "caching": probe_caching, "batching": probe_batching,
     "manifest": probe_manifest, "auth": probe_auth, "tls": probe_tls, "grpc": probe_grpc, "gpu": probe_gpu,
+    "readiness": probe_readiness,
 }
 
 
@@ -543,7 +679,7 @@ def run_probe(name: str, ctx: ProbeContext) -> list[dict[str, Any]]:
                             metrics={"traceback": traceback.format_exc(limit=6)}) for f in PROBES[name]]
     out = []
     for v in verdicts:
-        claimed = v.feature in {c.value for c in adapter.capabilities}
+        claimed = v.feature in {c.value for c in (*adapter.capabilities, *CONTRACT_CLAIMS)}
         out.append({
             "type": "probe", "id": f"probe:{ctx.framework}:{v.feature}", "framework": ctx.framework,
             "feature": v.feature, "probe": name, "verdict": v.verdict, "reason": v.reason,

@@ -50,6 +50,8 @@ class CalibrationOptions(AdapterOptions):
                               "(the worker busy-waits until it has passed since it took the request)")
     slowdown: float = Field(1.0, gt=0, le=100, description="multiplies the service time: a planted slowdown "
                             "(part of the configuration; see SERVINGBENCH_CALIBRATION_SLOWDOWN for one that is not)")
+    unavailable_s: float = Field(0.0, ge=0, le=600, description="a planted false-ready window: for this long after "
+                                 "the server listens, /health says ok while inference answers 503")
 
 
 class CalibrationAdapter(Adapter):
@@ -78,6 +80,7 @@ class CalibrationAdapter(Adapter):
             "host": ctx.host, "port": ctx.ports["http"], "threads": deployment.threads,
             "model_format": deployment.model_format, "device": deployment.device,
             "service_ms": opts.service_ms, "slowdown": opts.slowdown, "backlog": 1024,
+            "unavailable_s": opts.unavailable_s,
             "models": [model_entry(m) for m in deployment.models],
         })
         shutil.copy(SERVER, ctx.workdir / SERVER.name)
