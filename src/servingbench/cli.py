@@ -27,7 +27,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 @contextlib.contextmanager
 def _stop_signals():
-    """The CLI's own SIGINT, SIGTERM and SIGHUP handlers for ``run``, whatever dispositions and signal mask the
+    """The CLI's own SIGINT, SIGTERM and SIGHUP handlers for every command that starts servers (``run``, ``serve``,
+    ``verify``, ``crosscheck``, ``calibrate``), whatever dispositions and signal mask the
     process inherited (``nohup``, ``cmd &`` in a script, CI runners and service managers start it with SIGINT or
     SIGHUP ignored, which would make Ctrl-C and ``kill -INT`` do nothing): each raises KeyboardInterrupt in the main
     thread, so the run stops its servers and is marked interrupted.  The previous handlers are restored after."""
@@ -528,7 +529,7 @@ def verify(
 
     adapter, dep, interpreter, docker = _one_deployment(framework, model or [m.name for m in list_models()], device,
                                                         python, runtime, image)
-    with tempfile.TemporaryDirectory(prefix="servingbench-verify-") as tmp, SecretStore() as store:
+    with tempfile.TemporaryDirectory(prefix="servingbench-verify-") as tmp, SecretStore() as store, _stop_signals():
         live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False),
                               python=interpreter, runtime=docker)
         try:
@@ -630,7 +631,7 @@ def crosscheck(
             _fail(f"--results {results}: {e}")
     server_cpus, gen_cpus = make_cpu_sets(cpu_sets)
     adapter, dep, interpreter, docker = _one_deployment(framework, [model], device, python, runtime, image)
-    with tempfile.TemporaryDirectory(prefix="servingbench-crosscheck-") as tmp, SecretStore() as store:
+    with tempfile.TemporaryDirectory(prefix="servingbench-crosscheck-") as tmp, SecretStore() as store, _stop_signals():
         live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False),
                               server_cpus=server_cpus, python=interpreter, runtime=docker)
         try:
@@ -705,7 +706,8 @@ def serve(
 
     adapter, dep, interpreter, docker = _one_deployment(framework, model, device, python, runtime, image, auth=auth)
     arts = dep.models
-    with tempfile.TemporaryDirectory(prefix="servingbench-serve-") as tmp, SecretStore() as store, terminate_on_signals():
+    with tempfile.TemporaryDirectory(prefix="servingbench-serve-") as tmp, SecretStore() as store, _stop_signals(), \
+            terminate_on_signals():
         secrets = store.make(auth, False)
         live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", secrets, python=interpreter,
                               runtime=docker)
@@ -827,7 +829,7 @@ def calibrate(
     if cpu_sets not in ("auto", "none"):
         _fail(f"--cpu-sets {cpu_sets!r}: give auto or none (a suite's cpu_sets can name cores)")
     cpus = make_cpu_sets(cpu_sets)
-    with tempfile.TemporaryDirectory(prefix="servingbench-calibrate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="servingbench-calibrate-") as tmp, _stop_signals():
         cal = calibrate_generator(cpus, Path(tmp), Path(tmp) / "logs", concurrency=tuple(concurrency),
                                   generator=Generator(workers=workers))
     table = Table("users", "rps", "p50", "p99", "generator CPU (busiest process)", "processes", "stable")

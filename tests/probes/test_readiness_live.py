@@ -46,5 +46,6 @@ def test_a_planted_false_ready_window_is_found(zoo_artifacts, tmp_path, no_lefto
         (v,) = probe_readiness(_ctx("calibration", zoo_artifacts, tmp_path, store))
     assert calls["n"] == 1
     assert v.verdict == "partial", (v.reason, v.evidence)
-    assert v.metrics["false_ready_samples"] >= 10 and 0.8 < v.metrics["false_ready_span_s"] < 2.5
+    # the planted window is 1.5 s; polls on a busy machine stretch the measured span, never shorten it much
+    assert v.metrics["false_ready_samples"] >= 10 and 0.8 < v.metrics["false_ready_span_s"] < 10
     assert "error: HTTP 503" in " ".join(map(str, v.evidence))
