@@ -178,7 +178,8 @@ def test_serve_python_with_runtime_docker(litserve_venv, zoo_artifacts, tmp_path
     bin_dir, log = fake_docker(tmp_path, venv)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     p = subprocess.Popen([sys.executable, "-m", "servingbench.cli", "serve", "litserve", "--python", str(python),
-                          "--runtime", "docker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                          "--runtime", "docker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in p.stdout], daemon=True).start()
     try:
@@ -214,7 +215,12 @@ def test_serve_python_with_runtime_docker(litserve_venv, zoo_artifacts, tmp_path
         assert np.allclose(got, expected[:1], rtol=spec.rtol, atol=spec.atol)
     finally:
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # it ignored SIGINT: kill its session (servers included), then fail
+            os.killpg(p.pid, signal.SIGKILL)
+            _, err = p.communicate(timeout=30)
+            err = "serve did not stop on SIGINT within 60 s\n" + err
     assert p.returncode == 0, err[-3000:]
     runs, removals = docker_log(log)
     assert len(runs) == 1 and len(removals) == 1 and removals[0][:2] == ["rm", "-f"]
