@@ -48,9 +48,13 @@ def results_dir(stdout: str) -> Path:
 def test_run_records_points(tmp_path, no_leftovers):
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE.format(deployments="  - label: default"))
-    p = cli("run", str(suite), "--out", str(tmp_path / "results"))
+    p = cli("run", str(suite), "--out", str(tmp_path / "results"), env={**os.environ, "CI": "true"})
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr[-3000:]
+    # Issue 19: through a pipe in CI the progress is plain lines: the plan, then after the cell how far the run is
+    assert "\x1b[" not in stderr and "plan: 1 cell(s), 2 load point(s)" in stderr, stderr[-3000:]
+    assert "progress: 2/2 points, 1/1 cells, elapsed" in stderr and "ETA 0s" in stderr, stderr[-3000:]
+    assert "litserve/default" in stderr.split("summary", 1)[-1]  # the end-of-run summary table
     rd = results_dir(stdout)
     run = json.loads((rd / "run.json").read_text())
     assert run["status"] == "complete"

@@ -24,7 +24,7 @@ class UserNet(torch.nn.Module):
         return self.body(x)
 
 
-@pytest.mark.parametrize("framework", ["litserve", "mosec"])
+@pytest.mark.parametrize("framework", ["mosec"])  # one framework: the artifacts path is the same for all
 def test_a_user_torchscript_model_is_verified_and_measured(tmp_path, no_leftovers, monkeypatch, framework):
     monkeypatch.setenv("SERVINGBENCH_CACHE", str(tmp_path / "cache"))
     torch.jit.save(torch.jit.script(UserNet().eval()), tmp_path / "usernet.pt")
