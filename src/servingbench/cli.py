@@ -39,7 +39,7 @@ def _stop_signals():
         yield
         return
 
-    from servingbench.runtime.supervisor import request_stop
+    from servingbench.runtime.supervisor import quiet_lost_stops, request_stop
 
     def handler(signum, frame):  # noqa: ARG001
         request_stop(f"signal {signal.Signals(signum).name}")
@@ -48,7 +48,8 @@ def _stop_signals():
     old = {sig: signal.signal(sig, handler) for sig in sigs}
     old_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
     try:
-        yield
+        with quiet_lost_stops():
+            yield
     finally:
         for sig, h in old.items():
             signal.signal(sig, h if h is not None else signal.SIG_DFL)

@@ -26,6 +26,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -834,6 +835,35 @@ def request_stop(why: str) -> None:
     raise KeyboardInterrupt(why)
 
 
+def _quiet_lost_stop(unraisable) -> None:
+    """``sys.unraisablehook`` while stop signals are handled: a stop's KeyboardInterrupt raised where Python cannot
+    propagate it (a ``__del__``, an at-fork hook such as logging's ``_releaseLock`` while a server is being spawned)
+    is remembered in ``_STOP`` and raised again by :func:`raise_if_stop_requested`, so it is not printed as a
+    traceback; anything else goes to the hook that was there before."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _STOP:
+        return
+    _PREVIOUS_UNRAISABLE[-1](unraisable)
+
+
+_PREVIOUS_UNRAISABLE: list = [sys.__unraisablehook__]
+
+
+@contextlib.contextmanager
+def quiet_lost_stops():
+    """Install :func:`_quiet_lost_stop` as ``sys.unraisablehook`` inside the block (nests; restores the previous)."""
+    previous = sys.unraisablehook
+    if previous is _quiet_lost_stop:
+        yield
+        return
+    _PREVIOUS_UNRAISABLE.append(previous)
+    sys.unraisablehook = _quiet_lost_stop
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        _PREVIOUS_UNRAISABLE.pop()
+
+
 def raise_if_stop_requested() -> None:
     """Raise KeyboardInterrupt if a signal asked the run to stop (and the first one got lost)."""
     if _STOP:
@@ -853,7 +883,8 @@ def terminate_on_signals():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             old[sig] = signal.signal(sig, handler)
     try:
-        yield
+        with quiet_lost_stops():
+            yield
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
