@@ -684,6 +684,10 @@ def _print_crosscheck(cc, result: dict, rounds: int, json_out: Optional[Path], r
               f"throughput {'within' if d['throughput_within_tolerance'] else 'OUTSIDE'} "
               f"+-{result['tolerance_pct']:g} %, p50 {'within' if p50_ok else 'OUTSIDE'} "
               f"+-{result['tolerance_pct']:g} % or the client floor", highlight=False)
+    if d.get("paired_throughput_pct") is not None and d.get("paired_p50_pct") is not None:
+        out.print(f"paired by round (median of the per-round deltas): throughput {d['paired_throughput_pct']:+.1f} %, "
+                  f"p50 {d['paired_p50_pct']:+.1f} %; p50 x throughput (Little's law: the latency each client "
+                  f"read for the rate it got) {d['paired_p50_x_rate_pct']:+.1f} %", highlight=False)
     if not d["throughput_within_tolerance"]:
         raise typer.Exit(1)
 

@@ -147,6 +147,20 @@ def test_summarize_medians_and_deltas():
     assert d["p50_within_tolerance"] is True  # 4.8 %
     assert d["p50_abs_s"] == pytest.approx(0.0005) and d["p50_within_floor"] is True
     assert s["client_floor_p50_s"] == 0.0008
+    # paired by round: the median of the per-round deltas
+    assert d["paired_throughput_pct"] == pytest.approx(-100 / 30)  # rounds: -3.3 %, -35.5 %, 0 %
+    assert d["per_round_p50_pct"] == [pytest.approx(100 * 0.0005 / 0.0105)] * 3
+    assert d["paired_p50_within_tolerance"] is True
+
+
+def test_p50_times_rate_separates_a_faster_server_from_a_slower_clock():
+    """Little's law: a client that got a 20 % faster server reads a 1/1.2 p50: p50 x rate agrees; a client whose
+    latency reads 20 % high at the same rate does not."""
+    faster = cc.summarize([_round(i, 3600, 3000, p50_sb=0.010 / 1.2, p50_wrk=0.010) for i in range(3)], None)
+    assert faster["deltas"]["wrk"]["paired_p50_x_rate_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert faster["deltas"]["wrk"]["paired_p50_within_tolerance"] is False
+    slow_clock = cc.summarize([_round(i, 3000, 3000, p50_sb=0.012, p50_wrk=0.010) for i in range(3)], None)
+    assert slow_clock["deltas"]["wrk"]["paired_p50_x_rate_pct"] == pytest.approx(20.0)
 
 
 def test_summarize_outside_tolerance_and_no_floor():

@@ -556,6 +556,10 @@ def _median(vals: list[float | None]) -> float | None:
     return float(statistics.median(vals)) if vals else None
 
 
+def _product(a: float | None, b: float | None) -> float | None:
+    return a * b if a is not None and b is not None else None
+
+
 def summarize(rounds: list[dict[str, Any]], floor: dict[str, Any] | None,
               tolerance_pct: float = TOLERANCE_PCT) -> dict[str, Any]:
     """Medians over rounds per client, deltas of servingbench's medians against each native client, verdicts."""
@@ -577,11 +581,27 @@ def summarize(rounds: list[dict[str, Any]], floor: dict[str, Any] | None,
         d = {f"{k}_pct": pct_delta(sb[k], other[k]) for k in ("throughput_rps", "p50_s", "p99_s")}
         both = sb["p50_s"] is not None and other["p50_s"] is not None
         d["p50_abs_s"] = sb["p50_s"] - other["p50_s"] if both else None
+        paired = [r for r in rounds if c in r and "servingbench" in r]
         d["per_round_throughput_pct"] = [pct_delta(r["servingbench"]["throughput_rps"], r[c]["throughput_rps"])
-                                         for r in rounds if c in r and "servingbench" in r]
+                                         for r in paired]
+        d["per_round_p50_pct"] = [pct_delta(r["servingbench"].get("p50_s"), r[c].get("p50_s")) for r in paired]
+        # Paired by round (the two clients ran back to back): the median of the per-round deltas cancels the
+        # server's drift between rounds, which the delta of two medians taken from different rounds does not.
+        d["paired_throughput_pct"] = _median(d["per_round_throughput_pct"])
+        d["paired_p50_pct"] = _median(d["per_round_p50_pct"])
+        # Little's law in a saturated closed loop: p50 ~ concurrency / throughput, so a client that got a faster
+        # server also reads a lower p50.  p50 x throughput (per round, then the median) asks whether the two clients
+        # measure latency alike *given the rate each got*; it is stated, the verdicts do not use it.
+        d["per_round_p50_x_rate_pct"] = [
+            pct_delta(_product(r["servingbench"].get("p50_s"), r["servingbench"].get("throughput_rps")),
+                      _product(r[c].get("p50_s"), r[c].get("throughput_rps"))) for r in paired]
+        d["paired_p50_x_rate_pct"] = _median(d["per_round_p50_x_rate_pct"])
         thr, p50 = d["throughput_rps_pct"], d["p50_s_pct"]
         d["throughput_within_tolerance"] = thr is not None and abs(thr) <= tolerance_pct
         d["p50_within_tolerance"] = p50 is not None and abs(p50) <= tolerance_pct
+        pthr, pp50 = d["paired_throughput_pct"], d["paired_p50_pct"]
+        d["paired_throughput_within_tolerance"] = pthr is not None and abs(pthr) <= tolerance_pct
+        d["paired_p50_within_tolerance"] = pp50 is not None and abs(pp50) <= tolerance_pct
         d["p50_within_floor"] = (d["p50_abs_s"] is not None and floor_p50 is not None
                                  and abs(d["p50_abs_s"]) <= floor_p50)
         deltas[c] = d
