@@ -36,15 +36,6 @@ import yaml
 from benchlib import QUIET, exec_when_quiet, run_gated, servingbench_cmd  # scripts/ is on sys.path when run
 
 
-
-
-
-
-
-
-
-
-
 def machine_seconds(run_dir: Path) -> float | None:
     meta = json.loads((run_dir / "run.json").read_text())
     try:

@@ -6,8 +6,9 @@
 Every run is a separate ``servingbench run`` (the CLI, in a subprocess) of one suite this script writes: the
 calibration deployment (``servingbench.testing.calibration``: one worker, FIFO, a deterministic service time
 S = ``--service-ms``, registered with ``SERVINGBENCH_ADAPTERS``), model mlp, one closed-loop point at
-``--concurrency`` (default 4: the worker is never idle, throughput 1 / S, p50 about 4 S), ``repeats: 5`` (each
-repeat restarts the server: five samples per side, the fewest ``compare`` judges), ``cpu_sets: auto``, and short
+``--concurrency`` (default 4: the worker is never idle, throughput 1 / S, p50 about 4 S), ``repeats: 7`` (each
+repeat restarts the server: seven samples per side, so that two repeats flagged ``machine_speed_changed`` can be
+left out and still leave the five ``compare`` needs to judge), ``cpu_sets: auto``, and short
 points (warm-up 0.5 s + 3 stable windows of 1 s, at most 6 s, tolerance 10 %).
 
 For each i = 1..N, three runs back to back: P_i (planted), A_i, B_i.
@@ -55,12 +56,6 @@ PLANTED_ENV = "SERVINGBENCH_CALIBRATION_SLOWDOWN"
 
 
 # ---- running (the same helpers as scripts/bench_slo_search.py) ----------------------------------------------------
-
-
-
-
-
-
 
 
 def run_once(suite: Path, out_root: Path, wrap: list[str], log, env_extra: dict[str, str],
@@ -160,7 +155,7 @@ def main() -> int:
     ap.add_argument("--separate-a", action="store_true", help="a separate baseline run for each planted pair")
     ap.add_argument("--service-ms", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--window", type=float, default=1.0)
     ap.add_argument("--windows", type=int, default=3)

@@ -72,14 +72,6 @@ REGISTRATION = "calibration=servingbench.testing.calibration:CalibrationAdapter"
 DISTURBED = {"interference", "machine_speed_changed"}
 
 
-
-
-
-
-
-
-
-
 def write_suite(path: Path, args: argparse.Namespace, repeats: int) -> None:
     suite = {
         "name": "bench-slo-calibration",
