@@ -12,9 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def _artifact_cache(tmp_path_factory):
-    """Model artifacts go to a per-session cache unless SERVINGBENCH_CACHE is set."""
+    """Model artifacts go to a per-session cache unless SERVINGBENCH_CACHE is set; the generator's calibration is
+    measured by the session's first run and reused by the others (``SERVINGBENCH_CALIBRATION_CACHE``)."""
     if "SERVINGBENCH_CACHE" not in os.environ:
         os.environ["SERVINGBENCH_CACHE"] = str(tmp_path_factory.mktemp("artifact-cache"))
+    if "SERVINGBENCH_CALIBRATION_CACHE" not in os.environ:
+        os.environ["SERVINGBENCH_CALIBRATION_CACHE"] = str(tmp_path_factory.mktemp("calibration") / "calibration.json")
     yield
 
 

@@ -459,14 +459,59 @@ def _resume_refusal(meta: dict[str, Any], path: Path, suite_path: Path, problems
     return "\n".join(lines)
 
 
+#: a file where a calibration is kept and reused by later runs with the same CPU sets and generator (the tests set
+#: it: dozens of short runs in one session need the generator's limits measured once, not once each)
+CALIBRATION_CACHE_ENV = "SERVINGBENCH_CALIBRATION_CACHE"
+
+
+def _calibration_entries(path: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    entries = data.get("entries") if isinstance(data, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _cached_calibration(key: dict[str, Any]) -> dict[str, Any] | None:
+    path = os.environ.get(CALIBRATION_CACHE_ENV)
+    if not path:
+        return None
+    for e in _calibration_entries(path):
+        if e.get("key") == key and isinstance(e.get("calibration"), dict):
+            return {**e["calibration"], "reused_from": e.get("at")}
+    return None
+
+
+def _keep_calibration(key: dict[str, Any], cal: dict[str, Any]) -> None:
+    path = os.environ.get(CALIBRATION_CACHE_ENV)
+    if not path:
+        return
+    entries = [e for e in _calibration_entries(path) if e.get("key") != key]
+    entries.append({"key": key, "calibration": cal, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):
+        Path(tmp).write_text(json.dumps({"entries": entries[-16:]}))
+        os.replace(tmp, path)
+
+
 def _reference_measurements(suite: Suite, results: RunResults, cpus: tuple, scratch: Path,
                             progress: Progress) -> None:
-    """The generator's calibration, once per run (kept on resume).  (The in-process limit is measured per cell.)"""
+    """The generator's calibration, once per run (kept on resume; with ``$SERVINGBENCH_CALIBRATION_CACHE``, reused
+    from an earlier run with the same CPU sets and generator, marked ``reused_from``).  (The in-process limit is
+    measured per cell.)"""
     from servingbench.load.calibration import calibrate_generator
 
     if "calibration" not in results.read_run():
-        progress("calibrating the load generator against a trivial endpoint")
-        cal = calibrate_generator(cpus, scratch, results.logs, generator=suite.generator)
+        key = {"cpus": [sorted(c) if c else None for c in cpus],
+               "generator": suite.generator.model_dump(mode="json")}
+        cal = _cached_calibration(key)
+        if cal is None:
+            progress("calibrating the load generator against a trivial endpoint")
+            cal = calibrate_generator(cpus, scratch, results.logs, generator=suite.generator)
+            _keep_calibration(key, cal)
+        else:
+            progress(f"generator calibration reused from {cal['reused_from']} (${CALIBRATION_CACHE_ENV})")
         results.update_run(calibration=cal)
         progress(f"generator ceiling {cal['ceiling_rps']:.0f} rps, latency floor p50 "
                  f"{cal['floor_p50_s'] * 1e3:.2f} ms")

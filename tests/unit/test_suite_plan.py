@@ -61,3 +61,21 @@ def test_probe_outcome_counts_errors_and_slow_requests_as_over_the_target():
     o = probe_outcome(point, 0.050)
     assert o.over_target == 100 and o.requests == 1000 and o.flags == ["errors"]
     assert o.goodput_rps == pytest.approx(90.0) and o.offered_rps == pytest.approx(100.0)
+
+
+def test_a_kept_calibration_is_reused_only_for_the_same_cpus_and_generator(tmp_path, monkeypatch):
+    from servingbench import suite as s
+
+    monkeypatch.setenv(s.CALIBRATION_CACHE_ENV, str(tmp_path / "cal.json"))
+    a = {"cpus": [[0], [1]], "generator": {"workers": 1}}
+    b = {"cpus": [None, None], "generator": {"workers": 1}}
+    assert s._cached_calibration(a) is None
+    s._keep_calibration(a, {"ceiling_rps": 1000.0})
+    s._keep_calibration(b, {"ceiling_rps": 2000.0})
+    assert s._cached_calibration(a)["ceiling_rps"] == 1000.0 and s._cached_calibration(a)["reused_from"]
+    assert s._cached_calibration(b)["ceiling_rps"] == 2000.0
+    assert s._cached_calibration({**a, "generator": {"workers": 2}}) is None
+    (tmp_path / "cal.json").write_text("not json")
+    assert s._cached_calibration(a) is None  # a damaged cache is measured again, not an error
+    monkeypatch.delenv(s.CALIBRATION_CACHE_ENV)
+    assert s._cached_calibration(a) is None
