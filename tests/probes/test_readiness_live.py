@@ -10,27 +10,17 @@ from servingbench.testing.calibration import REGISTRATION
 pytestmark = pytest.mark.server
 
 
-def _ctx(framework, zoo_artifacts, tmp_path, store):
-    from servingbench.probes import ProbeContext
-    from servingbench.suite import cpu_sets
-
-    return ProbeContext(framework, zoo_artifacts, store, tmp_path / "work", tmp_path / "logs", cpu_sets("auto")[0])
-
-
-def test_litserve_is_ready_when_it_says_so(zoo_artifacts, tmp_path, no_leftovers):
+def test_litserve_is_ready_when_it_says_so(probe_ctx, no_leftovers):
     from servingbench.probes import probe_readiness
-    from servingbench.runtime.secrets import SecretStore
 
-    with SecretStore() as store:
-        (v,) = probe_readiness(_ctx("litserve", zoo_artifacts, tmp_path, store))
+    (v,) = probe_readiness(probe_ctx("litserve"))
     assert v.verdict == "supported", (v.reason, v.evidence)
     assert v.metrics["health_ready_s"] is not None and v.metrics["false_ready_samples"] == 0
     assert v.metrics["samples"] > 10
 
 
-def test_a_planted_false_ready_window_is_found(zoo_artifacts, tmp_path, no_leftovers, monkeypatch):
+def test_a_planted_false_ready_window_is_found(probe_ctx, no_leftovers, monkeypatch):
     from servingbench.probes import ProbeContext, probe_readiness
-    from servingbench.runtime.secrets import SecretStore
 
     monkeypatch.setenv("SERVINGBENCH_ADAPTERS", REGISTRATION)
     calls = {}
@@ -42,8 +32,7 @@ def test_a_planted_false_ready_window_is_found(zoo_artifacts, tmp_path, no_lefto
         return real_deploy(self, *a, **kw)
 
     monkeypatch.setattr(ProbeContext, "deploy", deploy)
-    with SecretStore() as store:
-        (v,) = probe_readiness(_ctx("calibration", zoo_artifacts, tmp_path, store))
+    (v,) = probe_readiness(probe_ctx("calibration"))
     assert calls["n"] == 1
     assert v.verdict == "partial", (v.reason, v.evidence)
     # the planted window is 1.5 s; polls on a busy machine stretch the measured span, never shorten it much

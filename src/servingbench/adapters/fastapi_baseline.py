@@ -46,6 +46,7 @@ class FastAPIAdapter(Adapter):
         "gpu": "yes: the model is moved to the device by hand",
         "batching": "no", "manifest": "no", "response_cache": "no", "model_cache": "no", "grpc": "no",
         "load_unload": "no",
+        "metrics": "no",
     }
     blocking = False
 

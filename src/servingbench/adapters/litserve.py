@@ -43,6 +43,7 @@ class LitServeAdapter(Adapter):
         "gpu": "yes: accelerator='cuda', devices, workers_per_device",
         "manifest": "no (Python server script)",
         "response_cache": "no", "model_cache": "no", "grpc": "no", "load_unload": "no",
+        "metrics": "no built-in endpoint (a user-written Prometheus logger callback)",
     }
 
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
@@ -84,6 +85,9 @@ class LitServeAdapter(Adapter):
             grace_s=10.0,
             name="litserve",
         )]
+
+    def overload_limits(self) -> dict:
+        return {"timeout_s": 1.0}  # LitServe answers 504 for a request that waited longer
 
     def codec(self, deployment: Deployment) -> JsonCodec:
         return CODEC

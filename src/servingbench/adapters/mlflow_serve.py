@@ -52,6 +52,7 @@ class MLflowAdapter(Adapter):
         "batching": "no (a request may carry a batch)", "response_cache": "no", "model_cache": "no",
         "auth": "no", "grpc": "no", "gpu": "no serving flag (the pytorch flavor loads on the saved device)",
         "load_unload": "no",
+        "metrics": "no (the tracking server has --expose-prometheus; models serve does not)",
     }
 
     def validate(self, deployment: Deployment) -> None:

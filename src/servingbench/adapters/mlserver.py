@@ -12,8 +12,8 @@ from pydantic import Field
 
 from servingbench.adapters import v2
 from servingbench.contract import (
-    Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RunContext,
-    UnsupportedDeployment, server_env, write_command_file,
+    Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec,
+    RunContext, UnsupportedDeployment, server_env, write_command_file,
 )
 
 RUNTIME = Path(__file__).parent / "servers" / "mlserver_runtime.py"
@@ -54,7 +54,7 @@ class MLServerAdapter(Adapter):
     distribution = "mlserver"
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.RESPONSE_CACHE, Capability.MANIFEST,
-        Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD,
+        Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD, Capability.METRICS,
     })
     Options = MLServerOptions
     docs_claims = {
@@ -65,6 +65,7 @@ class MLServerAdapter(Adapter):
         "grpc": "yes: KServe V2 gRPC",
         "gpu": "runtime-dependent (the runtime places the model)",
         "load_unload": "yes: /v2/repository/models/NAME/load|unload",
+        "metrics": "yes: Prometheus /metrics on metrics_port",
         "auth": "no", "tls": "no", "model_cache": "no",
     }
 
@@ -161,6 +162,9 @@ class MLServerAdapter(Adapter):
             grace_s=15.0,
             name="mlserver",
         )]
+
+    def metrics_request(self, deployment: Deployment) -> RequestSpec:
+        return RequestSpec("GET", "/metrics", b"", {}, port="metrics")
 
     def codec(self, deployment: Deployment) -> v2.V2Codec:
         # MLServer's REST endpoint does not take Triton's binary tensor extension: JSON only.

@@ -67,7 +67,7 @@ class MosecAdapter(Adapter):
 
     name = "mosec"
     distribution = "mosec"
-    capabilities = frozenset({Capability.MULTI_MODEL, Capability.BATCHING, Capability.GPU})
+    capabilities = frozenset({Capability.MULTI_MODEL, Capability.BATCHING, Capability.GPU, Capability.METRICS})
     Options = MosecOptions
     docs_claims = {
         "multi_model": "yes: several append_worker(..., route=...) in one Server",
@@ -76,6 +76,7 @@ class MosecAdapter(Adapter):
         "manifest": "no (Python server script)",
         "auth": "no", "tls": "no (plain HTTP; put a proxy in front)", "response_cache": "no",
         "model_cache": "no", "grpc": "no", "load_unload": "no",
+        "metrics": "yes: Prometheus /metrics on the inference port",
     }
 
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
@@ -122,6 +123,12 @@ class MosecAdapter(Adapter):
             cleanup_globs=(str(self._ipc_dir(ctx)),),
             name="mosec",
         )]
+
+    def overload_limits(self) -> dict:
+        return {"capacity": 32}  # a short queue: MOSEC answers 429 beyond it
+
+    def metrics_request(self, deployment: Deployment) -> RequestSpec:
+        return RequestSpec("GET", "/metrics", b"", {}, port="http")
 
     def codec(self, deployment: Deployment) -> Codec:
         return MsgpackCodec() if self.options_of(deployment).serialization == "msgpack" else JsonCodec()

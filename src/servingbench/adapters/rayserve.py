@@ -18,10 +18,10 @@ import shlex
 import signal
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from servingbench.contract import (
-    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RunContext,
+    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RequestSpec, RunContext,
     UnsupportedDeployment, model_entry, server_env,
 )
 
@@ -46,6 +46,8 @@ class RayServeOptions(AdapterOptions):
                                                "max_num_models_per_replica (unset: all models)")
     max_ongoing_requests: int = Field(64, ge=1, le=100_000, description="per replica (Ray's default 5 halves "
                                       "throughput here)", json_schema_extra={"framework_default": 5})
+    max_queued_requests: int = Field(-1, ge=-1, le=1_000_000, description="requests a handle or proxy queues "
+                                     "beyond max_ongoing_requests before answering 503 (-1: no limit, Ray's default)")
     num_cpus_per_replica: float | None = Field(None, ge=0, le=1024, description="ray_actor_options.num_cpus "
                                                "(unset: threads)")
     num_gpus_per_replica: float | None = Field(None, ge=0, le=64, description="ray_actor_options.num_gpus on cuda "
@@ -54,6 +56,13 @@ class RayServeOptions(AdapterOptions):
                                     "address) instead of a private head; only our applications are deleted on "
                                     "stop; the cluster's Serve proxy must be free to bind 127.0.0.1:<our port>")
     object_store_mb: int = Field(512, ge=64, le=1_048_576, description="object store size of the private head")
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_limit(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("0 is not a queue limit: use -1 for no limit or a positive number")
+        return v
 
     def multiplexed(self, deployment: Deployment) -> bool:
         return bool(deployment.cache if self.multiplex is None else self.multiplex)
@@ -74,7 +83,7 @@ class RayServeAdapter(Adapter):
     native_manifest = ("serve_config.yaml",)
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.MODEL_CACHE, Capability.MANIFEST, Capability.TLS,
-        Capability.GPU,
+        Capability.GPU, Capability.METRICS,
     })
     Options = RayServeOptions
     docs_claims = {
@@ -87,6 +96,7 @@ class RayServeAdapter(Adapter):
         "auth": "no (a FastAPI ingress with a dependency can add it)", "response_cache": "no",
         "grpc": "yes: gRPC proxy with user-compiled protos (not used here)",
         "load_unload": "partly: applications are added/removed with serve.run / serve.delete or a new config",
+        "metrics": "yes: Prometheus metrics through Ray's metrics agent (--metrics-export-port)",
     }
 
     def validate(self, deployment: Deployment) -> None:
@@ -135,6 +145,7 @@ class RayServeAdapter(Adapter):
             "name": "ZooModel",
             "num_replicas": deployment.workers,
             "max_ongoing_requests": opts.max_ongoing_requests,
+            **({"max_queued_requests": opts.max_queued_requests} if opts.max_queued_requests != -1 else {}),
             "ray_actor_options": {
                 "num_cpus": cpus,
                 "num_gpus": (1 / n_replicas if opts.num_gpus_per_replica is None else opts.num_gpus_per_replica)
@@ -224,6 +235,12 @@ class RayServeAdapter(Adapter):
         )]
 
     # ---- requests ------------------------------------------------------------------------------------------------
+    def overload_limits(self) -> dict:
+        return {"max_queued_requests": 32}  # Ray Serve answers 503 beyond it
+
+    def metrics_request(self, deployment: Deployment) -> RequestSpec:
+        return RequestSpec("GET", "/metrics", b"", {}, port="ray-metrics")
+
     def codec(self, deployment: Deployment) -> JsonCodec:
         if self.options_of(deployment).multiplexed(deployment):  # one route; the header picks the model
             return JsonCodec(path="/predict/{model}", model_header=MULTIPLEX_HEADER)

@@ -31,8 +31,8 @@ from pydantic import Field
 
 from servingbench.adapters import v2
 from servingbench.contract import (
-    Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RunContext, Secrets,
-    UnsupportedDeployment, server_env,
+    Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec,
+    RunContext, Secrets, UnsupportedDeployment, server_env,
 )
 
 MODEL_PY = Path(__file__).parent / "servers" / "triton_python_model.py"
@@ -97,7 +97,7 @@ class TritonAdapter(Adapter):
     distribution = "nvidia-pytriton"
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.RESPONSE_CACHE, Capability.BATCHING, Capability.MANIFEST,
-        Capability.AUTH, Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD,
+        Capability.AUTH, Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD, Capability.METRICS,
     })
     Options = TritonOptions
     docs_claims = {
@@ -110,6 +110,7 @@ class TritonAdapter(Adapter):
         "grpc": "yes: KServe V2 gRPC",
         "gpu": "yes: instance_group KIND_GPU",
         "load_unload": "yes: --model-control-mode=explicit and /v2/repository/models/NAME/load|unload",
+        "metrics": "yes: Prometheus /metrics on --metrics-port",
         "model_cache": "no",
     }
 
@@ -257,6 +258,9 @@ class TritonAdapter(Adapter):
         )]
 
     # ---- requests (pure) -----------------------------------------------------------------------------------------
+    def metrics_request(self, deployment: Deployment) -> RequestSpec:
+        return RequestSpec("GET", "/metrics", b"", {}, port="metrics")
+
     def codec(self, deployment: Deployment) -> v2.V2Codec:
         return v2.V2Codec(INPUT, OUTPUT, binary=self.options_of(deployment).binary_inputs, auth_header="admin-key",
                           stats=True)

@@ -227,6 +227,22 @@ class Adapter(ABC):
         """
         return None
 
+    def metrics_request(self, deployment: Deployment) -> RequestSpec | None:
+        """The request that scrapes the framework's own metrics endpoint (Prometheus text format), e.g.
+        ``RequestSpec("GET", "/metrics", b"", {}, port="metrics")`` on a named port of the deployment.  The metrics
+        probe scrapes it before, during and after a known number of requests and looks for a counter that moved by
+        exactly that number, a latency histogram, queue time and batch sizes.  Return one when claiming
+        ``Capability.METRICS``; ``None`` (the default) when the framework has no metrics endpoint: the probe then
+        records what ``GET /metrics`` on the inference port answers, as the evidence for "no"."""
+        return None
+
+    def overload_limits(self) -> dict[str, Any] | None:
+        """Your typed options that bound the framework's queue or time requests out (e.g. MOSEC
+        ``{"capacity": 32}``), or ``None`` when it has no such knob.  The overload probe runs the deployment as
+        configured *and*, when this returns options, once more with them merged in: users see both the unlimited
+        and the limited behaviour."""
+        return None
+
     def grpc_infer(self, deployment: Deployment, ctx: RunContext, model: "ModelSpec", batch: "np.ndarray"
                    ) -> "np.ndarray":
         """One inference over the deployment's gRPC endpoint (the gRPC probe).  Override when claiming GRPC."""

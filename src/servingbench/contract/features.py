@@ -26,6 +26,15 @@ class Capability(str, Enum):
     #: the readiness endpoint says ready only when inference answers correctly.  Every adapter claims it: the
     #: contract's ``LaunchSpec.ready`` is that claim (the readiness probe tests it from spawn).
     READINESS = "readiness"
+    #: a metrics endpoint (Prometheus text) whose request counter matches what was sent; the adapter names it with
+    #: :meth:`servingbench.contract.Adapter.metrics_request`
+    METRICS = "metrics"
+    #: stopped with its graceful signal under load, the server finishes the requests in flight and exits by itself.
+    #: Every adapter claims it: ``LaunchSpec.stop_signal`` is the framework's documented graceful stop.
+    GRACEFUL_DRAIN = "graceful_drain"
+    #: at twice its capacity the server sheds the excess (HTTP 429/503 from a bounded queue) and recovers once the
+    #: load drops, instead of queueing without bound
+    OVERLOAD = "overload"
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,13 @@ CATALOG: tuple[Feature, ...] = (
     Feature(Capability.GRPC, "grpc", "gRPC endpoint"),
     Feature(Capability.GPU, "gpu", "GPU placement"),
     Feature(Capability.READINESS, "readiness", "Ready means ready"),
+    Feature(Capability.METRICS, "metrics", "Metrics endpoint"),
+    Feature(Capability.GRACEFUL_DRAIN, "drain", "Graceful drain"),
+    Feature(Capability.OVERLOAD, "overload", "Sheds overload"),
 )
 
 #: Claimed by every adapter through the contract itself (see :attr:`Capability.READINESS`).
-CONTRACT_CLAIMS = frozenset({Capability.READINESS})
+CONTRACT_CLAIMS = frozenset({Capability.READINESS, Capability.GRACEFUL_DRAIN})
 
 #: Feature names in report order.
 FEATURES: tuple[str, ...] = tuple(f.name for f in CATALOG)

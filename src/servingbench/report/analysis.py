@@ -19,7 +19,8 @@ LEVEL_METRICS = ["throughput_rps", "samples_per_s", "latency_p50_s", "latency_p9
                  "latency_p999_s", "error_rate", "server_cpu_pct", "server_pss_bytes", "generator_cpu_pct",
                  "gpu_mem_bytes", "gpu_util_pct"]
 FEATURES = ["multi_model", "response_cache", "model_cache", "batching", "manifest", "auth", "tls", "grpc", "gpu",
-            "load_unload", "readiness"]
+            "load_unload", "readiness", "metrics", "graceful_drain",
+            "overload"]
 VERDICTS = ["supported", "partial", "not_supported", "failed", "not_run"]
 NOISE_UNKNOWN = "single run: noise unknown"
 

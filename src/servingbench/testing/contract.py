@@ -14,7 +14,9 @@ An adapter passes when:
 4. a request with the wrong input shape is answered with an error (non-2xx, or a body ``decode`` rejects) while the
    server survives and keeps answering correctly;
 5. a short closed-loop load through the real locust generator has no errors and no wrong sampled answers;
-6. the stop leaves no process, no held port and none of the spec's ``cleanup_globs``.
+6. the stop leaves no process, no held port and none of the spec's ``cleanup_globs``;
+7. a ``METRICS`` claim comes with ``metrics_request`` (and no request without the claim); ``overload_limits``, when
+   given, are valid options.
 
 Run it: ``servingbench contract NAME`` (or ``pytest --pyargs servingbench.testing.contract`` with
 ``SERVINGBENCH_CONTRACT=NAME``; unset: every registered adapter).  An adapter that is not packaged yet is
@@ -30,7 +32,7 @@ import numpy as np
 import pytest
 
 from servingbench.adapters import registry
-from servingbench.contract import Adapter, AdapterOptions, Capability, DecodeError, Deployment, Secrets
+from servingbench.contract import Adapter, AdapterOptions, Capability, DecodeError, Deployment, RequestSpec, Secrets
 
 #: Environment variable naming the adapters to test (comma-separated); unset: every registered adapter.
 SELECT = "SERVINGBENCH_CONTRACT"
@@ -69,6 +71,19 @@ def test_declares_itself(adapter_name):
     undocumented = [n for n, f in cls.Options.model_fields.items() if not f.description]
     assert not undocumented, f"options without a description: {undocumented}"
     assert cls().framework_version(), f"{adapter_name}: the distribution {cls.distribution!r} is not installed"
+    limits = cls().overload_limits()
+    if limits is not None:  # the overload probe merges them into the deployment's options: they must validate
+        cls.parse_options(limits)
+
+
+def test_metrics_claim_names_an_endpoint(adapter_name, zoo_artifacts):
+    """An adapter that claims ``METRICS`` names its endpoint (``metrics_request``); one that does not, names none."""
+    adapter = registry.get(adapter_name)
+    req = adapter.metrics_request(_deployment(adapter_name, zoo_artifacts))
+    if Capability.METRICS in adapter.capabilities:
+        assert isinstance(req, RequestSpec) and req.path.startswith("/"), f"{adapter_name}: metrics_request -> {req!r}"
+    else:
+        assert req is None, f"{adapter_name}: metrics_request names {req.path} but METRICS is not claimed"
 
 
 def test_codec_is_pure_and_decode_rejects_garbage(adapter_name, zoo_artifacts):
