@@ -142,6 +142,9 @@ class LiveDeployment:
             self.verification.pop("_first_correct_s")
             self.ready_s = self.cold_start_s = None
             return
+        from servingbench.contract.types import BATCH_DIR_NAME
+
+        (self.workdir / BATCH_DIR_NAME).mkdir(exist_ok=True)  # where the servers log their batches (batch_counts)
         self.adapter.prepare(self.deployment, self.ctx)
         specs = self.adapter.launch(self.deployment, self.ctx)
         containers.write_launch_file(self.workdir, specs, self.deployment, self.ctx)
@@ -182,6 +185,18 @@ class LiveDeployment:
             self.stop_reports.append(s.stop())
         while self.cleanup_commands:  # a container outlives a SIGKILLed `docker run` client
             containers.remove_container(self.cleanup_commands.pop())
+
+    def batch_counts(self) -> dict[int, int]:
+        """Rows per model call -> calls, summed over the deployment's server processes so far (their
+        ``BatchLog`` files; empty where the servers run elsewhere, e.g. a remote target)."""
+        from servingbench.contract.types import BATCH_DIR_NAME
+        from servingbench.models.runtime import BATCH_FLUSH_S, read_batch_counts
+
+        folder = self.ctx.workdir / BATCH_DIR_NAME
+        if not folder.is_dir():
+            return {}
+        time.sleep(BATCH_FLUSH_S * 1.5)  # the servers write every BATCH_FLUSH_S: let the last calls land
+        return read_batch_counts(folder)
 
     # -- requests --------------------------------------------------------------------------------------------
     def send(self, model_spec, batch: np.ndarray, timeout: float = 60.0) -> tuple[int, bytes, float]:

@@ -62,15 +62,34 @@ def run_point(
         client_cert=str(live.secrets.client_cert) if live.deployment.tls == "mutual" else None,
         client_key=str(live.secrets.client_key) if live.deployment.tls == "mutual" else None, **extra,
     ).model_dump()
+    batches_before = live.batch_counts()
     with Sampler(live.processes) as sampler:
         raw = run_generator(gen_plan, gen_cpus, workdir / f"gen-{tag}.plan.json", log_dir / f"generator-{tag}.log",
                             budget=duration + 60 + gen_plan["generator"]["connect_timeout_s"],
                             watch=live.check_alive, sampler=sampler)
     live.check_alive()
+    batches = batch_sizes(batches_before, live.batch_counts(), w.batch)
     if w.kind == "shape":
-        return {"stages": shape_stages(raw, sampler, m, w)}
-    return summarize_point(raw, _window_resources(raw, sampler, reported_windows(raw, m)), m, w.batch,
-                           ceiling_rps=plan.generator_ceiling_rps)
+        return {"stages": shape_stages(raw, sampler, m, w), **({"batch_sizes": batches} if batches else {})}
+    out = summarize_point(raw, _window_resources(raw, sampler, reported_windows(raw, m)), m, w.batch,
+                          ceiling_rps=plan.generator_ceiling_rps)
+    if batches:
+        out["batch_sizes"] = batches
+    return out
+
+
+def batch_sizes(before: dict[int, int], after: dict[int, int], request_rows: int = 1) -> dict[str, Any] | None:
+    """The batches the server formed during a point (its whole generator run, warm-up included): rows per model
+    call -> calls, the calls, and the mean rows per call and requests per call (rows / the workload's batch);
+    None when the server logged nothing (no ``BatchLog``: a remote target, a container without the workdir)."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    delta = {k: v for k, v in sorted(delta.items()) if v > 0}
+    calls = sum(delta.values())
+    if not calls:
+        return None
+    rows = sum(k * v for k, v in delta.items())
+    return {"histogram": {str(k): v for k, v in delta.items()}, "calls": calls, "mean_rows": rows / calls,
+            "mean_requests": rows / calls / max(1, request_rows), "max_rows": max(delta)}
 
 
 def _window_resources(raw: dict, sampler: Sampler, start: int) -> dict[str, Any]:

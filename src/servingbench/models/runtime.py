@@ -5,8 +5,11 @@ Imported by every framework's server, so it stays light: torch and numpy, nothin
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import re
+import threading
 
 import numpy as np
 import torch
@@ -14,11 +17,86 @@ import torch
 from servingbench.models.artifacts import ModelArtifacts, load_artifacts
 from servingbench.models.zoo import ModelSpec
 
-__all__ = ["FORMATS", "ModelRuntime", "load_runtime"]
+__all__ = ["BATCH_DIR_ENV", "BATCH_FLUSH_S", "BATCH_LOG", "FORMATS", "ModelRuntime", "load_runtime", "read_batch_counts"]
 
 FORMATS = ("eager", "torchscript")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _interop_threads_set = False
+
+
+#: where a server process writes how many rows each model call got (set by the harness: ``RunContext.base_env``;
+#: spelled out here, not imported, to keep this module light)
+BATCH_DIR_ENV = "SERVINGBENCH_BATCH_DIR"
+BATCH_FLUSH_S = 0.2
+
+
+class BatchLog:
+    """Rows per model call in this process (the batch sizes the framework formed, whatever framework it is),
+    written every ``BATCH_FLUSH_S`` (0.2 s) to ``$SERVINGBENCH_BATCH_DIR/<pid>.json`` as ``{"pid", "counts": {rows: calls}}``.
+    The harness reads the files before and after each load point (:func:`read_batch_counts`); without the variable
+    nothing is written.  Recording is a dict increment under a lock: nothing on the request path touches disk."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.dir = os.environ.get(BATCH_DIR_ENV)
+        self._writer: threading.Thread | None = None
+        self._written = -1
+
+    def record(self, rows: int) -> None:
+        if not self.dir:
+            return
+        with self.lock:
+            self.counts[rows] = self.counts.get(rows, 0) + 1
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._loop, daemon=True, name="servingbench-batch-log")
+            self._writer.start()
+            atexit.register(self.flush)
+
+    def flush(self) -> None:
+        with self.lock:
+            total, counts = sum(self.counts.values()), dict(self.counts)
+        if total == self._written or not self.dir:
+            return
+        path = os.path.join(self.dir, f"{os.getpid()}.json")
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            with open(f"{path}.tmp", "w") as f:
+                json.dump({"pid": os.getpid(), "counts": {str(k): v for k, v in counts.items()}}, f)
+            os.replace(f"{path}.tmp", path)
+            self._written = total
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        import time
+
+        while True:
+            time.sleep(BATCH_FLUSH_S)
+            self.flush()
+
+
+BATCH_LOG = BatchLog()
+
+
+def read_batch_counts(directory: str | os.PathLike[str]) -> dict[int, int]:
+    """The sum over every server process's ``BatchLog`` file in ``directory``: rows per call -> calls."""
+    out: dict[int, int] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return out
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                counts = json.load(f).get("counts") or {}
+            for k, v in counts.items():
+                out[int(k)] = out.get(int(k), 0) + int(v)
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return out
 
 
 class ModelRuntime:
@@ -35,12 +113,14 @@ class ModelRuntime:
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs for the batch ``x`` (cast to the model's input dtype), on ``device``."""
+        BATCH_LOG.record(int(x.shape[0]) if x.dim() else 1)
         with torch.inference_mode():
             return self.module(x.to(self.device, self._in_dtype))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 outputs for the batch ``x`` (cast to the model's input dtype), as numpy on the CPU."""
         x = np.ascontiguousarray(x, dtype=self.spec.input.dtype)
+        BATCH_LOG.record(int(x.shape[0]) if x.ndim else 1)
         if not x.flags.writeable:  # e.g. np.frombuffer(request body): torch.from_numpy warns on read-only arrays
             x = x.copy()
         with torch.inference_mode():

@@ -467,7 +467,7 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
             f"Latency vs throughput: {model}",
             "Median over repeats; bars span min–max of repeats." if (lv["repeats"] > 1).any() else ""))
         cols = ["framework", "workload", "load", "throughput", "p50", "p90", "p99", "p99.9", "errors", "server CPU",
-                "peak PSS", "repeats", "flags"]
+                "peak PSS", "batch (mean / max)", "repeats", "flags"]
         t = Table(f"{model}: latency per load level", cols, [], csv="tables/load_levels.csv",
                   note="median over repeats, [min–max] when repeated" if (lv["repeats"] > 1).any() else "")
         for _, r in lv.iterrows():
@@ -481,6 +481,7 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
                            Cell(_fmt(r["error_rate"], "fraction"), ids, "num"),
                            Cell(_fmt(r["server_cpu_pct"], "%"), ids, "num"),
                            Cell(_fmt(r["server_pss_bytes"], "bytes"), ids, "num"),
+                           Cell(_batch_text(r), ids, "num"),
                            Cell(str(r["repeats"]), "", "num"),
                            Cell(r["flags"].replace(",", ", ") or "ok", "", "flag" if r["flags"] else "")])
         out["level_tables"].append(t)
@@ -492,6 +493,15 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
                 out["cdfs"].append(b.figure(fg.latency_cdf(curves, b.styler, model, f"{label} ({workload})", slo_p99),
                                             f"latency_cdf_{model}", f"Latency CDF: {model} at {label}",
                                             "From the full latency histograms (merged over repeats)."))
+
+
+def _batch_text(r: Any) -> str:
+    """Requests per model call (mean) and the largest batch in rows, as the server formed them; – when unknown."""
+    mean, top = r.get("batch_mean_requests"), r.get("batch_max_rows")
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "–"
+    return f"{mean:.2f} / {int(top)}" if top is not None and not (isinstance(top, float) and np.isnan(top)) \
+        else f"{mean:.2f}"
 
 
 def _perf_cells(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:

@@ -278,6 +278,11 @@ _ALL = [
            else _num(dig(r, "resources", "generator_cpu_pct_mean"))),
     Metric("gpu_mem_bytes", "GPU memory (peak)", "bytes", "lower", "point", _res("gpu_mem_bytes_max")),
     Metric("gpu_util_pct", "GPU utilisation", "%", "higher", "point", _res("gpu_util_pct_mean")),
+    # the batches the server formed (servingbench.models.runtime.BatchLog): requests per model call, mean and max
+    Metric("batch_mean_requests", "Requests per model call (mean)", "requests", "higher", "point",
+           lambda r: _num(dig(r, "batch_sizes", "mean_requests"))),
+    Metric("batch_max_rows", "Largest batch formed (rows)", "rows", "higher", "point",
+           lambda r: _num(dig(r, "batch_sizes", "max_rows"))),
     # cell records (one server lifetime)
     Metric("cold_start_s", "Cold start (spawn → first correct answer)", "s", "lower", "cell",
            lambda r: _num(r.get("cold_start_s")), axis="s", short="Time from spawn"),
