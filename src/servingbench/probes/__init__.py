@@ -542,6 +542,7 @@ class ReadinessWatcher(threading.Thread):
         self.samples: list[tuple[float, bool, str]] = []
         self.stop_event = threading.Event()
         self.error: str | None = None
+        self.retried = 0  # inference retried on a fresh connection after a ConnectionError while health said ready
 
     def run(self) -> None:
         try:
@@ -571,7 +572,14 @@ class ReadinessWatcher(threading.Thread):
                                                              or ready.body_contains in r.text)
             except requests.RequestException:
                 healthy = False
-            self.samples.append((t, healthy, self._infer(http, req, infer_url, expected)))
+            state = self._infer(http, req, infer_url, expected)
+            if healthy and state == "error: ConnectionError":
+                # A pooled keep-alive connection the server dropped as the request went out is the client's race,
+                # not the server's readiness: ask once more on a fresh connection (counted in ``retried``).
+                http.close()
+                self.retried += 1
+                state = self._infer(http, req, infer_url, expected)
+            self.samples.append((t, healthy, state))
             self.stop_event.wait(self.interval_s)
 
     def _infer(self, http: requests.Session, req: Any, url: str, expected: np.ndarray) -> str:
@@ -640,6 +648,7 @@ def probe_readiness(ctx: ProbeContext) -> list[Verdict]:
     w = watchers[0]
     m = readiness_intervals(w.samples)
     v.metrics = {k: val for k, val in m.items() if k != "false_ready_kinds"}
+    v.metrics["retried_on_fresh_connection"] = w.retried
     ready = w.live.servers[0].spec.ready if w.live.servers else None
     where = f"GET {ready.path}" if ready else "the readiness endpoint"
     v.evidence.append(f"{m['samples']} polls of {where} and POST inference from spawn: health ready at "

@@ -104,9 +104,11 @@ def classify(types: dict[str, str]) -> dict[str, list[str]]:
     }
 
 
-def sample_text(key: Sample) -> str:
+def sample_text(key: Sample, limit: int = 160) -> str:
+    """``name{label="value",...}``, cut at ``limit`` characters (Ray's samples carry long worker and session ids)."""
     name, labels = key
-    return name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
+    text = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
+    return text if len(text) <= limit else text[:limit - 4] + " ...}"
 
 
 # ---- the probe -----------------------------------------------------------------------------------------------------
