@@ -512,3 +512,28 @@ def test_simulated_false_alarm_rate_and_power():
         decide_change(rng.lognormal(0.0, 0.05, 8), rng.lognormal(math.log(0.8), 0.05, 8), "higher").regression
         for _ in range(200))
     assert hits >= 160
+
+
+def _with_cold_starts(path: Path, values: list[float]) -> Path:
+    recs = [json.loads(line) for line in (path / "records.jsonl").read_text().splitlines()]
+    cells = iter(values)
+    for r in recs:
+        if r["type"] == "cell":
+            r["cold_start_s"] = next(cells)
+    (path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return path
+
+
+def test_cold_start_is_judged_against_its_wider_threshold(tmp_path):
+    """Seven start-ups a side: the 20 % an unchanged server moved between two runs on the VM is not flagged; a
+    doubling is."""
+    base = [2.00, 2.02, 1.98, 2.01, 2.03, 1.99, 2.00]
+    a = _with_cold_starts(_run(tmp_path, "a", [(_config(), _draw(1, 7))], cold_starts=7), base)
+    faster = _with_cold_starts(_run(tmp_path, "b", [(_config(), _draw(1, 7))], cold_starts=7),
+                               [0.8 * v for v in base])
+    slower = _with_cold_starts(_run(tmp_path, "c", [(_config(), _draw(1, 7))], cold_starts=7),
+                               [2.0 * v for v in base])
+    row = compare_runs(a, faster).query("metric == 'cold_start_s'").iloc[0]
+    assert not row["significant"] and row["verdict"] == "not beyond threshold", row["verdict"]
+    row = compare_runs(a, slower).query("metric == 'cold_start_s'").iloc[0]
+    assert row["regression"] and row["verdict"] == "regression"

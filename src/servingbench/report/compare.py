@@ -42,8 +42,10 @@ says so at the top.  Runs without a canary are compared as before, and the outpu
 
 **Other rows.**  Throughput at the SLO: one value per search; tested like a point (``None``, no rate met, counts
 as 0) with ``threshold`` widened by both searches' resolution, and inconclusive with fewer than 5 searches a side.
-Cold start and idle memory: one value per server start (each ok cell record); inconclusive with fewer than 5 a side
-(a run today starts each deployment once, so these are shown, not judged).  Presence changes (a point measured in
+Cold start and idle memory: one value per server start (each ok cell record; ``repeats`` restart the server);
+inconclusive with fewer than 5 a side.  Cold start is judged against ``max(threshold,
+METRIC_THRESHOLDS["cold_start_s"])`` (50 %): its start-ups share their run's page cache and CPU speed, so within-run
+repeats understate how much it moves between runs.  Presence changes (a point measured in
 one run only, a deployment ``ok → failed``) are facts, not samples, and count as regressions when something that
 worked is gone.
 
@@ -82,6 +84,10 @@ MIN_SAMPLES = 5
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CANARY_MIN_DIFF = 0.03
+#: Cold start is judged against a wider threshold: its start-ups share their run's machine state (page cache, CPU
+#: speed), so repeats within a run understate how much it moves between runs.  Measured on the 2-core VM: two runs
+#: of an unchanged calibration server, seven start-ups each, differed by 20 % (p = 0.0006; docs/methodology.md).
+METRIC_THRESHOLDS = {"cold_start_s": 0.5}
 CANARY_SPREADS = 3.0
 
 
@@ -564,7 +570,8 @@ def _deployment_rows(pair: _Pair, da: RunData, db: RunData, threshold: float, al
             if va and vb:
                 row = _base_row(pair, "(all)", "start-up", "–", metric)
                 rows.append(_judge(row, pair, _Side(va, 0, statistics.median(va)),
-                                   _Side(vb, 0, statistics.median(vb)), threshold, alpha, "start-ups"))
+                                   _Side(vb, 0, statistics.median(vb)),
+                                   max(threshold, METRIC_THRESHOLDS.get(metric, 0.0)), alpha, "start-ups"))
     # deployments ok in one run and failed / skipped / absent in the other
     st_a = pair.a.status if pair.a else None
     st_b = pair.b.status if pair.b else None
