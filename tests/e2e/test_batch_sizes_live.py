@@ -5,31 +5,33 @@ from __future__ import annotations
 
 import pytest
 
-from servingbench.scenarios.loader import load_suite
-from servingbench.suite import run_suite
+from servingbench.contract import Secrets
+from servingbench.deploy.live import LiveDeployment, make_deployment
+from servingbench.load.plan import PointPlan
+from servingbench.load.point import run_point
+from servingbench.load.pool import InputPool
+from servingbench.scenarios.schema import ClosedLoop, DeploymentConfig, Measurement
 
 pytestmark = pytest.mark.server
 
-SUITE = """\
-name: batches
-frameworks: [mosec]
-models: [mlp]
-deployments:
-  - {label: batched, max_batch_size: 8, batch_timeout: 10ms}
-  - {label: single}
-measurement: {warmup: 0.5s, window: 1s, windows: 2, max_duration: 3s, min_requests: 20}
-workloads:
-  - {name: closed, kind: closed_loop, concurrency: [8]}
-"""
+
+def _point(tmp_path, zoo_artifacts, label: str, **cfg):
+    from servingbench.adapters import registry
+
+    dep = make_deployment("mosec", DeploymentConfig(label=label, **cfg), [zoo_artifacts["mlp"]], "cpu")
+    with LiveDeployment(registry.get("mosec"), dep, tmp_path / label, tmp_path / "logs" / label, Secrets(),
+                        startup_timeout=120) as live:
+        w = ClosedLoop(name="closed", kind="closed_loop", concurrency=[8])
+        m = Measurement(warmup="0.5s", window="1s", windows=2, max_duration="3s", min_requests=20)
+        return run_point(live, PointPlan(w, {"concurrency": 8}, m, 0, ["mlp"]), InputPool(live), None, tmp_path,
+                         tmp_path)
 
 
-def test_batches_form_where_batching_is_on_and_not_where_it_is_off(tmp_path, no_leftovers):
-    path = tmp_path / "suite.yaml"
-    path.write_text(SUITE)
-    out = run_suite(load_suite(path), suite_path=path, out=tmp_path / "results", progress=lambda m: None)
-    assert set(out.statuses.values()) == {"ok"}, out.statuses
-    points = {r["deployment"]: r for r in out.results.records("point")}
-    batched, single = points["batched"]["batch_sizes"], points["single"]["batch_sizes"]
+def test_batches_form_where_batching_is_on_and_not_where_it_is_off(tmp_path, zoo_artifacts, no_leftovers):
+    batched = _point(tmp_path, zoo_artifacts, "batched", max_batch_size=8, batch_timeout="10ms")["batch_sizes"]
+    point = _point(tmp_path, zoo_artifacts, "single")
+    single = point["batch_sizes"]
     assert batched["max_rows"] > 1 and batched["mean_requests"] > 1.0, batched
+    # the verification requests (batch 1 and 8) came before the point: none of them is counted in it
     assert single["histogram"].keys() == {"1"} and single["mean_requests"] == 1.0, single
-    assert single["calls"] >= points["single"]["metrics"]["requests"]  # every request was one model call
+    assert single["calls"] >= point["metrics"]["requests"]  # every request one model call (warm-up included)

@@ -1,4 +1,4 @@
-"""Issue 18 (overload) against real servers, with a shortened schedule (2 s at half capacity, 4 s at twice, 8 s at
+"""Issue 18 (overload) against real servers, with a shortened schedule (2 s at half capacity, 3 s at twice, 5 s at
 half): a "yes" (MOSEC with a 32-request queue answers 429 for the excess and recovers) and a "no" (the calibration
 server's single FIFO worker queues without bound: no request is refused, p99 grows)."""
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.server
 def short(monkeypatch):
     from servingbench.probes import overload
 
-    for name, value in (("CAPACITY_S", 1.5), ("BEFORE_S", 2.0), ("OVER_S", 4.0), ("AFTER_S", 8.0)):
+    for name, value in (("CAPACITY_S", 1.0), ("BEFORE_S", 2.0), ("OVER_S", 3.0), ("AFTER_S", 5.0)):
         monkeypatch.setattr(overload, name, value)
     return overload
 
