@@ -95,13 +95,20 @@ class LiveDeployment:
         self.stop_reports: list[StopReport] = []
         self.launch_argv: list[list[str]] = []
         #: the verifier's and probes' HTTP session (keep-alive; closed first on stop)
-        self.http = requests.Session()
-        self.http.trust_env = False
-        self.http.headers["Accept-Encoding"] = "identity"  # measure inference, not response compression
-        if secrets.ca_cert:
-            self.http.verify = str(secrets.ca_cert)
-        if deployment.tls == "mutual" and secrets.client_cert:
-            self.http.cert = (str(secrets.client_cert), str(secrets.client_key))
+        self.http = self.new_session()
+
+    def new_session(self) -> requests.Session:
+        """An HTTP session for this deployment: no proxies from the environment, no response compression, the
+        run's CA (TLS) and client certificate (mutual TLS).  Probes that need their own connections (one per
+        thread, a watcher from spawn) take one each and close it."""
+        http = requests.Session()
+        http.trust_env = False
+        http.headers["Accept-Encoding"] = "identity"  # measure inference, not response compression
+        if self.secrets.ca_cert:
+            http.verify = str(self.secrets.ca_cert)
+        if self.deployment.tls == "mutual" and self.secrets.client_cert:
+            http.cert = (str(self.secrets.client_cert), str(self.secrets.client_key))
+        return http
 
     # -- urls ------------------------------------------------------------------------------------------------
     def base_url(self, port: str = "http") -> str:

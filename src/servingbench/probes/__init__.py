@@ -558,8 +558,7 @@ class ReadinessWatcher(threading.Thread):
             return
         server = live.servers[0]
         ready = server.spec.ready
-        http = requests.Session()
-        http.verify, http.cert = live.http.verify, live.http.cert
+        http = live.new_session()
         x, expected = live.deployment.model(self.spec.name).reference()
         x, expected = x[:1], expected[:1]
         req = live.codec.request(self.spec, x, live.secrets)

@@ -81,12 +81,7 @@ def drain_summary(load: list[Event], probes: list[Event], t_signal: float, t_exi
 
 def _client(url_req: Any, stop: threading.Event, out: list[Event], lock: threading.Lock, live: Any,
             new_each_time: bool, every_s: float = 0.0) -> None:
-    import requests
-
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = live.http.verify
-    session.cert = live.http.cert
+    session = live.new_session()
     method, url, body, headers = url_req
     try:
         while not stop.is_set():
