@@ -12,7 +12,8 @@ For each run it prints the canary (``run.json["canary"]``: the median time of th
 spread, its drift over the run), each cell's before/after drift against its threshold (a change flags the cell's
 points ``machine_speed_changed``), and the throughput per framework; then ``compare`` of each consecutive pair:
 whether the canaries agree (``report.compare.canary_check``) and every row's verdict.  When the canaries differ,
-``compare`` makes every timing row "inconclusive: the machines differed by X %".
+``compare`` keeps a timing row's verdict only if it goes against the machines' difference and makes every other one
+"inconclusive: the machines differed by X %".
 
 ``--wrap CMD`` runs each run inside CMD (e.g. a lock; then the runs are not strictly back to back); without it,
 run the whole script inside the lock.  ``--quiet-wait S``: before each run, wait at most S seconds until the CPUs
@@ -83,6 +84,7 @@ def describe_run(run_dir: Path) -> dict:
     return {
         "dir": str(run_dir), "machine_s": machine_seconds(run_dir),
         "canary": {"median_ms": None if can.get("median_s") is None else can["median_s"] * 1e3,
+                   "per_iteration_us": None if can.get("per_iteration_s") is None else can["per_iteration_s"] * 1e6,
                    "rel_spread": can.get("rel_spread"), "drift": can.get("drift"),
                    "samples": len(can.get("samples") or [])},
         "cells": [{"cell": c["cell"], "drift": c["canary"]["drift"], "threshold": c["canary"]["threshold"],
@@ -135,7 +137,8 @@ def main() -> int:
             changed = [x["cell"] for x in info["cells"] if x["changed"]]
             print(f"run {i}: {found[-1].name} (exit {rc}), {info['machine_s'] or math.nan:.0f} s "
                   f"({wall:.0f} s with waits)", flush=True)
-            print(f"  canary: median {c['median_ms'] or math.nan:.3f} ms, own spread "
+            print(f"  canary: median {c['median_ms'] or math.nan:.3f} ms ({c['per_iteration_us'] or math.nan:.2f} µs per "
+                  f"iteration), own spread "
                   f"{100 * (c['rel_spread'] or math.nan):.2f} %, drift over the run {100 * (c['drift'] or math.nan):.2f} % "
                   f"({c['samples']} measurements); cells whose canary changed: {changed or 'none'}", flush=True)
             print("  cells: " + "; ".join(f"{x['cell']} {100 * x['drift']:+.2f} % (limit {100 * x['threshold']:.1f} %)"
@@ -154,7 +157,8 @@ def main() -> int:
                  "p": None if math.isnan(r.p_value) else r.p_value} for r in df.itertuples()]
         flagged = [f"{r['framework']} {r['metric']}" for r, s in zip(rows, df["significant"]) if s]
         comparisons.append({"a": a.name, "b": b.name, "canary": can, "rows": rows, "flagged": flagged})
-        diff = "" if can["diff"] is None else f"{100 * can['diff']:+.2f} %, limit {100 * can['limit']:.1f} %"
+        diff = "" if can["diff"] is None else (f"{100 * can['diff']:+.2f} %, limit {100 * can['limit']:.1f} %"
+                                              + ("" if can.get("p_value") is None else f", p = {can['p_value']:.2g}"))
         print(f"\ncompare run {i} -> run {i + 1}: canaries {can['status']} ({diff}); flagged rows: "
               f"{flagged or 'none'}", flush=True)
         for r in rows:

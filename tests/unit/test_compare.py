@@ -461,15 +461,62 @@ def test_canary_disagreement_makes_timing_rows_inconclusive(tmp_path):
 
 
 def test_canary_limit():
+    """Runs recorded before the canary kept its repetitions: medians against 3 × the larger spread, at least 5 %."""
     def c(m, s):
         return {"canary": {"median_s": m, "rel_spread": s}}
 
-    assert canary_check(c(1.0, 0.0), c(1.029, 0.0))["status"] == "agree"  # the 3 % floor
-    assert canary_check(c(1.0, 0.0), c(1.031, 0.0))["status"] == "differ"
+    assert canary_check(c(1.0, 0.0), c(1.049, 0.0))["status"] == "agree"  # the 5 % floor
+    assert canary_check(c(1.0, 0.0), c(1.051, 0.0))["status"] == "differ"
     assert canary_check(c(1.0, 0.05), c(1.14, 0.01))["status"] == "agree"  # 3 × the larger spread = 15 %
     assert canary_check(c(1.0, 0.05), c(0.84, 0.01))["status"] == "differ"
     assert canary_check({}, {})["status"] == "none"
     assert canary_check(c(1.0, 0.01), {"canary": {"median_s": None}})["status"] == "one"
+
+
+def _canary_reps(seed: int, per_iteration_s: float, iterations: int, cells: int = 7, cv: float = 0.10) -> dict:
+    """A run's canary as the harness records it: 2 measurements per cell of 7 repetitions each, lognormal noise."""
+    rng = np.random.default_rng(seed)
+    samples = [{"iterations": iterations, "times_s": list(per_iteration_s * iterations * rng.lognormal(0, cv, 7)),
+                "median_s": per_iteration_s * iterations, "rel_spread": 2 * cv} for _ in range(2 * cells)]
+    return {"canary": {"median_s": per_iteration_s * iterations, "rel_spread": 2 * cv, "samples": samples}}
+
+
+def test_canary_compares_repetitions_per_iteration():
+    # the same speed with different iteration counts (the old calibrated canary): per iteration they agree
+    chk = canary_check(_canary_reps(1, 140e-6, 525), _canary_reps(2, 140e-6, 880))
+    assert chk["status"] == "agree" and abs(chk["diff"]) < 0.05 and chk["p_value"] > 0.01
+    assert "per iteration" in chk["note"] and "98 vs 98 repetitions" in chk["note"]
+    # 10 % slower, 10 % noise per repetition: pooled over 98 repetitions a side, the difference is found
+    chk = canary_check(_canary_reps(3, 140e-6, 700), _canary_reps(4, 154e-6, 700))
+    assert chk["status"] == "differ" and chk["diff"] > 0.05 and chk["p_value"] < 0.01
+    # significant but small: not a machine difference worth a verdict
+    chk = canary_check(_canary_reps(5, 140e-6, 700, cv=0.01), _canary_reps(6, 143e-6, 700, cv=0.01))
+    assert chk["p_value"] < 0.01 and chk["status"] == "agree"
+    # A/A: 200 pairs of one speed; the rule (p < 0.01 and > 5 %) calls almost none of them different
+    differ = sum(canary_check(_canary_reps(100 + 2 * i, 140e-6, 700), _canary_reps(101 + 2 * i, 140e-6, 700))
+                 ["status"] == "differ" for i in range(200))
+    assert differ <= 2
+
+
+def test_canary_difference_keeps_only_changes_against_it(tmp_path):
+    """A regression measured on a faster machine cannot be the machine's doing: it stands; one on a slower machine
+    is inconclusive; so is "within noise" on a faster machine (it could hide a regression)."""
+    cells_a = [(_config(), _draw(1, 6))]
+    worse = [(_config(), _draw(2, 6, median=140.0))]  # a planted 30 % regression (latency; throughput down)
+    same = [(_config(), _draw(3, 6))]
+    a = _run(tmp_path, "a", cells_a, canary=_canary_reps(7, 140e-6, 700)["canary"])
+    fast = _canary_reps(8, 120e-6, 700)["canary"]
+    slow = _canary_reps(9, 165e-6, 700)["canary"]
+    df = compare_runs(a, _run(tmp_path, "worse-fast", worse, canary=fast))
+    assert df.attrs["canary"]["status"] == "differ" and df.attrs["canary"]["diff"] < 0
+    pts = _perf(df)
+    assert (pts["verdict"] == "regression").all() and all("cannot explain" in m for m in pts["method"])
+    assert "B's machine was faster" in render_compare_text(df)
+    df = compare_runs(a, _run(tmp_path, "worse-slow", worse, canary=slow))
+    assert _perf(df)["verdict"].str.startswith("inconclusive: the machines differed by +").all()
+    df = compare_runs(a, _run(tmp_path, "same-fast", same, canary=fast))
+    assert _perf(df)["verdict"].str.startswith("inconclusive: the machines differed by -").all()
+    assert not df["regression"].any()
 
 
 def test_slo_and_cold_start_need_five_per_side(tmp_path):

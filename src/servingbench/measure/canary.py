@@ -1,18 +1,29 @@
 """The machine-speed canary: a fixed CPU workload timed on the server's cores before and after every cell.
 
 On a virtual machine the speed of a core can change under a run (steal, a noisy neighbour, frequency), and process
-accounting inside the machine cannot see it.  The canary makes that visible: the same work (a fixed number of
-small fp32 matrix products with one torch thread, ~100 ms) timed ``REPS`` times in one long-lived process pinned to
-the server's CPU set, while no server runs.  Its median is the machine's speed at that moment; its own spread
-(second-fastest to second-slowest of the repeats, relative to the median) is its noise.
+accounting inside the machine cannot see it.  The canary makes that visible: the same work (``ITERATIONS`` small
+fp32 matrix products with one torch thread: ~100 ms on the 2-core development VM) timed ``REPS`` times in one
+long-lived process pinned to the server's CPU set, while no server runs.  The work is fixed, not calibrated to a
+duration, so canaries of different runs and machines time the same thing; each measurement also reports the time per
+iteration (``per_iteration_s``), which is what ``servingbench compare`` compares (a canary of an older run with a
+different iteration count is compared per iteration too).  Its median is the machine's speed at that moment; its own
+spread (second-fastest to second-slowest of the repeats, relative to the median) is its noise.
 
 * A cell whose canary after differs from its canary before by more than :func:`changed_threshold` of its own noise
   (at least 3 %) has every point flagged ``machine_speed_changed`` (the points measured meanwhile).
-* ``run.json["canary"]``: ``median_s`` (median of every canary of the run) and ``rel_spread`` (the median of their
-  own spreads) -- ``servingbench compare`` says "inconclusive: the machines differed by X %" when two runs'
-  canaries disagree beyond both spreads.  Chosen over normalising by the canary: a canary of one workload does not
-  predict how a different workload (a server, its network stack) slows down, so dividing by it would hide the
-  change instead of showing it.
+* ``run.json["canary"]``: ``median_s`` and ``per_iteration_s`` (medians over every repetition of the run),
+  ``rel_spread`` (the median of the measurements' own spreads) and every measurement with its repetition times.
+  ``servingbench compare`` tests the two runs' repetitions against each other (Mann-Whitney) and says
+  "inconclusive: the machines differed by X %" when they differ.  Chosen over normalising by the canary: a canary of
+  one workload does not predict how a different workload (a server, its network stack) slows down, so dividing by it
+  would hide the change instead of showing it.
+
+Measured on the development VM (idle, 25 back-to-back repetitions of ~100 ms): the time of one repetition varies
+with a coefficient of variation of 7 % (this workload), 14 % (a pure-Python loop) and 13 % (a memory-bound sum),
+weakly correlated with each other: the VM's speed moves at the 100 ms scale, so one repetition says little and the
+run-level comparison pools every repetition (98 for a run of 7 cells).  Before the work was fixed, the iteration
+count was calibrated per run, and run medians of ~100 ms compared different amounts of work (75-126 ms for the
+same per-iteration speed).
 
 Run as ``python -m servingbench.measure.canary`` (the harness does this): a line ``go`` on stdin runs one
 measurement and prints one JSON line.
@@ -29,7 +40,8 @@ import time
 from typing import Any
 
 REPS = 7
-TARGET_S = 0.1  # one repetition's work, calibrated once per canary process
+#: one repetition's work: fixed, so every run times the same thing (~100 ms on the 2-core development VM)
+ITERATIONS = 700
 MIN_THRESHOLD = 0.03
 
 
@@ -53,8 +65,7 @@ def _serve() -> int:
     _work.x = torch.randn(64, 256, generator=g)  # type: ignore[attr-defined]
     _work.w = torch.randn(256, 256, generator=g) / 16  # type: ignore[attr-defined]
     _work(50)  # warm-up
-    per = _work(200) / 200
-    n = max(50, int(TARGET_S / per))
+    n = ITERATIONS
     for line in sys.stdin:
         if line.strip() != "go":
             break
@@ -62,7 +73,7 @@ def _serve() -> int:
         med = statistics.median(times)
         ordered = sorted(times)
         # Robust spread: second-fastest to second-slowest (one preempted repetition does not count as noise).
-        print(json.dumps({"iterations": n, "times_s": times, "median_s": med,
+        print(json.dumps({"iterations": n, "times_s": times, "median_s": med, "per_iteration_s": med / n,
                           "rel_spread": (ordered[-2] - ordered[1]) / med}), flush=True)
     return 0
 
@@ -99,7 +110,9 @@ class Canary:
     def summary(self) -> dict[str, Any]:
         """What run.json keeps: the run's canary median, its own noise, and every measurement."""
         meds = [s["median_s"] for s in self.samples]
+        per = per_iteration_times(self.samples)
         return {"median_s": statistics.median(meds) if meds else None,
+                "per_iteration_s": statistics.median(per) if per else None, "repetitions": len(per),
                 "rel_spread": statistics.median(s["rel_spread"] for s in self.samples) if meds else None,
                 "drift": (max(meds) - min(meds)) / statistics.median(meds) if meds else None,
                 "samples": self.samples}
@@ -114,6 +127,18 @@ class Canary:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def per_iteration_times(samples: Any) -> list[float]:
+    """Every repetition of every measurement in ``samples`` as seconds per iteration (measurements of runs whose
+    iteration count differs are comparable this way); malformed entries are skipped."""
+    out: list[float] = []
+    for s in samples if isinstance(samples, list) else []:
+        n = s.get("iterations") if isinstance(s, dict) else None
+        if not isinstance(n, (int, float)) or n <= 0:
+            continue
+        out += [t / n for t in s.get("times_s") or [] if isinstance(t, (int, float)) and t > 0]
+    return out
 
 
 def changed_threshold(before: dict[str, Any], after: dict[str, Any]) -> float:

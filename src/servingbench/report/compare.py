@@ -34,11 +34,16 @@ exact test's largest p-value below 0.05 is 0.032).  The rate is *per row*: a tab
 ``alpha × N`` false alarms expected when nothing changed (rows of one point share its repeats, so they are not
 independent).  The text and HTML outputs print that bound.
 
-**The machines.**  When both runs' ``run.json`` carry ``canary: {median_s, rel_spread}`` (the time of a fixed CPU
-workload and its own relative spread) and the medians differ by more than
-``max(3 × max(rel_spread_a, rel_spread_b), CANARY_MIN_DIFF)`` (3 %) relative, every timing row (throughput,
-latency, throughput at the SLO, cold start) becomes ``inconclusive: the machines differed by X %`` and the output
-says so at the top.  Runs without a canary are compared as before, and the output notes ``no canary``.
+**The machines.**  When both runs' ``run.json`` carry the machine canary (a fixed CPU workload timed before and
+after every cell, ``servingbench.measure.canary``), its repetitions are compared as time per iteration: the machines
+*differed* when a two-sided Mann-Whitney test of all repetitions of A against all of B gives p < ``CANARY_ALPHA``
+(0.01) and their medians differ by more than ``CANARY_MIN_DIFF`` (5 %).  Then a timing row (throughput, latency,
+throughput at the SLO, cold start) keeps its verdict only when the change goes *against* the machines' difference
+(a regression although B's machine was faster, an improvement although it was slower: the machine cannot have
+caused it); every other timing row becomes ``inconclusive: the machines differed by X %`` (a "within noise" too: a
+faster machine can hide a regression), and the output says so at the top.  Runs recorded before the canary kept its
+repetitions are compared by their medians against ``max(3 × max(rel_spread_a, rel_spread_b), CANARY_MIN_DIFF)``.
+Runs without a canary are compared as before, and the output notes ``no canary``.
 
 **Other rows.**  Throughput at the SLO: one value per search; tested like a point (``None``, no rate met, counts
 as 0) with ``threshold`` widened by both searches' resolution, and inconclusive with fewer than 5 searches a side.
@@ -83,7 +88,9 @@ COLUMNS = ["framework", "deployment", "deployment_b", "model", "workload", "load
 MIN_SAMPLES = 5
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-CANARY_MIN_DIFF = 0.03
+#: the machines differ when the canaries' repetitions differ by more than this (median ratio) at p < CANARY_ALPHA
+CANARY_MIN_DIFF = 0.05
+CANARY_ALPHA = 0.01
 #: Cold start is judged against a wider threshold: its start-ups share their run's machine state (page cache, CPU
 #: speed), so repeats within a run understate how much it moves between runs.  Measured on the 2-core VM: two runs
 #: of an unchanged calibration server, seven start-ups each, differed by 20 % (p = 0.0006; docs/methodology.md).
@@ -323,35 +330,57 @@ def _pairing_notes(pairs: list[_Pair]) -> list[str]:
 
 # ---- the machines --------------------------------------------------------------------------------------------------
 def canary_check(a: dict, b: dict) -> dict[str, Any]:
-    """Compare the two runs' machine canaries (``run.json`` ``canary: {median_s, rel_spread}``).
+    """Compare the two runs' machine canaries (``run.json`` ``canary``).
 
-    Returns ``{"status": "differ" | "agree" | "none" | "one", "diff": relative difference of the medians B/A − 1
-    or None, "limit": the allowed relative difference or None, "note": one line for the output}``.
+    Returns ``{"status": "differ" | "agree" | "none" | "one", "diff": relative difference B/A − 1 of the canary's
+    time (> 0: B's machine was slower) or None, "limit": the smallest difference that counts, "p_value": the
+    Mann-Whitney p of the repetitions (None for the median rule), "note": one line for the output}``.
     """
-    def read(meta: dict) -> tuple[float, float] | None:
+    from servingbench.measure.canary import per_iteration_times
+
+    def read(meta: dict) -> dict | None:
         c = meta.get("canary")
         if not isinstance(c, dict):
             return None
+        reps = per_iteration_times(c.get("samples"))
         m, s = _finite([c.get("median_s")]), _finite([c.get("rel_spread")])
-        return (m[0], max(0.0, s[0])) if m and m[0] > 0 and s else None
+        if len(reps) >= MIN_SAMPLES:
+            return {"reps": np.asarray(reps), "spread": max(0.0, s[0]) if s else 0.0}
+        return {"median": m[0], "spread": max(0.0, s[0])} if m and m[0] > 0 and s else None
 
     ca, cb = read(a), read(b)
     if ca is None and cb is None:
-        return {"status": "none", "diff": None, "limit": None,
+        return {"status": "none", "diff": None, "limit": None, "p_value": None,
                 "note": "no canary in either run: whether the machines performed alike was not checked"}
     if ca is None or cb is None:
-        return {"status": "one", "diff": None, "limit": None,
+        return {"status": "one", "diff": None, "limit": None, "p_value": None,
                 "note": f"canary in run {'A' if ca else 'B'} only: "
                         "whether the machines performed alike was not checked"}
-    diff = cb[0] / ca[0] - 1.0
-    limit = max(CANARY_SPREADS * max(ca[1], cb[1]), CANARY_MIN_DIFF)
-    if abs(diff) > limit:
-        return {"status": "differ", "diff": diff, "limit": limit,
-                "note": f"the machines differed: canary {ca[0] * 1e3:.4g} ms → {cb[0] * 1e3:.4g} ms "
-                        f"({diff * 100:+.1f} %, more than the {limit * 100:.1f} % its noise allows): every timing row "
-                        "is inconclusive"}
-    return {"status": "agree", "diff": diff, "limit": limit,
-            "note": f"canary: the machines agree ({diff * 100:+.1f} %, within {limit * 100:.1f} %)"}
+    limit = CANARY_MIN_DIFF
+    if "reps" in ca and "reps" in cb:
+        ma, mb = float(np.median(ca["reps"])), float(np.median(cb["reps"]))
+        p = _mann_whitney_p(ca["reps"], cb["reps"])
+        diff = mb / ma - 1.0
+        differ = p < CANARY_ALPHA and abs(diff) > limit
+        how = (f"{ma * 1e6:.4g} µs → {mb * 1e6:.4g} µs per iteration, {diff * 100:+.1f} %, "
+               f"p = {p:.2g} over {len(ca['reps'])} vs {len(cb['reps'])} repetitions")
+        rule = f"differ when p < {CANARY_ALPHA} and more than {limit * 100:.0f} %"
+    else:  # a run recorded before the canary kept its repetitions: medians against the canaries' own noise
+        ma = float(np.median(ca["reps"])) if "reps" in ca else ca["median"]
+        mb = float(np.median(cb["reps"])) if "reps" in cb else cb["median"]
+        p = None
+        diff = mb / ma - 1.0
+        limit = max(CANARY_SPREADS * max(ca["spread"], cb["spread"]), CANARY_MIN_DIFF)
+        differ = abs(diff) > limit
+        how = f"{ma * 1e3:.4g} ms → {mb * 1e3:.4g} ms, {diff * 100:+.1f} %"
+        rule = f"medians only: differ beyond {limit * 100:.1f} %"
+    if differ:
+        faster = "slower" if diff > 0 else "faster"
+        return {"status": "differ", "diff": diff, "limit": limit, "p_value": p,
+                "note": f"the machines differed: canary {how} ({rule}); B's machine was {faster}: a timing row keeps "
+                        f"its verdict only if B changed against that, every other one is inconclusive"}
+    return {"status": "agree", "diff": diff, "limit": limit, "p_value": p,
+            "note": f"canary: the machines agree ({how}; {rule})"}
 
 
 # ---- samples -------------------------------------------------------------------------------------------------------
@@ -447,9 +476,16 @@ def _judge(row: dict[str, Any], pair: _Pair, sa: _Side, sb: _Side, threshold: fl
 
 
 def _machines_differ(row: dict[str, Any], canary: dict[str, Any]) -> None:
+    """When the machines differed, a timing row keeps its verdict only if the change goes against the machines'
+    difference (a regression although B's machine was faster, an improvement although it was slower)."""
     if canary["status"] != "differ" or row["metric"] not in TIMING_METRICS or row["verdict"].startswith("not comp"):
         return
     if row["verdict"].startswith(("measured in", "SLO met in neither")):
+        return
+    b_slower = canary["diff"] > 0
+    if (row["verdict"] == "regression" and not b_slower) or (row["verdict"] == "improvement" and b_slower):
+        row["method"] += (f"; kept although the machines differed by {canary['diff'] * 100:+.1f} %: B's machine was "
+                          f"{'slower' if b_slower else 'faster'}, so it cannot explain this")
         return
     before = row["verdict"]
     row.update(significant=False, regression=False,
