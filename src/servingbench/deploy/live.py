@@ -196,14 +196,18 @@ class LiveDeployment:
     def batch_counts(self) -> dict[int, int]:
         """Rows per model call -> calls, summed over the deployment's server processes so far (their
         ``BatchLog`` files; empty where the servers run elsewhere, e.g. a remote target)."""
+        return self.batch_log()[0]
+
+    def batch_log(self) -> tuple[dict[int, int], dict[str, float]]:
+        """:meth:`batch_counts` and the model calls' compute sums (``servingbench.models.runtime.read_batch_log``)."""
         from servingbench.contract.types import BATCH_DIR_NAME
-        from servingbench.models.runtime import BATCH_FLUSH_S, read_batch_counts
+        from servingbench.models.runtime import BATCH_FLUSH_S, read_batch_log
 
         folder = self.ctx.workdir / BATCH_DIR_NAME
         if not folder.is_dir():
-            return {}
+            return {}, {}
         time.sleep(BATCH_FLUSH_S * 1.5)  # the servers write every BATCH_FLUSH_S: let the last calls land
-        return read_batch_counts(folder)
+        return read_batch_log(folder)
 
     # -- requests --------------------------------------------------------------------------------------------
     def send(self, model_spec, batch: np.ndarray, timeout: float = 60.0) -> tuple[int, bytes, float]:

@@ -62,13 +62,13 @@ def run_point(
         client_cert=str(live.secrets.client_cert) if live.deployment.tls == "mutual" else None,
         client_key=str(live.secrets.client_key) if live.deployment.tls == "mutual" else None, **extra,
     ).model_dump()
-    batches_before = live.batch_counts()
+    batches_before = live.batch_log()
     with Sampler(live.processes) as sampler:
         raw = run_generator(gen_plan, gen_cpus, workdir / f"gen-{tag}.plan.json", log_dir / f"generator-{tag}.log",
                             budget=duration + 60 + gen_plan["generator"]["connect_timeout_s"],
                             watch=live.check_alive, sampler=sampler)
     live.check_alive()
-    batches = batch_sizes(batches_before, live.batch_counts(), w.batch)
+    batches = batch_sizes(*batches_before, *live.batch_log(), request_rows=w.batch)
     if w.kind == "shape":
         return {"stages": shape_stages(raw, sampler, m, w), **({"batch_sizes": batches} if batches else {})}
     out = summarize_point(raw, _window_resources(raw, sampler, reported_windows(raw, m)), m, w.batch,
@@ -78,9 +78,13 @@ def run_point(
     return out
 
 
-def batch_sizes(before: dict[int, int], after: dict[int, int], request_rows: int = 1) -> dict[str, Any] | None:
+def batch_sizes(before: dict[int, int], compute_before: dict[str, float] | None, after: dict[int, int],
+                compute_after: dict[str, float] | None, request_rows: int = 1) -> dict[str, Any] | None:
     """The batches the server formed during a point (its whole generator run, warm-up included): rows per model
     call -> calls, the calls, and the mean rows per call and requests per call (rows / the workload's batch);
+    with the compute sums of :func:`servingbench.models.runtime.read_batch_log`, the mean time of a model call
+    (``compute_s_per_call``) and the mean time a request's rows spent in their model call (``compute_s``: the
+    model's share of a request's latency; the rest is the client and loopback, queueing and the framework).
     None when the server logged nothing (no ``BatchLog``: a remote target, a container without the workdir)."""
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     delta = {k: v for k, v in sorted(delta.items()) if v > 0}
@@ -88,8 +92,15 @@ def batch_sizes(before: dict[int, int], after: dict[int, int], request_rows: int
     if not calls:
         return None
     rows = sum(k * v for k, v in delta.items())
-    return {"histogram": {str(k): v for k, v in delta.items()}, "calls": calls, "mean_rows": rows / calls,
-            "mean_requests": rows / calls / max(1, request_rows), "max_rows": max(delta)}
+    out = {"histogram": {str(k): v for k, v in delta.items()}, "calls": calls, "mean_rows": rows / calls,
+           "mean_requests": rows / calls / max(1, request_rows), "max_rows": max(delta)}
+    ca, cb = compute_before or {}, compute_after or {}
+    timed_calls = cb.get("calls", 0) - ca.get("calls", 0)
+    timed_rows = cb.get("rows", 0) - ca.get("rows", 0)
+    if timed_calls > 0 and timed_rows > 0:
+        out.update(compute_s_per_call=(cb.get("s", 0.0) - ca.get("s", 0.0)) / timed_calls,
+                   compute_s=(cb.get("row_s", 0.0) - ca.get("row_s", 0.0)) / timed_rows)
+    return out
 
 
 def _window_resources(raw: dict, sampler: Sampler, start: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import threading
+import time
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ import torch
 from servingbench.models.artifacts import ModelArtifacts, load_artifacts
 from servingbench.models.zoo import ModelSpec
 
-__all__ = ["BATCH_DIR_ENV", "BATCH_FLUSH_S", "BATCH_LOG", "FORMATS", "ModelRuntime", "load_runtime", "read_batch_counts"]
+__all__ = ["BATCH_DIR_ENV", "BATCH_FLUSH_S", "BATCH_LOG", "FORMATS", "ModelRuntime", "load_runtime", "read_batch_counts",
+           "read_batch_log"]
 
 FORMATS = ("eager", "torchscript")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -31,23 +33,34 @@ BATCH_FLUSH_S = 0.2
 
 
 class BatchLog:
-    """Rows per model call in this process (the batch sizes the framework formed, whatever framework it is),
-    written every ``BATCH_FLUSH_S`` (0.2 s) to ``$SERVINGBENCH_BATCH_DIR/<pid>.json`` as ``{"pid", "counts": {rows: calls}}``.
-    The harness reads the files before and after each load point (:func:`read_batch_counts`); without the variable
-    nothing is written.  Recording is a dict increment under a lock: nothing on the request path touches disk."""
+    """Rows per model call in this process (the batch sizes the framework formed, whatever framework it is) and the
+    time the model calls took (compute: what the framework adds around them is queueing and its own overhead),
+    written every ``BATCH_FLUSH_S`` (0.2 s) to ``$SERVINGBENCH_BATCH_DIR/<pid>.json`` as ``{"pid", "counts": {rows:
+    calls}, "compute": {"calls", "rows", "s", "row_s"}}`` (``s``: summed call time; ``row_s``: summed call time x
+    rows, so that ``row_s / rows`` is the mean compute time a request's row spent in its call).  The harness reads
+    the files before and after each load point (:func:`read_batch_log`); without the variable nothing is written.
+    Recording is arithmetic under a lock: nothing on the request path touches disk."""
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
+        self.compute = {"calls": 0, "rows": 0, "s": 0.0, "row_s": 0.0}
         self.lock = threading.Lock()
         self.dir = os.environ.get(BATCH_DIR_ENV)
         self._writer: threading.Thread | None = None
         self._written = -1
 
-    def record(self, rows: int) -> None:
+    def record(self, rows: int, seconds: float | None = None) -> None:
+        """One model call of ``rows`` rows that took ``seconds`` (None: not timed, e.g. an unsynchronised GPU call)."""
         if not self.dir:
             return
         with self.lock:
             self.counts[rows] = self.counts.get(rows, 0) + 1
+            if seconds is not None:
+                c = self.compute
+                c["calls"] += 1
+                c["rows"] += rows
+                c["s"] += seconds
+                c["row_s"] += seconds * rows
         if self._writer is None:
             self._writer = threading.Thread(target=self._loop, daemon=True, name="servingbench-batch-log")
             self._writer.start()
@@ -55,14 +68,14 @@ class BatchLog:
 
     def flush(self) -> None:
         with self.lock:
-            total, counts = sum(self.counts.values()), dict(self.counts)
+            total, counts, compute = sum(self.counts.values()), dict(self.counts), dict(self.compute)
         if total == self._written or not self.dir:
             return
         path = os.path.join(self.dir, f"{os.getpid()}.json")
         try:
             os.makedirs(self.dir, exist_ok=True)
             with open(f"{path}.tmp", "w") as f:
-                json.dump({"pid": os.getpid(), "counts": {str(k): v for k, v in counts.items()}}, f)
+                json.dump({"pid": os.getpid(), "counts": {str(k): v for k, v in counts.items()}, "compute": compute}, f)
             os.replace(f"{path}.tmp", path)
             self._written = total
         except OSError:
@@ -81,22 +94,32 @@ BATCH_LOG = BatchLog()
 
 def read_batch_counts(directory: str | os.PathLike[str]) -> dict[int, int]:
     """The sum over every server process's ``BatchLog`` file in ``directory``: rows per call -> calls."""
+    return read_batch_log(directory)[0]
+
+
+def read_batch_log(directory: str | os.PathLike[str]) -> tuple[dict[int, int], dict[str, float]]:
+    """The sums over every server process's ``BatchLog`` file in ``directory``: rows per call -> calls, and the
+    compute sums ``{"calls", "rows", "s", "row_s"}``."""
     out: dict[int, int] = {}
+    compute = {"calls": 0, "rows": 0, "s": 0.0, "row_s": 0.0}
     try:
         names = os.listdir(directory)
     except OSError:
-        return out
+        return out, compute
     for name in names:
         if not name.endswith(".json"):
             continue
         try:
             with open(os.path.join(directory, name)) as f:
-                counts = json.load(f).get("counts") or {}
+                data = json.load(f)
+            counts, comp = data.get("counts") or {}, data.get("compute") or {}
             for k, v in counts.items():
                 out[int(k)] = out.get(int(k), 0) + int(v)
+            for k in compute:
+                compute[k] += comp.get(k, 0)
         except (OSError, ValueError, AttributeError, TypeError):
             continue
-    return out
+    return out, compute
 
 
 class ModelRuntime:
@@ -113,19 +136,23 @@ class ModelRuntime:
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs for the batch ``x`` (cast to the model's input dtype), on ``device``."""
-        BATCH_LOG.record(int(x.shape[0]) if x.dim() else 1)
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            return self.module(x.to(self.device, self._in_dtype))
+            out = self.module(x.to(self.device, self._in_dtype))
+        # on a GPU the call returns before the kernels finish: its time is not the compute time
+        BATCH_LOG.record(int(x.shape[0]) if x.dim() else 1, None if out.is_cuda else time.perf_counter() - t0)
+        return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 outputs for the batch ``x`` (cast to the model's input dtype), as numpy on the CPU."""
         x = np.ascontiguousarray(x, dtype=self.spec.input.dtype)
-        BATCH_LOG.record(int(x.shape[0]) if x.ndim else 1)
         if not x.flags.writeable:  # e.g. np.frombuffer(request body): torch.from_numpy warns on read-only arrays
             x = x.copy()
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(x).to(self.device))
-            return out.to("cpu", torch.float32).numpy()
+            out = self.module(torch.from_numpy(x).to(self.device)).to("cpu", torch.float32).numpy()
+        BATCH_LOG.record(int(x.shape[0]) if x.ndim else 1, time.perf_counter() - t0)  # to("cpu") waited for a GPU
+        return out
 
     def __repr__(self) -> str:
         return f"ModelRuntime({self.spec.name!r}, fmt={self.fmt!r}, device={self.device!r})"

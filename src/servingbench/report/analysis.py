@@ -17,7 +17,8 @@ from servingbench.report.metrics import METRICS, dig, histogram, load_value, rel
 
 LEVEL_METRICS = ["throughput_rps", "samples_per_s", "latency_p50_s", "latency_p90_s", "latency_p99_s",
                  "latency_p999_s", "error_rate", "server_cpu_pct", "server_pss_bytes", "generator_cpu_pct",
-                 "gpu_mem_bytes", "gpu_util_pct", "batch_mean_requests", "batch_max_rows"]
+                 "gpu_mem_bytes", "gpu_util_pct", "batch_mean_requests", "batch_max_rows", "latency_mean_s",
+                 "compute_mean_s"]
 FEATURES = ["multi_model", "response_cache", "model_cache", "batching", "manifest", "auth", "tls", "grpc", "gpu",
             "load_unload", "readiness", "metrics", "graceful_drain",
             "overload"]

@@ -29,7 +29,7 @@ import pandas as pd
 from servingbench.report import analysis as an
 from servingbench.report import figures as fg
 from servingbench.report.data import RunData, probe_cells, read_manifests
-from servingbench.report.metrics import METRICS, Metric, format_value
+from servingbench.report.metrics import METRICS, Metric, dig, format_value
 
 TEMPLATES = Path(__file__).parent / "templates"
 VERDICT_TEXT = {
@@ -467,9 +467,12 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
             f"Latency vs throughput: {model}",
             "Median over repeats; bars span min–max of repeats." if (lv["repeats"] > 1).any() else ""))
         cols = ["framework", "workload", "load", "throughput", "p50", "p90", "p99", "p99.9", "errors", "server CPU",
-                "peak PSS", "batch (mean / max)", "repeats", "flags"]
+                "peak PSS", "batch (mean / max)", "mean: model / client floor / queue + framework", "repeats", "flags"]
+        floor = _num_or_none(dig(d.meta, "calibration", "floor_p50_s"))
         t = Table(f"{model}: latency per load level", cols, [], csv="tables/load_levels.csv",
-                  note="median over repeats, [min–max] when repeated" if (lv["repeats"] > 1).any() else "")
+                  note=("median over repeats, [min–max] when repeated; " if (lv["repeats"] > 1).any() else "")
+                  + "where the mean latency goes: the model calls (timed in the server), the client and loopback "
+                    "floor (the generator against a trivial endpoint), and the rest: queueing and the framework")
         for _, r in lv.iterrows():
             ids = r["record_ids"]
             t.rows.append([Cell(r["name"]), Cell(r["workload"]), Cell(r["load_label"]),
@@ -482,6 +485,7 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
                            Cell(_fmt(r["server_cpu_pct"], "%"), ids, "num"),
                            Cell(_fmt(r["server_pss_bytes"], "bytes"), ids, "num"),
                            Cell(_batch_text(r), ids, "num"),
+                           Cell(_time_text(r, floor), ids, "num"),
                            Cell(str(r["repeats"]), "", "num"),
                            Cell(r["flags"].replace(",", ", ") or "ok", "", "flag" if r["flags"] else "")])
         out["level_tables"].append(t)
@@ -493,6 +497,22 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
                 out["cdfs"].append(b.figure(fg.latency_cdf(curves, b.styler, model, f"{label} ({workload})", slo_p99),
                                             f"latency_cdf_{model}", f"Latency CDF: {model} at {label}",
                                             "From the full latency histograms (merged over repeats)."))
+
+
+def _num_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+
+def _time_text(r: Any, floor: float | None) -> str:
+    """Where a point's mean latency goes: model compute / client + loopback floor / the rest (queue + framework),
+    in ms; – when the server did not time its model calls."""
+    mean, comp = _num_or_none(r.get("latency_mean_s")), _num_or_none(r.get("compute_mean_s"))
+    if mean is None or comp is None:
+        return "–"
+    fl = floor or 0.0
+    rest = max(0.0, mean - comp - fl)
+    return f"{comp * 1e3:.2f} / {fl * 1e3:.2f} / {rest * 1e3:.2f} ms" if floor is not None else \
+        f"{comp * 1e3:.2f} / – / {(mean - comp) * 1e3:.2f} ms"
 
 
 def _batch_text(r: Any) -> str:

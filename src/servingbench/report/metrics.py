@@ -283,6 +283,9 @@ _ALL = [
            lambda r: _num(dig(r, "batch_sizes", "mean_requests"))),
     Metric("batch_max_rows", "Largest batch formed (rows)", "rows", "higher", "point",
            lambda r: _num(dig(r, "batch_sizes", "max_rows"))),
+    # the model's share of a request's latency: mean time its rows spent in their model call (BatchLog)
+    Metric("compute_mean_s", "Model compute per request (mean)", "s", "lower", "point",
+           lambda r: _num(dig(r, "batch_sizes", "compute_s"))),
     # cell records (one server lifetime)
     Metric("cold_start_s", "Cold start (spawn → first correct answer)", "s", "lower", "cell",
            lambda r: _num(r.get("cold_start_s")), axis="s", short="Time from spawn"),
