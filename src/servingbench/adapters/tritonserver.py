@@ -68,6 +68,10 @@ class TritonOptions(AdapterOptions):
                                                     "preferred_batch_size list in rows (unset: [max_batch_size])")
     max_batch_rows: int | None = Field(None, ge=1, le=1_000_000, description="config max_batch_size: largest "
                                        "request and merged batch in rows (unset: max(64, max_batch_size))")
+    max_queue_size: int | None = Field(None, ge=1, le=1_000_000, description="dynamic_batching default_queue_policy "
+                                       "max_queue_size: requests beyond this many queued are rejected at once "
+                                       "(Triton's default: unbounded). It needs the dynamic batcher: with "
+                                       "max_batch_size 1 set max_batch_rows: 1 too, or queued requests are merged")
     binary_inputs: bool = Field(True, description="send inputs with the binary tensor extension (as tritonclient "
                                 "does); false: JSON lists")
     exit_timeout_s: int = Field(3, ge=0, le=3600, description="--exit-timeout-secs: how long a stop waits for open "
@@ -180,10 +184,15 @@ class TritonAdapter(Adapter):
             lines.append(f'{key} [ {{ name: "{tname}" data_type: TYPE_{v2.datatype(spec["dtype"])} '
                          f'dims: [ {", ".join(str(d) for d in spec["shape"])} ] }} ]')
         lines.append(f"instance_group [ {{ kind: {kind} count: {deployment.workers} }} ]")
-        if deployment.max_batch_size > 1:
-            sizes = self.options_of(deployment).preferred_batch_sizes or [deployment.max_batch_size]
-            lines.append(f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, sizes))} ] "
-                         f"max_queue_delay_microseconds: {int(deployment.batch_timeout_ms * 1000)} }}")
+        opts = self.options_of(deployment)
+        if deployment.max_batch_size > 1 or opts.max_queue_size:
+            sizes = opts.preferred_batch_sizes or [deployment.max_batch_size]
+            parts = [f"preferred_batch_size: [ {', '.join(map(str, sizes))} ]"] if deployment.max_batch_size > 1 else []
+            parts.append(f"max_queue_delay_microseconds: "
+                         f"{int(deployment.batch_timeout_ms * 1000) if deployment.max_batch_size > 1 else 0}")
+            if opts.max_queue_size:
+                parts.append(f"default_queue_policy {{ max_queue_size: {opts.max_queue_size} }}")
+            lines.append(f"dynamic_batching {{ {' '.join(parts)} }}")
         if deployment.cache:
             lines.append("response_cache { enable: true }")
         if libtorch:
@@ -256,6 +265,11 @@ class TritonAdapter(Adapter):
             cleanup_globs=(f"/dev/shm/{self.shm_prefix(ctx)}*",),
             name="triton",
         )]
+
+    def overload_limits(self) -> dict:
+        # a 32-request queue (Triton rejects beyond it: HTTP 503 / gRPC UNAVAILABLE); one row per batch so that the
+        # dynamic batcher the queue policy needs does not merge requests
+        return {"max_queue_size": 32, "max_batch_rows": 1}
 
     # ---- requests (pure) -----------------------------------------------------------------------------------------
     def metrics_request(self, deployment: Deployment) -> RequestSpec:

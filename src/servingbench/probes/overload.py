@@ -17,7 +17,8 @@ rate; and the **recovery time**: from the drop to half load until every later 1 
 quickly), ``times out``, ``queues`` (no errors, p99 grows), ``absorbs`` (2x was not an overload).
 
 The deployment runs as configured and, when the adapter names its queue-limit knobs
-(:meth:`servingbench.contract.Adapter.overload_limits`: MOSEC ``capacity``, LitServe ``timeout_s``), once more with
+(:meth:`servingbench.contract.Adapter.overload_limits`: MOSEC ``capacity``, LitServe ``timeout_s``, Ray Serve
+``max_queued_requests``, Triton's queue policy ``max_queue_size``), once more with
 them; the verdict is the better of the two, the evidence and metrics (``limited_*``) show both.
 
 Verdicts: ``supported`` (sheds load and recovers), ``partial`` (queues or times out, then recovers within
