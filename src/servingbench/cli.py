@@ -482,6 +482,68 @@ def _html_target(html: Path) -> Path:
     return html
 
 
+def _duration_s(text: str, option: str) -> float:
+    from servingbench.scenarios.schema import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except (ValueError, TypeError) as e:
+        _fail(f"{option} {text!r}: {e}; give a duration such as 30m, 90s or 1h")
+    if value <= 0:
+        _fail(f"{option} {text!r}: must be more than zero; give a duration such as 30m")
+    return value
+
+
+@app.command()
+def tune(
+    scenario: Path = typer.Argument(..., help="suite YAML file with an `slo:` target and an slo_search workload"),
+    frameworks: Optional[List[str]] = typer.Option(None, "--frameworks", "-f", help="tune only these frameworks"),
+    models: Optional[List[str]] = typer.Option(None, "--models", "-m", help="tune only these models of the suite"),
+    budget: str = typer.Option("30m", "--budget", help="machine time for the whole tuning, shared by the "
+                               "framework x model studies (each runs its two profiles even past its share)"),
+    max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="at most this many trials per study "
+                                             "(profiles included)"),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="root of the tuning directory"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this tuning directory"),
+    seed: int = typer.Option(0, "--seed", help="the sampler's seed"),
+) -> None:
+    """Search each framework's knobs for the highest throughput at the suite's SLO (second objective: p99 at the
+    search's start rate) with optuna's TPE sampler; every trial is a full run of one cell.  Writes the profiles
+    framework-default, servingbench-default and tuned side by side (summary.md) and a Pareto plot per framework x
+    model.  Ctrl-C keeps finished trials; --resume continues without repeating them.  Exit 130 when interrupted."""
+    from servingbench.scenarios.loader import ScenarioError, load_suite
+    from servingbench.tune import TuneError, pct_of_tuned, run_tune
+
+    if frameworks:
+        frameworks = [f for item in frameworks for f in item.split(",") if f]
+        _check_frameworks(frameworks)
+    models = [m for item in models or [] for m in item.split(",") if m] or None
+    budget_s = _duration_s(budget, "--budget")
+    try:
+        suite = load_suite(scenario)
+    except ScenarioError as e:
+        console.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(2)
+    with _stop_signals():
+        try:
+            outcome = run_tune(suite, suite_path=scenario, out=out_dir, frameworks=frameworks, models=models,
+                               budget_s=budget_s, max_trials=max_trials, resume=resume, seed=seed,
+                               progress=lambda m: out.print(m, highlight=False, markup=False))
+        except TuneError as e:
+            _fail(str(e))
+            return
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    for name, s in outcome.studies.items():
+        pct = pct_of_tuned(s, "framework-default")
+        best = s["tuned"]
+        out.print(f"{name}: tuned {best['max_rate']:.0f} rps at the SLO (trial {s['found_at']} of {s['n_trials']})"
+                  if best else f"{name}: no trial met the SLO", highlight=False, markup=False)
+        if pct is not None:
+            out.print(f"  framework-default: {pct:.0f} % of tuned", highlight=False, markup=False)
+    out.print(f"summary: {Path(outcome.path).absolute() / 'summary.md'}", highlight=False, markup=False)
+
+
 @app.command()
 def compare(
     run_a: Path = typer.Argument(..., help="baseline results directory"),

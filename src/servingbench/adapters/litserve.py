@@ -20,7 +20,8 @@ CODEC = JsonCodec(path="/predict/{model}", auth_header="X-API-Key")  # LIT_SERVE
 
 class LitServeOptions(AdapterOptions):
     num_api_servers: int | None = Field(None, ge=1, le=64, description="uvicorn API server processes in front of "
-                                        "the workers (LitServer num_api_servers; LitServe's default: one)")
+                                        "the workers (LitServer num_api_servers; LitServe's default: one)",
+                                        json_schema_extra={"framework_default": 1, "tune": {"low": 1, "high": 2}})
     devices: int | Literal["auto"] | None = Field(None, description="number of GPUs, or 'auto' (LitServer devices)")
     timeout_s: float | None = Field(None, gt=0, le=3600, description="request timeout inside LitServe "
                                     "(servingbench's default when unset: 60)",

@@ -23,7 +23,8 @@ MAX_SOCKET_DIR = 80  # unix socket paths are limited to ~107 bytes; mosec append
 
 class MosecOptions(AdapterOptions):
     pipeline: bool = Field(False, description="two stages per route, Decode (request -> validated array) and Infer "
-                           "(the model), each its own processes (MOSEC's CPU/GPU pipelining)")
+                           "(the model), each its own processes (MOSEC's CPU/GPU pipelining)",
+                           json_schema_extra={"tune": True})
     decode_workers: int = Field(1, ge=1, le=64, description="processes of the Decode stage when pipeline is on")
     serialization: Literal["json", "msgpack"] = Field(
         "json", description="'json' (MOSEC's default mixin) or 'msgpack' (MsgpackMixin; raw little-endian tensor "
@@ -68,6 +69,8 @@ class MosecAdapter(Adapter):
     name = "mosec"
     distribution = "mosec"
     capabilities = frozenset({Capability.MULTI_MODEL, Capability.BATCHING, Capability.GPU, Capability.METRICS})
+    # MOSEC's own: one worker per stage, no batching, --wait 10 ms (max_wait_time when batching)
+    framework_defaults = {**Adapter.framework_defaults, "batch_timeout_ms": 10.0}
     Options = MosecOptions
     docs_claims = {
         "multi_model": "yes: several append_worker(..., route=...) in one Server",

@@ -45,7 +45,8 @@ class RayServeOptions(AdapterOptions):
     max_models_per_replica: int | None = Field(None, ge=1, le=1024, description="@serve.multiplexed "
                                                "max_num_models_per_replica (unset: all models)")
     max_ongoing_requests: int = Field(64, ge=1, le=100_000, description="per replica (Ray's default 5 halves "
-                                      "throughput here)", json_schema_extra={"framework_default": 5})
+                                      "throughput here)", json_schema_extra={"framework_default": 5,
+                                                                            "tune": {"low": 1, "high": 256, "log": True}})
     max_queued_requests: int = Field(-1, ge=-1, le=1_000_000, description="requests a handle or proxy queues "
                                      "beyond max_ongoing_requests before answering 503 (-1: no limit, Ray's default)")
     num_cpus_per_replica: float | None = Field(None, ge=0, le=1024, description="ray_actor_options.num_cpus "
@@ -85,6 +86,8 @@ class RayServeAdapter(Adapter):
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.MODEL_CACHE, Capability.MANIFEST, Capability.TLS,
         Capability.GPU, Capability.METRICS,
     })
+    # Ray's own: one replica, @serve.batch off (its batch_wait_timeout_s default 0.01 when on)
+    framework_defaults = {**Adapter.framework_defaults, "batch_timeout_ms": 10.0}
     Options = RayServeOptions
     docs_claims = {
         "multi_model": "yes: several applications (route_prefix each) or model multiplexing",

@@ -57,6 +57,11 @@ class AdapterOptions(BaseModel):
     ``json_schema_extra={"framework_default": ...}``, the framework's *own* default where it differs from the
     field's default (the value servingbench uses).  Unknown keys and bad values are rejected when a suite is
     validated, with the framework, option, value and the allowed range in the message.
+
+    A knob that ``servingbench tune`` should search also says so in ``json_schema_extra``: ``"tune": {"low": 1,
+    "high": 256, "log": true}`` for a number (int fields give integers), ``"tune": {"choices": [...]}`` for a
+    set of values, ``"tune": true`` for a bool or a Literal (every value).  Give the framework's own default too:
+    the ``framework-default`` profile uses it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
@@ -138,6 +143,14 @@ class Adapter(ABC):
     open_paths: ClassVar[tuple[str, ...]] = ()
     native_manifest: ClassVar[tuple[str, ...]] = ()
     baseline: ClassVar[bool] = False
+    #: The framework's *own* defaults of the deployment-level knobs (what a user gets without configuring
+    #: anything), for ``servingbench tune``'s ``framework-default`` profile: ``workers`` (processes/replicas/
+    #: instances per model), ``threads`` (torch threads per worker; ``"cpus"``: torch's own default, every CPU the
+    #: server may use), ``max_batch_size`` (1: no batching) and ``batch_timeout_ms``.  Override the entries that
+    #: differ; the tuning space itself is :func:`servingbench.tune.space_for` (workers, threads, batching when the
+    #: adapter claims ``BATCHING``, and every option marked ``tune``).
+    framework_defaults: ClassVar[Mapping[str, Any]] = {"workers": 1, "threads": "cpus", "max_batch_size": 1,
+                                                       "batch_timeout_ms": 0.0}
 
     # ---- environment -------------------------------------------------------------------------------------------
     def framework_version(self) -> str | None:

@@ -47,7 +47,8 @@ CODEC = JsonCodec(path="/predict/{model}")
 
 class CalibrationOptions(AdapterOptions):
     service_ms: float = Field(2.0, gt=0, le=10_000, description="deterministic service time of one request, ms "
-                              "(the worker busy-waits until it has passed since it took the request)")
+                              "(the worker busy-waits until it has passed since it took the request)",
+                              json_schema_extra={"framework_default": 3.0, "tune": {"low": 1.0, "high": 4.0}})
     slowdown: float = Field(1.0, gt=0, le=100, description="multiplies the service time: a planted slowdown "
                             "(part of the configuration; see SERVINGBENCH_CALIBRATION_SLOWDOWN for one that is not)")
     unavailable_s: float = Field(0.0, ge=0, le=600, description="a planted false-ready window: for this long after "

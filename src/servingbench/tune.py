@@ -1,0 +1,524 @@
+"""``servingbench tune``: equal tuning effort for every framework.
+
+A framework run with its defaults beside one that was tuned says nothing about the frameworks.  ``tune`` searches
+each framework's knob space (:func:`space_for`) for the highest **throughput at the suite's SLO** and, as the
+second objective, the lowest **p99 at a fixed rate** (the SLO search's start rate, which every trial probes first),
+one model at a time, and records every trial.
+
+The optimiser: optuna's multi-objective TPE sampler (``TPESampler(multivariate=True)``, fixed seed), one study per
+framework × model in an SQLite file of the tuning directory.  Why TPE and not successive halving: a trial is one
+server start plus one SLO search, and a short, cheap version of it does not rank configurations the way the full
+one does (a short probe cannot support a p99 claim: see docs/methodology.md), so there is no low-fidelity rung to
+halve on; TPE models the good and bad regions from the few full trials a budget of minutes allows.  No pruner: an
+SLO search probes the same doubling rates in every trial until one fails, so its intermediate values do not tell
+trials apart before the bisection that decides the answer.
+
+Every study starts with two enqueued trials, the **profiles**: ``framework-default`` (the framework's own
+defaults: :attr:`Adapter.framework_defaults` and each option's ``framework_default``) and ``servingbench-default``
+(the suite's deployment as written); then the sampler's trials until the study's share of ``budget`` is spent.
+``tuned`` is the best trial by throughput at the SLO (ties: lower p99), reported with its knobs and the trial that
+found it.  A trial is a complete ``servingbench run`` of a one-cell suite (verification, canary, validity flags
+included) in ``trials/<framework>-<model>/<n>/``; its record (knobs, objectives, memory, the run's path) is kept in
+optuna's storage and in ``trials.jsonl``.
+
+Resume: ``servingbench tune SUITE --resume DIR`` (or the same ``--out`` directory) reloads the studies; finished
+trials are kept, a trial that Ctrl-C interrupted is run again with the same knobs, and the budget counts the time
+already spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from servingbench.scenarios.schema import DeploymentConfig, SloSearch, Suite
+
+TUNE_FILE = "tune.json"
+STORAGE = "optuna.db"
+PROFILES = ("framework-default", "servingbench-default")
+#: max_batch_size values tried when the adapter claims batching
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+#: batch timeout range (ms) tried when batching is on
+BATCH_TIMEOUT_MS = (0.0, 20.0)
+
+
+class TuneError(ValueError):
+    """A suite or a tuning directory that ``tune`` cannot use (the message says why and what to do)."""
+
+
+# ---- the space -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Knob:
+    """One dimension: ``target`` is a deployment field (``workers``, ``threads``, ``max_batch_size``,
+    ``batch_timeout_ms``) or ``options.<name>``; ``kind`` int, float or choice."""
+
+    target: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    framework_default: Any = None
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.target, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.target, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.target, float(self.low), float(self.high), log=self.log)
+
+    def describe(self) -> str:
+        rng = f"{list(self.choices)}" if self.kind == "choice" else f"[{self.low:g}, {self.high:g}]" + (
+            " log" if self.log else "")
+        return f"{self.target} {rng} (framework default {self.framework_default!r})"
+
+
+def _option_knob(name: str, field: Any) -> Knob | None:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    spec = extra.get("tune")
+    if not spec:
+        return None
+    fw_default = extra.get("framework_default", field.default)
+    target = f"options.{name}"
+    if isinstance(spec, dict) and "choices" in spec:
+        return Knob(target, "choice", choices=tuple(spec["choices"]), framework_default=fw_default)
+    if isinstance(spec, dict):
+        kinds = {a for a in typing.get_args(field.annotation) or (field.annotation,) if a in (int, float)}
+        kind = "int" if kinds == {int} else "float"
+        return Knob(target, kind, low=spec["low"], high=spec["high"], log=bool(spec.get("log")),
+                    framework_default=fw_default)
+    ann = field.annotation
+    values = (False, True) if ann is bool else tuple(a for a in typing.get_args(ann) if a is not type(None))
+    if typing.get_origin(ann) is typing.Literal:
+        values = typing.get_args(ann)
+    return Knob(target, "choice", choices=values, framework_default=fw_default)
+
+
+def space_for(adapter_cls: Any, server_cpus: int) -> list[Knob]:
+    """The knobs ``tune`` searches for one adapter on a server with ``server_cpus`` CPUs: workers 1 to
+    max(2, CPUs), threads 1 to CPUs, max batch size and batch timeout when the adapter claims ``BATCHING``, and every
+    option whose field is marked ``tune`` (see :class:`servingbench.contract.AdapterOptions`)."""
+    from servingbench.contract import Capability
+
+    cpus = max(1, server_cpus)
+    fd = dict(adapter_cls.framework_defaults)
+    threads_default = cpus if fd.get("threads") == "cpus" else int(fd.get("threads", 1))
+    knobs = [Knob("workers", "int", 1, max(2, cpus), framework_default=int(fd.get("workers", 1)))]
+    if cpus > 1:
+        knobs.append(Knob("threads", "int", 1, cpus, framework_default=threads_default))
+    if Capability.BATCHING in adapter_cls.capabilities:
+        knobs.append(Knob("max_batch_size", "choice", choices=BATCH_SIZES,
+                          framework_default=int(fd.get("max_batch_size", 1))))
+        knobs.append(Knob("batch_timeout_ms", "float", *BATCH_TIMEOUT_MS,
+                          framework_default=float(fd.get("batch_timeout_ms", 0.0))))
+    for name, field in adapter_cls.Options.model_fields.items():
+        k = _option_knob(name, field)
+        if k is not None:
+            knobs.append(k)
+    return knobs
+
+
+def framework_default_params(knobs: list[Knob]) -> dict[str, Any]:
+    """The framework's own defaults as knob values (the ``framework-default`` profile)."""
+    return {k.target: k.framework_default for k in knobs}
+
+
+def suite_params(dep: DeploymentConfig, framework: str, knobs: list[Knob]) -> dict[str, Any]:
+    """The suite's deployment as knob values (the ``servingbench-default`` profile)."""
+    opts = dict(dep.options.get(framework) or {})
+    from servingbench.adapters import registry
+
+    typed = registry.get_class(framework).parse_options(opts)
+    out: dict[str, Any] = {}
+    for k in knobs:
+        if k.target.startswith("options."):
+            out[k.target] = getattr(typed, k.target.split(".", 1)[1])
+        elif k.target == "batch_timeout_ms":
+            out[k.target] = float(dep.batch_timeout) * 1000
+        else:
+            out[k.target] = getattr(dep, k.target)
+    return out
+
+
+def deployment_for(dep: DeploymentConfig, framework: str, params: Mapping[str, Any], label: str) -> DeploymentConfig:
+    """The suite's deployment with ``params`` applied (options of other frameworks dropped)."""
+    update: dict[str, Any] = {"label": label, "frameworks": None}
+    opts = dict(dep.options.get(framework) or {})
+    for target, value in params.items():
+        if target.startswith("options."):
+            name = target.split(".", 1)[1]
+            if value is None:
+                opts.pop(name, None)
+            else:
+                opts[name] = value
+        elif target == "batch_timeout_ms":
+            update["batch_timeout"] = f"{float(value)!r}ms"
+        else:
+            update[target] = value
+    update["options"] = {framework: opts} if opts else {}
+    raw = {**dep.model_dump(), "batch_timeout": f"{dep.batch_timeout!r}s", **update}  # durations need a unit
+    return DeploymentConfig.model_validate(raw)
+
+
+# ---- one trial -------------------------------------------------------------------------------------------------------
+def _slo_workload(suite: Suite, path: Path) -> SloSearch:
+    slo = [w for w in suite.workloads if w.kind == "slo_search"]
+    if not slo or suite.slo is None:
+        raise TuneError(f"{path}: tune needs an `slo:` target and one workload of kind `slo_search` (the objective "
+                        "is the throughput at the SLO); add them as in scenarios/tune.yaml")
+    return slo[0]
+
+
+def trial_suite(suite: Suite, framework: str, model: Any, dep: DeploymentConfig, workload: SloSearch) -> Suite:
+    """A one-cell suite: this framework, this model, this deployment, the SLO search alone, one repeat."""
+    w = workload.model_copy(update={"models": [model.name]})
+    return suite.model_copy(update={
+        "name": f"{suite.name}-tune", "frameworks": [framework], "models": [model], "deployments": [dep],
+        "workloads": [w], "features": [], "published": [],
+        "measurement": suite.measurement.model_copy(update={"repeats": 1})})
+
+
+def read_trial(run_dir: Path) -> dict[str, Any]:
+    """Objectives and facts of a finished trial run: throughput at the SLO (0 when no rate met it), p99 of the first
+    probe (the start rate), whether the search was generator-limited, idle PSS, the cell's status."""
+    from servingbench.report.data import RunData
+
+    data = RunData.load(run_dir)
+    meta = data.meta
+    slo = list(data.slos)
+    cell = next(iter(data.cells), {})
+    status = next(iter((meta.get("cells") or {}).values()), {}).get("status")
+    out: dict[str, Any] = {"status": status, "run": run_dir.name}
+    if not slo:
+        out["reason"] = next(iter((meta.get("cells") or {}).values()), {}).get("reason") or "no SLO record"
+        return out
+    s = slo[0]
+    first = (s.get("points") or [{}])[0]
+    out.update(max_rate=float(s.get("max_rate") or 0.0), p99_at_start_s=first.get("p99_s"),
+               start_rate=first.get("rate"), generator_limited=bool(s.get("generator_limited")),
+               confirmed=s.get("confirmed"), reason=s.get("reason"),
+               pss_bytes=(cell.get("memory_idle") or {}).get("pss_bytes"), cold_start_s=cell.get("cold_start_s"))
+    return out
+
+
+# ---- the tuning run --------------------------------------------------------------------------------------------------
+@dataclass
+class TuneOutcome:
+    path: Path
+    studies: dict[str, dict[str, Any]]
+    interrupted: bool = False
+
+
+def _study_name(framework: str, model: str) -> str:
+    return f"{framework}-{model}"
+
+
+def _storage_url(path: Path) -> str:
+    return f"sqlite:///{(path / STORAGE).absolute()}"
+
+
+def _open_dir(suite: Suite, suite_path: Path, out: Path, resume: Path | None) -> tuple[Path, dict[str, Any]]:
+    if resume is not None:
+        path = Path(resume)
+        meta_file = path / TUNE_FILE
+        if not meta_file.is_file():
+            raise TuneError(f"{path}: not a tuning directory (no {TUNE_FILE}); start a new one without --resume")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("suite") != suite.model_dump(mode="json"):
+            raise TuneError(f"{path}: the suite differs from the one this tuning started with ({meta.get('suite_file')})"
+                            "; resume with that suite, or start a new tuning directory")
+        return path, meta
+    path = Path(out) / f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
+    path.mkdir(parents=True, exist_ok=False)
+    meta = {"schema": 1, "suite_file": str(suite_path), "suite": suite.model_dump(mode="json"),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": None, "spent_s": 0.0, "studies": {}}
+    _write_meta(path, meta)
+    return path, meta
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    tmp = path / (TUNE_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(path / TUNE_FILE)
+
+
+def _requeue_interrupted(study: Any) -> int:
+    """Trials that did not finish (still ``RUNNING`` after a kill, or ``FAIL``: stopped by Ctrl-C or an error
+    outside the measurement) are marked failed and enqueued again with the same knobs, once.  Finished trials
+    (``COMPLETE``; ``PRUNED``: the deployment failed, recorded with its reason) stay as they are."""
+    from optuna.trial import TrialState
+
+    n = 0
+    trials = study.get_trials(deepcopy=False)
+    again = {t.user_attrs.get("requeue_of") for t in trials}  # a finished trial's attributes cannot change
+    for t in trials:
+        if t.state not in (TrialState.RUNNING, TrialState.FAIL) or t.number in again:
+            continue
+        if t.state == TrialState.RUNNING:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        attrs = {k: v for k, v in t.user_attrs.items() if k in ("profile",)}
+        study.enqueue_trial(t.params, user_attrs={**attrs, "requeue_of": t.number}, skip_if_exists=False)
+        n += 1
+    return n
+
+
+class _Tuning:
+    """One tuning directory: its studies, budget and trials (:func:`run_tune` drives it)."""
+
+    def __init__(self, suite: Suite, suite_path: Path, path: Path, meta: dict[str, Any], budget_s: float,
+                 max_trials: int | None, progress: Callable[[str], None], seed: int) -> None:
+        from servingbench.suite import cpu_sets
+
+        self.suite, self.suite_path, self.path, self.meta = suite, suite_path, path, meta
+        self.budget_s, self.max_trials, self.progress, self.seed = budget_s, max_trials, progress, seed
+        self.workload = _slo_workload(suite, suite_path)
+        cpus = cpu_sets(suite.cpu_sets)[0]
+        self.server_cpus = len(cpus) if cpus else len(os.sched_getaffinity(0))
+
+    # bookkeeping: each study's machine time, kept in tune.json across resumes
+    def _spent(self, name: str) -> float:
+        return float(self.meta["studies"].get(name, {}).get("spent_s") or 0.0)
+
+    def _save_spent(self, name: str, spent: float, done: bool = False) -> None:
+        self.meta["studies"][name].update(spent_s=spent, done=done or self.meta["studies"][name].get("done", False))
+        self.meta["spent_s"] = sum(float(v.get("spent_s") or 0.0) for v in self.meta["studies"].values())
+        _write_meta(self.path, self.meta)
+
+    def share(self, name: str, names: list[str]) -> float:
+        """This study's share of the budget: what the other studies have not used, split over the studies that
+        have not finished (this one included)."""
+        others = sum(self._spent(n) for n in names if n != name)
+        left = [n for n in names if not self.meta["studies"].get(n, {}).get("done")]
+        return max(0.0, self.budget_s - others) / max(1, len(left))
+
+    def study(self, fw: str, model: Any, dep: DeploymentConfig, knobs: list[Knob]) -> Any:
+        import optuna
+
+        name = _study_name(fw, model.name)
+        study = optuna.create_study(
+            study_name=name, storage=_storage_url(self.path), load_if_exists=True,
+            directions=["maximize", "minimize"],
+            sampler=optuna.samplers.TPESampler(seed=self.seed, multivariate=True, n_startup_trials=4))
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(framework_default_params(knobs), user_attrs={"profile": "framework-default"})
+            study.enqueue_trial(suite_params(dep, fw, knobs), user_attrs={"profile": "servingbench-default"})
+        requeued = _requeue_interrupted(study)
+        if requeued:
+            self.progress(f"{name}: {requeued} interrupted trial(s) will run again with the same knobs")
+        entry = self.meta["studies"].setdefault(name, {"spent_s": 0.0, "done": False})
+        entry.update(framework=fw, model=model.name, knobs=[k.describe() for k in knobs])
+        _write_meta(self.path, self.meta)
+        return study
+
+    def objective(self, trial: Any, fw: str, model: Any, dep: DeploymentConfig, knobs: list[Knob],
+                  name: str) -> tuple[float, float]:
+        """One trial: the deployment with the trial's knobs, a complete run of a one-cell suite, its objectives."""
+        import optuna
+
+        from servingbench.suite import run_suite
+
+        params = {k.target: k.suggest(trial) for k in knobs}
+        label = f"t{trial.number}"
+        tsuite = trial_suite(self.suite, fw, model, deployment_for(dep, fw, params, label), self.workload)
+        tdir = self.path / "trials" / name
+        tdir.mkdir(parents=True, exist_ok=True)
+        tfile = tdir / f"{label}.json"  # the trial's suite as run (durations in seconds)
+        tfile.write_text(json.dumps(tsuite.model_dump(mode="json"), indent=1))
+        profile = trial.user_attrs.get("profile") or "tuning"
+        self.progress(f"{name} trial {trial.number} ({profile}): " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        t0 = time.monotonic()
+        outcome = run_suite(tsuite, suite_path=tfile, out=tdir, progress=lambda m: None)
+        if outcome.interrupted:
+            trial.set_user_attr("interrupted", True)
+            raise KeyboardInterrupt
+        res = read_trial(Path(outcome.results.path))
+        res.update(seconds=time.monotonic() - t0, params=params, profile=profile, trial=trial.number)
+        for k, v in res.items():
+            trial.set_user_attr(k, v)
+        with open(self.path / "trials.jsonl", "a") as f:
+            f.write(json.dumps({"study": name, **res}, default=str) + "\n")
+        if res.get("status") != "ok" or "max_rate" not in res:
+            self.progress(f"{name} trial {trial.number}: failed ({res.get('reason')})")
+            raise optuna.TrialPruned(f"trial failed: {res.get('reason')}")
+        p99 = res.get("p99_at_start_s")
+        self.progress(f"{name} trial {trial.number}: {res['max_rate']:.0f} rps at the SLO"
+                      + (" (generator-limited)" if res.get("generator_limited") else "")
+                      + ("" if p99 is None else f", p99 {p99 * 1e3:.2f} ms at {res.get('start_rate')} rps"))
+        return res["max_rate"], (p99 if p99 is not None else math.inf)
+
+    def run_study(self, fw: str, model: Any, names: list[str]) -> dict[str, Any] | None:
+        from optuna.trial import TrialState
+
+        from servingbench.adapters import registry
+
+        dep = next((d for d in self.suite.deployments if d.frameworks is None or fw in d.frameworks), None)
+        if dep is None:
+            return None
+        knobs = space_for(registry.get_class(fw), self.server_cpus)
+        name = _study_name(fw, model.name)
+        study = self.study(fw, model, dep, knobs)
+        finished = lambda: [t for t in study.get_trials(deepcopy=False)  # noqa: E731
+                            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        spent0, t0 = self._spent(name), time.monotonic()
+        share = self.share(name, names)
+
+        def enough(study: Any, trial: Any) -> None:
+            done = finished()
+            self._save_spent(name, spent0 + time.monotonic() - t0)
+            profiles = sum(1 for t in done if t.user_attrs.get("profile") in PROFILES)
+            if (self._spent(name) >= share and profiles >= len(PROFILES)) or (
+                    self.max_trials is not None and len(done) >= self.max_trials):
+                study.stop()
+
+        waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        capped = self.max_trials is not None and len(finished()) >= self.max_trials
+        if (not self.meta["studies"][name].get("done") or waiting) and not capped:
+            self.progress(f"{name}: {max(0.0, share - spent0):.0f} s of the budget left; knobs: "
+                          + "; ".join(k.describe() for k in knobs))
+            try:
+                study.optimize(lambda t: self.objective(t, fw, model, dep, knobs, name), callbacks=[enough])
+            finally:
+                self._save_spent(name, spent0 + time.monotonic() - t0)
+            self._save_spent(name, self._spent(name), done=True)
+        return summarize_study(study)
+
+
+def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str] | None = None,
+             models: list[str] | None = None, budget_s: float = 1800.0, max_trials: int | None = None,
+             resume: Path | None = None, progress: Callable[[str], None] = print, seed: int = 0) -> TuneOutcome:
+    """Tune every framework × model of ``suite`` (see the module docstring).  ``budget_s`` is the machine time of
+    the whole tuning: each study gets what the others have not used, split over the studies left (a study runs its
+    two profiles even past its share); ``max_trials`` caps each study's trials (profiles included).  The trials
+    share one generator calibration (``SERVINGBENCH_CALIBRATION_CACHE``, in the tuning directory unless set)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "trial failed" warnings carry a traceback of Ctrl-C
+    _slo_workload(suite, suite_path)
+    fws = frameworks or list(suite.frameworks)
+    model_refs = [m for m in suite.models if not models or m.name in models]
+    if not model_refs:
+        raise TuneError(f"{suite_path}: none of the models {models} is in the suite ({[m.name for m in suite.models]})"
+                        "; name models the suite lists, or leave --models out")
+    path, meta = _open_dir(suite, suite_path, out, resume)
+    os.environ.setdefault("SERVINGBENCH_CALIBRATION_CACHE", str(path.absolute() / "calibration.json"))
+    meta["budget_s"] = budget_s
+    tuning = _Tuning(suite, suite_path, path, meta, budget_s, max_trials, progress, seed)
+    progress(f"tuning: {path}")
+    todo = [(fw, m) for fw in fws for m in model_refs]
+    names = [_study_name(fw, m.name) for fw, m in todo]
+    studies: dict[str, dict[str, Any]] = {}
+    try:
+        for fw, model in todo:
+            summary = tuning.run_study(fw, model, names)
+            if summary is not None:
+                studies[_study_name(fw, model.name)] = summary
+    except KeyboardInterrupt:
+        meta["interrupted"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write_meta(path, meta)
+        progress(f"interrupted: finished trials are kept; continue with "
+                 f"`servingbench tune {suite_path} --resume {path}`")
+        return TuneOutcome(path, studies, interrupted=True)
+    meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _write_meta(path, meta)
+    write_summary(path, studies)
+    return TuneOutcome(path, studies)
+
+
+# ---- results -----------------------------------------------------------------------------------------------------
+def summarize_study(study: Any) -> dict[str, Any]:
+    """Profiles, the tuned trial and every trial of one study."""
+    from optuna.trial import TrialState
+
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        a = t.user_attrs
+        trials.append({"trial": t.number, "profile": a.get("profile"), "params": t.params,
+                       "status": "ok" if t.state == TrialState.COMPLETE else "failed",
+                       "max_rate": a.get("max_rate"), "p99_at_start_s": a.get("p99_at_start_s"),
+                       "start_rate": a.get("start_rate"), "generator_limited": a.get("generator_limited"),
+                       "pss_bytes": a.get("pss_bytes"), "reason": a.get("reason"), "run": a.get("run"),
+                       "seconds": a.get("seconds")})
+    ok = [t for t in trials if t["status"] == "ok"]
+    best = max(ok, key=lambda t: (t["max_rate"] or 0.0, -(t["p99_at_start_s"] or math.inf)), default=None)
+    profiles = {p: next((t for t in trials if t["profile"] == p), None) for p in PROFILES}
+    return {"trials": trials, "profiles": profiles, "tuned": best, "n_trials": len(trials),
+            "found_at": None if best is None else 1 + [t["trial"] for t in trials].index(best["trial"])}
+
+
+def pct_of_tuned(study: dict[str, Any], profile: str) -> float | None:
+    p, best = study["profiles"].get(profile), study["tuned"]
+    if not p or p["status"] != "ok" or not best or not best["max_rate"]:
+        return None
+    return 100.0 * (p["max_rate"] or 0.0) / best["max_rate"]
+
+
+def write_summary(path: Path, studies: dict[str, dict[str, Any]]) -> Path:
+    """``summary.json``, ``summary.md`` (profiles side by side) and one Pareto plot per study."""
+    (path / "summary.json").write_text(json.dumps(studies, indent=2, default=str))
+    lines = ["| framework × model | framework-default | servingbench-default | tuned | tuned knobs | found at trial |"
+             " framework-default % of tuned |", "|---|---|---|---|---|---|---|"]
+
+    def cell(t: dict | None) -> str:
+        if not t:
+            return "not run"
+        if t["status"] != "ok":
+            return "failed"
+        return f"{t['max_rate']:.0f} rps" + (" (≥, generator-limited)" if t.get("generator_limited") else "")
+
+    for name, s in studies.items():
+        best = s["tuned"]
+        knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in (best or {}).get("params", {}).items())
+        pct = pct_of_tuned(s, "framework-default")
+        lines.append(f"| {name} | {cell(s['profiles'].get('framework-default'))} | "
+                     f"{cell(s['profiles'].get('servingbench-default'))} | {cell(best)} | {knobs} | "
+                     f"{s['found_at'] or '-'} of {s['n_trials']} | {'-' if pct is None else f'{pct:.0f} %'} |")
+    (path / "summary.md").write_text("Throughput at the SLO per profile (each a separate server start and SLO search;"
+                                     " compare like with like: tuned with tuned, default with default).\n\n"
+                                     + "\n".join(lines) + "\n")
+    for name, s in studies.items():
+        pareto_plot(s, path / f"pareto-{name}.png", title=name)
+    return path / "summary.md"
+
+
+def pareto_plot(study: dict[str, Any], out: Path, title: str) -> Path | None:
+    """Throughput at the SLO against p99 at the start rate, every trial; marker size = idle PSS; profiles and the
+    tuned trial labelled."""
+    ok = [t for t in study["trials"] if t["status"] == "ok" and t.get("p99_at_start_s") is not None]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pss = [(t.get("pss_bytes") or 0) / 2**20 for t in ok]
+    top = max(pss) or 1.0
+    sizes = [30 + 270 * p / top for p in pss]
+    ax.scatter([t["p99_at_start_s"] * 1e3 for t in ok], [t["max_rate"] for t in ok], s=sizes, alpha=0.5,
+               label="trials (size: idle PSS)")
+    marks = {"framework-default": "s", "servingbench-default": "D"}
+    for t in ok:
+        if t["profile"] in marks:
+            ax.scatter([t["p99_at_start_s"] * 1e3], [t["max_rate"]], marker=marks[t["profile"]], s=80,
+                       facecolors="none", edgecolors="k", label=t["profile"])
+    best = study.get("tuned")
+    if best and best.get("p99_at_start_s") is not None:
+        ax.scatter([best["p99_at_start_s"] * 1e3], [best["max_rate"]], marker="*", s=200, c="red", label="tuned")
+    ax.set_xlabel(f"p99 at {ok[0].get('start_rate')} rps (ms, lower is better)")
+    ax.set_ylabel("throughput at the SLO (rps)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

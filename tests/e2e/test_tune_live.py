@@ -1,0 +1,105 @@
+"""``servingbench tune`` end to end against the calibration server (a real server whose answer is known): the
+profiles run first, every trial is a full run, Ctrl-C keeps finished trials and ``--resume`` runs only what is left.
+
+The calibration adapter marks its ``service_ms`` option for tuning (1-4 ms; "framework default" 3 ms, the suite's
+2 ms): the throughput at the SLO of an M/D/1 queue grows as the service time shrinks, so the profile at 3 ms must
+reach a lower rate than the one at 2 ms (probes at 200 and 400 rps: at 3 ms, 400 rps is beyond capacity)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from servingbench.testing.calibration import REGISTRATION
+
+pytestmark = pytest.mark.server
+
+SUITE = """
+name: tune-calibration
+frameworks: [calibration]
+models: [mlp]
+deployments: [{label: default, options: {calibration: {service_ms: 2.0}}}]
+measurement: {warmup: 0.5s, window: 1s, windows: 2, tolerance: 0.3, max_duration: 4s, min_requests: 50}
+workloads:
+  - name: slo
+    kind: slo_search
+    start_rate: 200
+    max_rate: 400
+    max_steps: 2
+    confirm: false
+    measurement: {warmup: 0.5s, window: 1s, windows: 2, tolerance: 0.3, max_duration: 4s, min_requests: 300}
+slo: {p99: 100ms, max_error_rate: 0.01}
+"""
+
+
+def _tune(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "servingbench.cli", "tune", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+
+
+def _trials(path: Path) -> list[dict]:
+    f = path / "trials.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+
+
+def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE)
+    env = {**os.environ, "SERVINGBENCH_ADAPTERS": REGISTRATION}
+    env.pop("SERVINGBENCH_CALIBRATION_SLOWDOWN", None)
+    args = [str(suite), "--out", str(tmp_path / "tune"), "--max-trials", "3"]
+    p = _tune(args, env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        path = None
+        while True:  # the first trial (framework-default) finished, the second one running
+            assert p.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "no trial finished:\n" + "".join(lines)[-3000:]
+            found = [x for x in lines if x.startswith("tuning: ")]
+            path = Path(found[0].split("tuning: ", 1)[1].strip()) if found else None
+            if path and _trials(path) and any("trial 1 (servingbench-default)" in x for x in lines):
+                break
+            time.sleep(0.2)
+        os.kill(p.pid, signal.SIGINT)
+        p.wait(timeout=90)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+        reader.join(10)
+    text = "".join(lines)
+    assert p.returncode == 130, text[-3000:]
+    assert "interrupted: finished trials are kept" in text and "Traceback" not in text
+    first = _trials(path)
+    assert [t["trial"] for t in first] == [0] and first[0]["profile"] == "framework-default"
+    assert first[0]["params"] == {"workers": 1, "options.service_ms": 3.0}
+
+    r = subprocess.run([sys.executable, "-m", "servingbench.cli", "tune", *args, "--resume", str(path)],
+                       capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "1 interrupted trial(s) will run again with the same knobs" in r.stdout
+    trials = _trials(path)
+    assert [t["trial"] for t in trials][0] == 0 and len(trials) == 3  # trial 0 not repeated
+    profiles = {t["profile"]: t for t in trials}
+    assert profiles["servingbench-default"]["params"]["options.service_ms"] == 2.0  # the interrupted one, re-run
+    fd, sd = profiles["framework-default"], profiles["servingbench-default"]
+    assert fd["status"] == sd["status"] == "ok"
+    assert fd["max_rate"] < sd["max_rate"], (fd, sd)  # 3 ms cannot hold 400 rps; 2 ms can
+    summary = json.loads((path / "summary.json").read_text())["calibration-mlp"]
+    assert summary["n_trials"] == 3 and summary["tuned"]["max_rate"] >= sd["max_rate"]
+    md = (path / "summary.md").read_text()
+    assert "| calibration-mlp |" in md and "% |" in md
+    assert (path / "pareto-calibration-mlp.png").is_file()
+    assert "framework-default:" in r.stdout and "% of tuned" in r.stdout

@@ -1,0 +1,92 @@
+"""``servingbench tune``: the knob spaces the adapters declare, the profiles, and the summary (pure logic; the
+live tuning run is tests/e2e/test_tune_live.py)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from servingbench.adapters import registry
+from servingbench.scenarios.schema import DeploymentConfig
+from servingbench.tune import (
+    BATCH_SIZES, deployment_for, framework_default_params, pct_of_tuned, space_for, suite_params, summarize_study,
+    write_summary,
+)
+
+
+def _space(fw: str, cpus: int = 1) -> dict:
+    return {k.target: k for k in space_for(registry.get_class(fw), cpus)}
+
+
+def test_every_framework_has_workers_and_its_own_defaults():
+    for fw in ("litserve", "mosec", "mlserver", "triton", "rayserve", "mlflow"):
+        space = _space(fw)
+        assert space["workers"].framework_default == 1 and (space["workers"].low, space["workers"].high) == (1, 2)
+        assert "threads" not in space  # one server CPU: nothing to choose
+        assert "threads" in _space(fw, cpus=4) and _space(fw, cpus=4)["threads"].framework_default == 4  # torch's own
+
+
+def test_batching_knobs_only_where_the_adapter_batches():
+    assert "max_batch_size" not in _space("mlflow")
+    for fw in ("litserve", "mosec", "mlserver", "triton", "rayserve"):
+        s = _space(fw)
+        assert s["max_batch_size"].choices == BATCH_SIZES and s["max_batch_size"].framework_default == 1
+    assert _space("mosec")["batch_timeout_ms"].framework_default == 10.0  # MOSEC's --wait
+    assert _space("rayserve")["batch_timeout_ms"].framework_default == 10.0  # batch_wait_timeout_s 0.01
+    assert _space("triton")["batch_timeout_ms"].framework_default == 0.0
+
+
+def test_framework_options_marked_for_tuning():
+    ray = _space("rayserve")["options.max_ongoing_requests"]
+    assert (ray.kind, ray.low, ray.high, ray.log, ray.framework_default) == ("int", 1, 256, True, 5)
+    pipe = _space("mosec")["options.pipeline"]
+    assert pipe.kind == "choice" and pipe.choices == (False, True) and pipe.framework_default is False
+    lit = _space("litserve")["options.num_api_servers"]
+    assert (lit.low, lit.high, lit.framework_default) == (1, 2, 1)
+
+
+def test_profiles_as_deployments():
+    space = space_for(registry.get_class("rayserve"), 1)
+    fd = framework_default_params(space)
+    assert fd == {"workers": 1, "max_batch_size": 1, "batch_timeout_ms": 10.0, "options.max_ongoing_requests": 5}
+    dep = DeploymentConfig(label="default", max_batch_size=8, batch_timeout="2ms",
+                           options={"rayserve": {"max_ongoing_requests": 64}, "mosec": {"pipeline": True}})
+    sd = suite_params(dep, "rayserve", space)
+    assert sd == {"workers": 1, "max_batch_size": 8, "batch_timeout_ms": 2.0, "options.max_ongoing_requests": 64}
+    d = deployment_for(dep, "rayserve", fd, "t0")
+    assert (d.label, d.max_batch_size, d.workers) == ("t0", 1, 1) and d.batch_timeout == pytest.approx(0.010)
+    assert d.options == {"rayserve": {"max_ongoing_requests": 5}}  # other frameworks' options dropped
+    # a value outside the option's bounds is refused by the adapter's typed options, naming it
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        deployment_for(dep, "rayserve", {"options.max_ongoing_requests": 0}, "t1")
+
+
+def _study(values: list[tuple[str | None, float | None, float]]) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"workers": optuna.distributions.IntDistribution(1, 2)}
+    for i, (profile, rate, p99) in enumerate(values):
+        attrs = {"profile": profile, "max_rate": rate, "p99_at_start_s": p99, "start_rate": 100.0,
+                 "pss_bytes": 2e8 + i * 1e7}
+        if rate is None:
+            t = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"workers": 1},
+                                          distributions=dist, user_attrs={**attrs, "reason": "start-up failed"})
+        else:
+            t = optuna.trial.create_trial(values=[rate, p99], params={"workers": 1 + i % 2}, distributions=dist,
+                                          user_attrs=attrs)
+        study.add_trial(t)
+    return study
+
+
+def test_summary_profiles_tuned_and_percentages(tmp_path):
+    s = summarize_study(_study([("framework-default", 150.0, 0.004), ("servingbench-default", 300.0, 0.003),
+                                (None, None, math.inf), (None, 400.0, 0.005), (None, 400.0, 0.002)]))
+    assert s["n_trials"] == 5 and s["tuned"]["trial"] == 4  # ties on throughput: the lower p99
+    assert s["found_at"] == 5
+    assert pct_of_tuned(s, "framework-default") == pytest.approx(37.5)
+    assert pct_of_tuned(s, "servingbench-default") == pytest.approx(75.0)
+    assert [t["status"] for t in s["trials"]].count("failed") == 1
+    md = write_summary(tmp_path, {"rayserve-mlp": s}).read_text()
+    assert "| rayserve-mlp | 150 rps | 300 rps | 400 rps | workers=1 | 5 of 5 | 38 % |" in md
+    assert (tmp_path / "pareto-rayserve-mlp.png").stat().st_size > 1000
