@@ -138,7 +138,8 @@ def suite_params(dep: DeploymentConfig, framework: str, knobs: list[Knob]) -> di
     out: dict[str, Any] = {}
     for k in knobs:
         if k.target.startswith("options."):
-            out[k.target] = getattr(typed, k.target.split(".", 1)[1])
+            value = getattr(typed, k.target.split(".", 1)[1])
+            out[k.target] = k.framework_default if value is None else value  # unset: the framework's own value
         elif k.target == "batch_timeout_ms":
             out[k.target] = float(dep.batch_timeout) * 1000
         else:

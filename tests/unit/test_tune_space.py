@@ -55,6 +55,8 @@ def test_profiles_as_deployments():
                            options={"rayserve": {"max_ongoing_requests": 64}, "mosec": {"pipeline": True}})
     sd = suite_params(dep, "rayserve", space)
     assert sd == {"workers": 1, "max_batch_size": 8, "batch_timeout_ms": 2.0, "options.max_ongoing_requests": 64}
+    # an option the suite leaves unset is the framework's own value (LitServe num_api_servers: None -> 1)
+    assert suite_params(dep, "litserve", space_for(registry.get_class("litserve"), 1))["options.num_api_servers"] == 1
     d = deployment_for(dep, "rayserve", fd, "t0")
     assert (d.label, d.max_batch_size, d.workers) == ("t0", 1, 1) and d.batch_timeout == pytest.approx(0.010)
     assert d.options == {"rayserve": {"max_ongoing_requests": 5}}  # other frameworks' options dropped
