@@ -48,6 +48,12 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 BATCH_TIMEOUT_MS = (0.0, 20.0)
 
 
+#: probe flags about the machine rather than the configuration (see :func:`read_trial`)
+MACHINE_FLAGS = frozenset({"interference", "machine_speed_changed", "generator_bound", "unstable"})
+#: how often a trial the machine left unmeasured is run again with the same knobs
+MACHINE_RETRIES = 1
+
+
 class TuneError(ValueError):
     """A suite or a tuning directory that ``tune`` cannot use (the message says why and what to do)."""
 
@@ -201,11 +207,27 @@ def read_trial(run_dir: Path) -> dict[str, Any]:
         return out
     s = slo[0]
     first = (s.get("points") or [{}])[0]
+    unmeasured = machine_limited(s)
+    if unmeasured:
+        out.update(status="unmeasured", reason=unmeasured)
+        return out
     out.update(max_rate=float(s.get("max_rate") or 0.0), p99_at_start_s=first.get("p99_s"),
                start_rate=first.get("rate"), generator_limited=bool(s.get("generator_limited")),
                confirmed=s.get("confirmed"), reason=s.get("reason"),
                pss_bytes=(cell.get("memory_idle") or {}).get("pss_bytes"), cold_start_s=cell.get("cold_start_s"))
     return out
+
+
+def machine_limited(slo: dict[str, Any]) -> str | None:
+    """Why an SLO search measured nothing about the configuration, or None: it met the SLO at no rate and its
+    probes failed for the machine (other work or steal on the cores, a speed change, the generator at its limit),
+    not for the server.  Such a trial is not a 0: it is ``unmeasured``."""
+    if slo.get("max_rate") is not None:
+        return None
+    flags = sorted({f for p in slo.get("points") or [] for f in p.get("flags") or ()} & MACHINE_FLAGS)
+    if not (slo.get("generator_limited") or flags):
+        return None
+    return f"the machine limited the probes ({', '.join(flags) or 'generator-limited'}): {slo.get('reason')}"
 
 
 # ---- the tuning run --------------------------------------------------------------------------------------------------
@@ -344,6 +366,15 @@ class _Tuning:
             trial.set_user_attr(k, v)
         with open(self.path / "trials.jsonl", "a") as f:
             f.write(json.dumps({"study": name, **res}, default=str) + "\n")
+        if res.get("status") == "unmeasured":
+            retries = int(trial.user_attrs.get("machine_retry") or 0)
+            again = retries < MACHINE_RETRIES
+            self.progress(f"{name} trial {trial.number}: unmeasured ({res.get('reason')})"
+                          + ("; the same knobs run once more" if again else ""))
+            if again:
+                attrs = {k: v for k, v in trial.user_attrs.items() if k == "profile"}
+                trial.study.enqueue_trial(params, user_attrs={**attrs, "machine_retry": retries + 1})
+            raise optuna.TrialPruned(f"unmeasured: {res.get('reason')}")
         if res.get("status") != "ok" or "max_rate" not in res:
             self.progress(f"{name} trial {trial.number}: failed ({res.get('reason')})")
             raise optuna.TrialPruned(f"trial failed: {res.get('reason')}")
@@ -373,7 +404,9 @@ class _Tuning:
             done = finished()
             self._save_spent(name, spent0 + time.monotonic() - t0)
             profiles = sum(1 for t in done if t.user_attrs.get("profile") in PROFILES)
-            if (self._spent(name) >= share and profiles >= len(PROFILES)) or (
+            waiting = any(t.state == TrialState.WAITING and t.user_attrs.get("profile") in PROFILES
+                          for t in study.get_trials(deepcopy=False))  # a profile to run again
+            if (self._spent(name) >= share and profiles >= len(PROFILES) and not waiting) or (
                     self.max_trials is not None and len(done) >= self.max_trials):
                 study.stop()
 
@@ -418,7 +451,7 @@ def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str]
         for fw, model in todo:
             summary = tuning.run_study(fw, model, names)
             if summary is not None:
-                studies[_study_name(fw, model.name)] = summary
+                studies[_study_name(fw, model.name)] = {"framework": fw, "model": model.name, **summary}
     except KeyboardInterrupt:
         meta["interrupted"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         _write_meta(path, meta)
@@ -442,14 +475,16 @@ def summarize_study(study: Any) -> dict[str, Any]:
             continue
         a = t.user_attrs
         trials.append({"trial": t.number, "profile": a.get("profile"), "params": t.params,
-                       "status": "ok" if t.state == TrialState.COMPLETE else "failed",
+                       "status": "ok" if t.state == TrialState.COMPLETE else (
+                           "unmeasured" if a.get("status") == "unmeasured" else "failed"),
                        "max_rate": a.get("max_rate"), "p99_at_start_s": a.get("p99_at_start_s"),
                        "start_rate": a.get("start_rate"), "generator_limited": a.get("generator_limited"),
                        "pss_bytes": a.get("pss_bytes"), "reason": a.get("reason"), "run": a.get("run"),
                        "seconds": a.get("seconds")})
     ok = [t for t in trials if t["status"] == "ok"]
     best = max(ok, key=lambda t: (t["max_rate"] or 0.0, -(t["p99_at_start_s"] or math.inf)), default=None)
-    profiles = {p: next((t for t in trials if t["profile"] == p), None) for p in PROFILES}
+    profiles = {p: next((t for t in reversed(trials) if t["profile"] == p and t["status"] == "ok"),
+                        next((t for t in reversed(trials) if t["profile"] == p), None)) for p in PROFILES}
     return {"trials": trials, "profiles": profiles, "tuned": best, "n_trials": len(trials),
             "found_at": None if best is None else 1 + [t["trial"] for t in trials].index(best["trial"])}
 
@@ -461,32 +496,73 @@ def pct_of_tuned(study: dict[str, Any], profile: str) -> float | None:
     return 100.0 * (p["max_rate"] or 0.0) / best["max_rate"]
 
 
-def write_summary(path: Path, studies: dict[str, dict[str, Any]]) -> Path:
-    """``summary.json``, ``summary.md`` (profiles side by side) and one Pareto plot per study."""
-    (path / "summary.json").write_text(json.dumps(studies, indent=2, default=str))
-    lines = ["| framework × model | framework-default | servingbench-default | tuned | tuned knobs | found at trial |"
-             " framework-default % of tuned |", "|---|---|---|---|---|---|---|"]
+SUMMARY_HEAD = ["framework × model", "framework-default", "servingbench-default", "tuned", "tuned knobs",
+                "found at trial", "framework-default % of tuned"]
+SUMMARY_NOTE = ("Throughput at the SLO per profile (each a separate server start and SLO search). Compare like with "
+                "like: tuned with tuned, default with default.")
 
-    def cell(t: dict | None) -> str:
-        if not t:
-            return "not run"
-        if t["status"] != "ok":
-            return "failed"
-        return f"{t['max_rate']:.0f} rps" + (" (≥, generator-limited)" if t.get("generator_limited") else "")
 
+def _profile_text(t: dict | None) -> str:
+    if not t:
+        return "not run"
+    if t["status"] != "ok":
+        return t["status"]  # failed (the deployment) or unmeasured (the machine)
+    return f"{t['max_rate']:.0f} rps" + (" (≥, generator-limited)" if t.get("generator_limited") else "")
+
+
+def summary_rows(studies: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
     for name, s in studies.items():
         best = s["tuned"]
         knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in (best or {}).get("params", {}).items())
         pct = pct_of_tuned(s, "framework-default")
-        lines.append(f"| {name} | {cell(s['profiles'].get('framework-default'))} | "
-                     f"{cell(s['profiles'].get('servingbench-default'))} | {cell(best)} | {knobs} | "
-                     f"{s['found_at'] or '-'} of {s['n_trials']} | {'-' if pct is None else f'{pct:.0f} %'} |")
-    (path / "summary.md").write_text("Throughput at the SLO per profile (each a separate server start and SLO search;"
-                                     " compare like with like: tuned with tuned, default with default).\n\n"
-                                     + "\n".join(lines) + "\n")
-    for name, s in studies.items():
-        pareto_plot(s, path / f"pareto-{name}.png", title=name)
+        rows.append([name, _profile_text(s["profiles"].get("framework-default")),
+                     _profile_text(s["profiles"].get("servingbench-default")), _profile_text(best), knobs,
+                     f"{s['found_at'] or '-'} of {s['n_trials']}", "-" if pct is None else f"{pct:.0f} %"])
+    return rows
+
+
+def rankings(studies: dict[str, dict[str, Any]]) -> list[str]:
+    """Per model, the frameworks ranked by tuned throughput at the SLO and, separately, by framework-default."""
+    models = sorted({s.get("model") or n.rsplit("-", 1)[-1] for n, s in studies.items()})
+    out = []
+    for model in models:
+        mine = {n: s for n, s in studies.items() if (s.get("model") or n.rsplit("-", 1)[-1]) == model}
+        for label, pick in (("tuned", lambda s: s["tuned"]),
+                            ("framework-default", lambda s: s["profiles"].get("framework-default"))):
+            ranked = sorted(((pick(s) or {}).get("max_rate") or 0.0, s.get("framework") or n.rsplit("-", 1)[0])
+                            for n, s in mine.items())
+            out.append(f"{model}, {label}: " + " > ".join(f"{fw} ({rate:.0f})" for rate, fw in reversed(ranked)))
+    return out
+
+
+def write_summary(path: Path, studies: dict[str, dict[str, Any]]) -> Path:
+    """``summary.json``, ``summary.md`` and ``index.html`` (profiles side by side, rankings like with like) and one
+    Pareto plot per study."""
+    import base64
+    import html
+
+    (path / "summary.json").write_text(json.dumps(studies, indent=2, default=str))
+    rows, ranks = summary_rows(studies), rankings(studies)
+    md = [SUMMARY_NOTE, "", "| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", "Rankings (throughput at the SLO, rps):", ""] + [f"- {r}" for r in ranks]
+    plots = {name: pareto_plot(s, path / f"pareto-{name}.png", title=name) for name, s in studies.items()}
+    md += [""] + [f"![{n}]({p.name})" for n, p in plots.items() if p]
+    (path / "summary.md").write_text("\n".join(md) + "\n")
+    esc = html.escape
+    page = ["<!doctype html><meta charset='utf-8'><title>servingbench tune</title>",
+            "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
+            "table{border-collapse:collapse}</style>", "<h1>servingbench tune</h1>", f"<p>{esc(SUMMARY_NOTE)}</p>",
+            "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEAD) + "</tr>"]
+    page += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
+    page += ["</table><h2>Rankings</h2><ul>"] + [f"<li>{esc(r)}</li>" for r in ranks] + ["</ul><h2>Trials</h2>"]
+    for n, p in plots.items():
+        if p:
+            data = base64.b64encode(p.read_bytes()).decode()
+            page.append(f"<figure><img alt='{esc(n)}' src='data:image/png;base64,{data}'></figure>")
+    (path / "index.html").write_text("\n".join(page) + "\n")
     return path / "summary.md"
 
 

@@ -56,7 +56,7 @@ def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers):
     suite.write_text(SUITE)
     env = {**os.environ, "SERVINGBENCH_ADAPTERS": REGISTRATION}
     env.pop("SERVINGBENCH_CALIBRATION_SLOWDOWN", None)
-    args = [str(suite), "--out", str(tmp_path / "tune"), "--max-trials", "3"]
+    args = [str(suite), "--out", str(tmp_path / "tune"), "--max-trials", "2"]
     p = _tune(args, env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
@@ -91,14 +91,14 @@ def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "1 interrupted trial(s) will run again with the same knobs" in r.stdout
     trials = _trials(path)
-    assert [t["trial"] for t in trials][0] == 0 and len(trials) == 3  # trial 0 not repeated
+    assert [t["trial"] for t in trials] == [0, 2]  # trial 0 not repeated; trial 1 (interrupted) ran again as 2
     profiles = {t["profile"]: t for t in trials}
     assert profiles["servingbench-default"]["params"]["options.service_ms"] == 2.0  # the interrupted one, re-run
     fd, sd = profiles["framework-default"], profiles["servingbench-default"]
     assert fd["status"] == sd["status"] == "ok"
     assert fd["max_rate"] < sd["max_rate"], (fd, sd)  # 3 ms cannot hold 400 rps; 2 ms can
     summary = json.loads((path / "summary.json").read_text())["calibration-mlp"]
-    assert summary["n_trials"] == 3 and summary["tuned"]["max_rate"] >= sd["max_rate"]
+    assert summary["n_trials"] == 2 and summary["tuned"]["max_rate"] == sd["max_rate"]
     md = (path / "summary.md").read_text()
     assert "| calibration-mlp |" in md and "% |" in md
     assert (path / "pareto-calibration-mlp.png").is_file()

@@ -11,8 +11,8 @@ import pytest
 from servingbench.adapters import registry
 from servingbench.scenarios.schema import DeploymentConfig
 from servingbench.tune import (
-    BATCH_SIZES, deployment_for, framework_default_params, pct_of_tuned, space_for, suite_params, summarize_study,
-    write_summary,
+    BATCH_SIZES, deployment_for, framework_default_params, machine_limited, pct_of_tuned, space_for, suite_params,
+    summarize_study, write_summary,
 )
 
 
@@ -89,6 +89,25 @@ def test_summary_profiles_tuned_and_percentages(tmp_path):
     assert pct_of_tuned(s, "framework-default") == pytest.approx(37.5)
     assert pct_of_tuned(s, "servingbench-default") == pytest.approx(75.0)
     assert [t["status"] for t in s["trials"]].count("failed") == 1
-    md = write_summary(tmp_path, {"rayserve-mlp": s}).read_text()
+    other = summarize_study(_study([("framework-default", 350.0, 0.004), ("servingbench-default", 360.0, 0.003)]))
+    md = write_summary(tmp_path, {"rayserve-mlp": {"framework": "rayserve", "model": "mlp", **s},
+                                  "mosec-mlp": {"framework": "mosec", "model": "mlp", **other}}).read_text()
     assert "| rayserve-mlp | 150 rps | 300 rps | 400 rps | workers=1 | 5 of 5 | 38 % |" in md
+    # like with like: defaults ranked apart from tuned
+    assert "- mlp, tuned: rayserve (400) > mosec (360)" in md
+    assert "- mlp, framework-default: mosec (350) > rayserve (150)" in md
     assert (tmp_path / "pareto-rayserve-mlp.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (tmp_path / "index.html").read_text()
+
+
+def test_a_search_the_machine_failed_is_unmeasured_not_zero():
+    clean_fail = {"max_rate": None, "generator_limited": False, "reason": "no rate met the SLO",
+                  "points": [{"rate": 100.0, "flags": [], "verdict": "fail"}]}
+    assert machine_limited(clean_fail) is None  # the server missed the SLO at the lowest rate: a real 0
+    steal = {"max_rate": None, "generator_limited": False, "reason": "no rate met the SLO",
+             "points": [{"rate": 100.0, "flags": ["interference"], "verdict": "fail"},
+                        {"rate": 100.0, "flags": ["generator_bound", "interference"], "verdict": "fail"}]}
+    assert "generator_bound, interference" in machine_limited(steal)
+    gen = {"max_rate": None, "generator_limited": True, "reason": "generator-limited at 100 rps", "points": []}
+    assert "generator-limited" in machine_limited(gen)
+    assert machine_limited({**steal, "max_rate": 200.0}) is None  # an answer is an answer (flagged probes failed)
