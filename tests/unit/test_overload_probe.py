@@ -47,3 +47,23 @@ def test_twice_the_capacity_that_was_not_an_overload():
     s = o.overload_summary(ev, T_OVER, T_DROP, T_END)
     assert s["behaviour"] == "absorbs" and s["recovery_s"] == 0.0
     assert o.overload_verdict(s)[0] == "partial"
+
+
+def test_client_ssl_for_each_kind_of_deployment(tmp_path):
+    """The overload probe's aiohttp client speaks to plain, TLS and mutual-TLS deployments like the harness's
+    requests session does (CA file, client certificate)."""
+    import ssl
+
+    from servingbench.runtime.secrets import make_certificates
+
+    certs = make_certificates(tmp_path)
+    assert o.client_ssl("http://127.0.0.1:1/x", True) is True
+    assert o.client_ssl("https://127.0.0.1:1/x", False) is False
+    ctx = o.client_ssl("https://127.0.0.1:1/x", str(certs["ca_cert"]))
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+    mutual = o.client_ssl("https://127.0.0.1:1/x", str(certs["ca_cert"]),
+                          (str(certs["client_cert"]), str(certs["client_key"])))
+    assert isinstance(mutual, ssl.SSLContext)  # the chain loaded (a wrong key would raise ssl.SSLError)
+    with pytest.raises(ssl.SSLError):
+        o.client_ssl("https://127.0.0.1:1/x", str(certs["ca_cert"]), (str(certs["client_cert"]),
+                                                                       str(certs["server_key"])))

@@ -30,6 +30,19 @@ def emit(progress: Any, event: str, **data: Any) -> None:
 
 #: Flags that make an SLO probe be measured once more before it counts (they are about the machine, not the rate).
 RETRY_FLAGS = frozenset({"interference", "machine_speed_changed", "unstable"})
+
+
+def worth_retrying(flags: Any) -> bool:
+    """Whether an SLO probe's flags say something about the machine rather than the rate, so that measuring it once
+    more is worth it: only flags of :data:`RETRY_FLAGS`, or ``generator_bound`` together with ``interference`` (the
+    generator lagged because something else held its core or the hypervisor took it: steal bursts on a virtual
+    machine, not the generator's ceiling)."""
+    flags = set(flags or ())
+    if not flags:
+        return False
+    if "generator_bound" in flags and "interference" in flags:
+        flags.discard("generator_bound")
+    return flags <= RETRY_FLAGS
 ABOVE_LIMIT = 1.05  # a point above 105 % of its in-process limit is flagged (the limit's own noise is a few %)
 
 
@@ -193,7 +206,7 @@ class SloRunner(WorkloadRunner):
             # A probe flagged only for the machine (other work on its cores, a speed change) or for not settling
             # says nothing about the rate: it is measured once more; a second flagged probe counts as it is.
             outcome = probe(rate, 1)
-            if outcome.flags and set(outcome.flags) <= RETRY_FLAGS:
+            if worth_retrying(outcome.flags):
                 outcome = probe(rate, 2)
             return outcome
 

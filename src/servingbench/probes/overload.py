@@ -183,14 +183,27 @@ async def _open(session: Any, req: tuple, schedule: list[tuple[float, float]], o
     return lag, late, sent
 
 
-async def _drive(req: tuple, verify: Any, result: dict[str, Any]) -> None:
+def client_ssl(url: str, verify: Any, cert: Any = None) -> Any:
+    """aiohttp's ``ssl`` argument for a deployment's session settings (``requests`` style: ``verify`` a CA file or
+    a bool, ``cert`` a (certificate, key) pair for mutual TLS)."""
     import ssl
 
+    if not url.startswith("https"):
+        return True  # plain http: unused
+    if not isinstance(verify, str) and not cert:
+        return bool(verify)
+    ctx = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else ssl.create_default_context()
+    if not isinstance(verify, str) and not verify:
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(*cert) if isinstance(cert, (tuple, list)) else ctx.load_cert_chain(cert)
+    return ctx
+
+
+async def _drive(req: tuple, verify: Any, result: dict[str, Any], cert: Any = None) -> None:
     import aiohttp
 
-    ssl_ctx: Any = True  # plain http: unused
-    if req[1].startswith("https"):
-        ssl_ctx = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else bool(verify)
+    ssl_ctx = client_ssl(req[1], verify, cert)
     conn = aiohttp.TCPConnector(limit=CONNECTIONS, ssl=ssl_ctx)
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout, trust_env=False) as session:
@@ -220,7 +233,7 @@ def _run(ctx: Any, model: str, options: dict[str, Any] | None) -> tuple[dict[str
 
         def run() -> None:
             try:
-                asyncio.run(_drive(wire, live.http.verify, result))
+                asyncio.run(_drive(wire, live.http.verify, result, live.http.cert))
             except BaseException as e:  # noqa: BLE001 - reported by the caller
                 errors.append(e)
 
