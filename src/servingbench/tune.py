@@ -15,7 +15,9 @@ trials apart before the bisection that decides the answer.
 
 Every study starts with two enqueued trials, the **profiles**: ``framework-default`` (the framework's own
 defaults: :attr:`Adapter.framework_defaults` and each option's ``framework_default``) and ``servingbench-default``
-(the suite's deployment as written); then the sampler's trials until the study's share of ``budget`` is spent.
+(the suite's deployment as written).  Every study's profiles run first, then the sampler's trials, one study after
+the other in turn, until ``budget`` (machine time of the whole tuning) is spent: a hard limit, checked before each
+trial (a trial that started within it runs to its end; profiles that did not fit read "not run").
 ``tuned`` is the best trial by throughput at the SLO (ties: lower p99), reported with its knobs and the trial that
 found it.  A trial is a complete ``servingbench run`` of a one-cell suite (verification, canary, validity flags
 included) in ``trials/<framework>-<model>/<n>/``; its record (knobs, objectives, memory, the run's path) is kept in
@@ -304,21 +306,17 @@ class _Tuning:
         cpus = cpu_sets(suite.cpu_sets)[0]
         self.server_cpus = len(cpus) if cpus else len(os.sched_getaffinity(0))
 
-    # bookkeeping: each study's machine time, kept in tune.json across resumes
+    # bookkeeping: machine time per study and in all, kept in tune.json across resumes
     def _spent(self, name: str) -> float:
         return float(self.meta["studies"].get(name, {}).get("spent_s") or 0.0)
 
-    def _save_spent(self, name: str, spent: float, done: bool = False) -> None:
-        self.meta["studies"][name].update(spent_s=spent, done=done or self.meta["studies"][name].get("done", False))
+    def _add_spent(self, name: str, seconds: float) -> None:
+        self.meta["studies"][name]["spent_s"] = self._spent(name) + seconds
         self.meta["spent_s"] = sum(float(v.get("spent_s") or 0.0) for v in self.meta["studies"].values())
         _write_meta(self.path, self.meta)
 
-    def share(self, name: str, names: list[str]) -> float:
-        """This study's share of the budget: what the other studies have not used, split over the studies that
-        have not finished (this one included)."""
-        others = sum(self._spent(n) for n in names if n != name)
-        left = [n for n in names if not self.meta["studies"].get(n, {}).get("done")]
-        return max(0.0, self.budget_s - others) / max(1, len(left))
+    def over_budget(self) -> bool:
+        return float(self.meta.get("spent_s") or 0.0) >= self.budget_s
 
     def study(self, fw: str, model: Any, dep: DeploymentConfig, knobs: list[Knob]) -> Any:
         import optuna
@@ -334,7 +332,7 @@ class _Tuning:
         requeued = _requeue_interrupted(study)
         if requeued:
             self.progress(f"{name}: {requeued} interrupted trial(s) will run again with the same knobs")
-        entry = self.meta["studies"].setdefault(name, {"spent_s": 0.0, "done": False})
+        entry = self.meta["studies"].setdefault(name, {"spent_s": 0.0})
         entry.update(framework=fw, model=model.name, knobs=[k.describe() for k in knobs])
         _write_meta(self.path, self.meta)
         return study
@@ -384,9 +382,9 @@ class _Tuning:
                       + ("" if p99 is None else f", p99 {p99 * 1e3:.2f} ms at {res.get('start_rate')} rps"))
         return res["max_rate"], (p99 if p99 is not None else math.inf)
 
-    def run_study(self, fw: str, model: Any, names: list[str]) -> dict[str, Any] | None:
-        from optuna.trial import TrialState
-
+    def open(self, fw: str, model: Any) -> tuple[Any, Callable[[Any], tuple[float, float]]] | None:
+        """The study of ``fw`` × ``model`` (created with its two profiles enqueued, or reloaded) and its objective;
+        None when no deployment of the suite applies to ``fw``."""
         from servingbench.adapters import registry
 
         dep = next((d for d in self.suite.deployments if d.frameworks is None or fw in d.frameworks), None)
@@ -395,40 +393,39 @@ class _Tuning:
         knobs = space_for(registry.get_class(fw), self.server_cpus)
         name = _study_name(fw, model.name)
         study = self.study(fw, model, dep, knobs)
-        finished = lambda: [t for t in study.get_trials(deepcopy=False)  # noqa: E731
-                            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        spent0, t0 = self._spent(name), time.monotonic()
-        share = self.share(name, names)
+        self.progress(f"{name}: knobs " + "; ".join(k.describe() for k in knobs))
+        return study, lambda t: self.objective(t, fw, model, dep, knobs, name)
 
-        def enough(study: Any, trial: Any) -> None:
-            done = finished()
-            self._save_spent(name, spent0 + time.monotonic() - t0)
-            profiles = sum(1 for t in done if t.user_attrs.get("profile") in PROFILES)
-            waiting = any(t.state == TrialState.WAITING and t.user_attrs.get("profile") in PROFILES
-                          for t in study.get_trials(deepcopy=False))  # a profile to run again
-            if (self._spent(name) >= share and profiles >= len(PROFILES) and not waiting) or (
-                    self.max_trials is not None and len(done) >= self.max_trials):
-                study.stop()
+    def one_trial(self, name: str, study: Any, objective: Callable[[Any], tuple[float, float]]) -> None:
+        t0 = time.monotonic()
+        try:
+            study.optimize(objective, n_trials=1)
+        finally:
+            self._add_spent(name, time.monotonic() - t0)
 
-        waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        capped = self.max_trials is not None and len(finished()) >= self.max_trials
-        if (not self.meta["studies"][name].get("done") or waiting) and not capped:
-            self.progress(f"{name}: {max(0.0, share - spent0):.0f} s of the budget left; knobs: "
-                          + "; ".join(k.describe() for k in knobs))
-            try:
-                study.optimize(lambda t: self.objective(t, fw, model, dep, knobs, name), callbacks=[enough])
-            finally:
-                self._save_spent(name, spent0 + time.monotonic() - t0)
-            self._save_spent(name, self._spent(name), done=True)
-        return summarize_study(study)
+    def finished(self, study: Any) -> int:
+        from optuna.trial import TrialState
+
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+    def capped(self, study: Any) -> bool:
+        return self.max_trials is not None and self.finished(study) >= self.max_trials
+
+    @staticmethod
+    def profile_waiting(study: Any) -> bool:
+        """A profile trial (enqueued at the start, or again after an interruption or an unmeasured run) not yet run."""
+        from optuna.trial import TrialState
+
+        return any(t.state == TrialState.WAITING and t.user_attrs.get("profile") in PROFILES
+                   for t in study.get_trials(deepcopy=False))
 
 
 def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str] | None = None,
              models: list[str] | None = None, budget_s: float = 1800.0, max_trials: int | None = None,
              resume: Path | None = None, progress: Callable[[str], None] = print, seed: int = 0) -> TuneOutcome:
     """Tune every framework × model of ``suite`` (see the module docstring).  ``budget_s`` is the machine time of
-    the whole tuning: each study gets what the others have not used, split over the studies left (a study runs its
-    two profiles even past its share); ``max_trials`` caps each study's trials (profiles included).  The trials
+    the whole tuning (profiles of every study first, then sampled trials round-robin); ``max_trials`` caps each
+    study's trials (profiles included).  The trials
     share one generator calibration (``SERVINGBENCH_CALIBRATION_CACHE``, in the tuning directory unless set)."""
     import optuna
 
@@ -445,23 +442,47 @@ def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str]
     tuning = _Tuning(suite, suite_path, path, meta, budget_s, max_trials, progress, seed)
     progress(f"tuning: {path}")
     todo = [(fw, m) for fw in fws for m in model_refs]
-    names = [_study_name(fw, m.name) for fw, m in todo]
-    studies: dict[str, dict[str, Any]] = {}
+    opened: dict[str, tuple] = {}  # name -> (study, objective, framework, model)
     try:
         for fw, model in todo:
-            summary = tuning.run_study(fw, model, names)
-            if summary is not None:
-                studies[_study_name(fw, model.name)] = {"framework": fw, "model": model.name, **summary}
+            got = tuning.open(fw, model)
+            if got is not None:
+                opened[_study_name(fw, model.name)] = (*got, fw, model.name)
+        left = max(0.0, budget_s - float(meta.get("spent_s") or 0.0))
+        progress(f"{len(opened)} studies, {left:.0f} s of the {budget_s:.0f} s budget left: the profiles of every "
+                 "study first, then the sampler's trials round-robin until the budget is spent")
+        # 1. every study's profiles (framework-default, servingbench-default), so that each framework has them
+        for name, (study, objective, _, _) in opened.items():
+            while tuning.profile_waiting(study) and not tuning.capped(study) and not tuning.over_budget():
+                tuning.one_trial(name, study, objective)
+        # 2. the sampler's trials, one per study in turn, until the budget (or --max-trials) is reached
+        while not tuning.over_budget():
+            active = [(n, st, ob) for n, (st, ob, _, _) in opened.items() if not tuning.capped(st)]
+            if not active:
+                break
+            for name, study, objective in active:
+                if tuning.over_budget():
+                    break
+                tuning.one_trial(name, study, objective)
     except KeyboardInterrupt:
         meta["interrupted"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         _write_meta(path, meta)
         progress(f"interrupted: finished trials are kept; continue with "
                  f"`servingbench tune {suite_path} --resume {path}`")
-        return TuneOutcome(path, studies, interrupted=True)
+        return TuneOutcome(path, _summaries(opened), interrupted=True)
+    if tuning.over_budget():
+        progress(f"budget spent: {float(meta['spent_s']):.0f} s of {budget_s:.0f} s (a trial that started within "
+                 "the budget runs to its end)")
     meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _write_meta(path, meta)
+    studies = _summaries(opened)
     write_summary(path, studies)
     return TuneOutcome(path, studies)
+
+
+def _summaries(opened: dict[str, tuple]) -> dict[str, dict[str, Any]]:
+    return {name: {"framework": fw, "model": model, **summarize_study(study)}
+            for name, (study, _, fw, model) in opened.items()}
 
 
 # ---- results -----------------------------------------------------------------------------------------------------

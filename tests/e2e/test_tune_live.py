@@ -64,12 +64,12 @@ def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers):
     try:
         deadline = time.monotonic() + 300
         path = None
-        while True:  # the first trial (framework-default) finished, the second one running
+        while True:  # the first trial finished, the second one running
             assert p.poll() is None, "".join(lines)[-3000:]
             assert time.monotonic() < deadline, "no trial finished:\n" + "".join(lines)[-3000:]
             found = [x for x in lines if x.startswith("tuning: ")]
             path = Path(found[0].split("tuning: ", 1)[1].strip()) if found else None
-            if path and _trials(path) and any("trial 1 (servingbench-default)" in x for x in lines):
+            if path and _trials(path) and any(" trial 1 (" in x for x in lines):
                 break
             time.sleep(0.2)
         os.kill(p.pid, signal.SIGINT)
@@ -91,14 +91,18 @@ def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "1 interrupted trial(s) will run again with the same knobs" in r.stdout
     trials = _trials(path)
-    assert [t["trial"] for t in trials] == [0, 2]  # trial 0 not repeated; trial 1 (interrupted) ran again as 2
-    profiles = {t["profile"]: t for t in trials}
-    assert profiles["servingbench-default"]["params"]["options.service_ms"] == 2.0  # the interrupted one, re-run
-    fd, sd = profiles["framework-default"], profiles["servingbench-default"]
-    assert fd["status"] == sd["status"] == "ok"
-    assert fd["max_rate"] < sd["max_rate"], (fd, sd)  # 3 ms cannot hold 400 rps; 2 ms can
+    numbers = [t["trial"] for t in trials]
+    assert numbers[0] == 0 and len(set(numbers)) == len(numbers) == 2  # trial 0 kept, not repeated; trial 1 re-run
+    assert trials[1]["params"] == {"workers": 1, "options.service_ms": 2.0 if first[0]["status"] == "ok" else 3.0}
     summary = json.loads((path / "summary.json").read_text())["calibration-mlp"]
-    assert summary["n_trials"] == 2 and summary["tuned"]["max_rate"] == sd["max_rate"]
+    assert summary["n_trials"] == 2
+    fd, sd = summary["profiles"]["framework-default"], summary["profiles"]["servingbench-default"]
+    if fd and sd and fd["status"] == sd["status"] == "ok":
+        assert fd["max_rate"] < sd["max_rate"], (fd, sd)  # 3 ms cannot hold 400 rps; 2 ms can
+        assert summary["tuned"]["max_rate"] == sd["max_rate"]
+    else:  # steal or other work failed the probes: the trial says so instead of reading 0 rps
+        odd = [t for t in trials if t["status"] != "ok"]
+        assert odd and all(t["status"] == "unmeasured" and "machine" in t["reason"] for t in odd), trials
     md = (path / "summary.md").read_text()
     assert "| calibration-mlp |" in md and "% |" in md
     assert (path / "pareto-calibration-mlp.png").is_file()

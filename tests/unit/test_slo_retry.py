@@ -1,4 +1,5 @@
-"""Which SLO probes are measured once more (``load.kinds.worth_retrying``): flags about the machine, not the rate."""
+"""SLO probes: which are measured once more (``load.kinds.worth_retrying``: flags about the machine, not the rate)
+and how long each is (``probe_measurement``: long enough for its ``min_requests``)."""
 
 from servingbench.load.kinds import worth_retrying
 
@@ -12,3 +13,15 @@ def test_machine_flags_are_retried_rate_flags_are_not():
     assert not worth_retrying(["generator_bound"])
     # a flag about the answers (errors, too few requests...) is about the rate
     assert not worth_retrying(["interference", "errors"])
+
+
+def test_slow_probes_are_lengthened_to_their_min_requests():
+    from servingbench.load.kinds import MAX_PROBE_WINDOWS_S, probe_measurement
+    from servingbench.scenarios.schema import Measurement
+
+    m = Measurement(warmup="0.5s", window="2s", windows=2, max_duration="8s", min_requests=600)
+    assert probe_measurement(m, 400.0) is m  # 2 x 2 s at 400 rps: 1600 requests
+    slow = probe_measurement(m, 50.0)  # 600 requests at 50 rps: 12 s of windows
+    assert (slow.windows, slow.window, slow.max_duration) == (6, 2.0, 16.0)  # the workload's 4 s of slack kept
+    crawl = probe_measurement(m, 1.0)
+    assert crawl.windows * crawl.window == MAX_PROBE_WINDOWS_S  # capped: such a probe stays "insufficient"

@@ -32,6 +32,24 @@ def emit(progress: Any, event: str, **data: Any) -> None:
 RETRY_FLAGS = frozenset({"interference", "machine_speed_changed", "unstable"})
 
 
+#: an SLO probe is lengthened to reach its ``min_requests`` at its rate, up to this many seconds of windows
+MAX_PROBE_WINDOWS_S = 60.0
+
+
+def probe_measurement(m: Any, rate: float) -> Any:
+    """The measurement of an SLO probe at ``rate``: the workload's, with enough windows that the probe's expected
+    request count reaches ``min_requests`` (a p99 claim rests on a number of requests, not on a duration: at a fixed
+    duration the low rates a search halves to could never pass), at most :data:`MAX_PROBE_WINDOWS_S` of windows."""
+    import math
+
+    need_s = min(m.min_requests / max(rate, 1e-9), MAX_PROBE_WINDOWS_S)
+    windows = max(m.windows, math.ceil(need_s / m.window - 1e-9))
+    if windows == m.windows:
+        return m
+    slack = max(0.0, m.max_duration - m.windows * m.window)  # what the workload allows beyond its windows
+    return m.model_copy(update={"windows": windows, "max_duration": windows * m.window + slack})
+
+
 def worth_retrying(flags: Any) -> bool:
     """Whether an SLO probe's flags say something about the machine rather than the rate, so that measuring it once
     more is worth it: only flags of :data:`RETRY_FLAGS`, or ``generator_bound`` together with ``interference`` (the
@@ -67,14 +85,15 @@ class CellRun:
     answered: int = 0  # points with any successful request
     started: int = 0  # generator runs started (live-progress file names)
 
-    def measure(self, w: Any, load: dict[str, float], repeat: int, group: list[str]) -> dict[str, Any]:
-        """Run one load point of ``w`` for the models in ``group``."""
+    def measure(self, w: Any, load: dict[str, float], repeat: int, group: list[str],
+                measurement: Any = None) -> dict[str, Any]:
+        """Run one load point of ``w`` for the models in ``group`` (``measurement``: instead of the workload's)."""
         from servingbench.runtime.supervisor import raise_if_stop_requested
 
         raise_if_stop_requested()  # a stop signal whose KeyboardInterrupt was swallowed somewhere
         self.started += 1
         live = self.scratch / f"live-{self.base['cell'].replace('/', '_')}-{self.started}.jsonl"
-        plan = PointPlan(w, load, self.suite.measurement_for(w), repeat, group, self.suite.generator,
+        plan = PointPlan(w, load, measurement or self.suite.measurement_for(w), repeat, group, self.suite.generator,
                          generator_ceiling_rps=self.generator_ceiling_rps, live=str(live))
         emit(self.progress, "point_started", cell=self.base["cell"], label=f"{w.name} {'+'.join(group)} "
              + " ".join(f"{k} {v:g}" for k, v in load.items()), live=live)
@@ -193,7 +212,7 @@ class SloRunner(WorkloadRunner):
             nonlocal n
             drain = drain_server(cell.live, group, floor) if floor is not None else None
             load = {"rate": round(rate, 3)}
-            point = cell.measure(w, load, cell.repeat, group)
+            point = cell.measure(w, load, cell.repeat, group, probe_measurement(cell.suite.measurement_for(w), rate))
             outcome = probe_outcome(point, slo.p99)
             point["slo_probe"] = {"drain": drain, "offered_rps": outcome.offered_rps, "attempt": attempt,
                                   "goodput_rps": outcome.goodput_rps, "over_target": outcome.over_target}
