@@ -21,7 +21,7 @@ def test_slow_probes_are_lengthened_to_their_min_requests():
 
     m = Measurement(warmup="0.5s", window="2s", windows=2, max_duration="8s", min_requests=600)
     assert probe_measurement(m, 400.0) is m  # 2 x 2 s at 400 rps: 1600 requests
-    slow = probe_measurement(m, 50.0)  # 600 requests at 50 rps: 12 s of windows
-    assert (slow.windows, slow.window, slow.max_duration) == (6, 2.0, 16.0)  # the workload's 4 s of slack kept
+    slow = probe_measurement(m, 50.0)  # 600 requests (x 1.2 margin) at 50 rps: 14.4 s of windows
+    assert (slow.windows, slow.window, slow.max_duration) == (8, 2.0, 20.0)  # the workload's 4 s of slack kept
     crawl = probe_measurement(m, 1.0)
     assert crawl.windows * crawl.window == MAX_PROBE_WINDOWS_S  # capped: such a probe stays "insufficient"
