@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[2] / "src" / "servingbench"
 
 #: The stages of the data path, in dependency order: a module may import only its own stage or earlier ones.
 LAYERS = ["contract", "models", "runtime", "adapters", "scenarios", "measure", "results", "records", "deploy",
-          "load", "probes", "suite", "testing", "report", "export", "progress", "cli"]
+          "load", "probes", "suite", "testing", "report", "export", "tune", "progress", "cli"]
 
 
 def _module_name(path: Path) -> str:
