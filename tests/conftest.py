@@ -80,3 +80,41 @@ def no_leftovers(monkeypatch):
         time.sleep(0.2)
         left = all_marked_pids(prefix)
     assert not left, f"server processes left behind: {sorted(left)}"
+
+
+@pytest.fixture
+def interrupted_cli():
+    """``run(args, ready, what, sig=SIGINT, ...)``: start ``python -m servingbench.cli ARGS`` in its own session
+    (stdout and stderr merged into a list of lines), wait until ``ready(lines)`` (at most ``start_timeout`` s, failing
+    with ``what`` if it exits or times out first), send ``sig``, wait for the exit; the session is killed if anything
+    fails.  Returns ``(returncode, lines)``."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    def run(args, ready, what, sig=signal.SIGINT, env=None, preexec_fn=None, start_timeout=240.0,
+            stop_timeout=60.0):
+        p = subprocess.Popen([sys.executable, "-m", "servingbench.cli", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
+                             preexec_fn=preexec_fn, start_new_session=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not ready(lines):
+                assert p.poll() is None, "".join(lines)[-3000:]
+                assert time.monotonic() < deadline, f"{what}:\n" + "".join(lines)[-3000:]
+                time.sleep(0.1)
+            os.kill(p.pid, sig)
+            p.wait(timeout=stop_timeout)
+        finally:
+            if p.poll() is None:  # the signal was ignored or the wait failed: kill the session, servers included
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
+            reader.join(10)
+        return p.returncode, lines
+
+    return run

@@ -91,26 +91,9 @@ def test_run_started_with_signals_ignored_still_stops_cleanly(tmp_path, no_lefto
     # no_leftovers (teardown) checks that no server process survived
 
 
-def test_serve_started_with_sigint_ignored_stops_on_sigint(no_leftovers):
+def test_serve_started_with_sigint_ignored_stops_on_sigint(no_leftovers, interrupted_cli):
     """Issue 15, defect 12, for ``serve``: LitServe's server used to outlive a ``serve`` started with SIGINT ignored."""
-    p = subprocess.Popen([sys.executable, "-m", "servingbench.cli", "serve", "litserve"], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                         preexec_fn=_ignoring(signal.SIGINT), start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        while not any("Ctrl-C to stop" in line for line in lines):
-            assert p.poll() is None, "".join(lines)[-3000:]
-            assert time.monotonic() < deadline, "serve never came up:\n" + "".join(lines)[-3000:]
-            time.sleep(0.1)
-        os.kill(p.pid, signal.SIGINT)
-        p.wait(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=30)
-        reader.join(10)
-    assert p.returncode == 0, "".join(lines)[-3000:]
+    rc, lines = interrupted_cli(["serve", "litserve"], lambda lines: any("Ctrl-C to stop" in x for x in lines),
+                                "serve never came up", preexec_fn=_ignoring(signal.SIGINT))
+    assert rc == 0, "".join(lines)[-3000:]
     assert any("stopping" in line for line in lines)

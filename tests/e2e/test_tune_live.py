@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -40,47 +37,31 @@ slo: {p99: 100ms, max_error_rate: 0.01}
 """
 
 
-def _tune(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "servingbench.cli", "tune", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
-                            start_new_session=True)
-
-
 def _trials(path: Path) -> list[dict]:
     f = path / "trials.jsonl"
     return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
 
 
-def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers):
+def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers, interrupted_cli):
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE)
     env = {**os.environ, "SERVINGBENCH_ADAPTERS": REGISTRATION}
     env.pop("SERVINGBENCH_CALIBRATION_SLOWDOWN", None)
     args = [str(suite), "--out", str(tmp_path / "tune"), "--max-trials", "2"]
-    p = _tune(args, env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        path = None
-        while True:  # the first trial finished, the second one running
-            assert p.poll() is None, "".join(lines)[-3000:]
-            assert time.monotonic() < deadline, "no trial finished:\n" + "".join(lines)[-3000:]
-            found = [x for x in lines if x.startswith("tuning: ")]
-            path = Path(found[0].split("tuning: ", 1)[1].strip()) if found else None
-            if path and _trials(path) and any(" trial 1 (" in x for x in lines):
-                break
-            time.sleep(0.2)
-        os.kill(p.pid, signal.SIGINT)
-        p.wait(timeout=90)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=30)
-        reader.join(10)
+
+    def tuning_dir(lines: list[str]) -> Path | None:
+        found = [x for x in lines if x.startswith("tuning: ")]
+        return Path(found[0].split("tuning: ", 1)[1].strip()) if found else None
+
+    def second_trial_running(lines: list[str]) -> bool:  # the first trial finished, the second one running
+        path = tuning_dir(lines)
+        return bool(path and _trials(path) and any(" trial 1 (" in x for x in lines))
+
+    rc, lines = interrupted_cli(["tune", *args], second_trial_running, "no trial finished", env=env,
+                                start_timeout=300, stop_timeout=90)
+    path = tuning_dir(lines)
     text = "".join(lines)
-    assert p.returncode == 130, text[-3000:]
+    assert rc == 130, text[-3000:]
     assert "interrupted: finished trials are kept" in text and "Traceback" not in text
     first = _trials(path)
     assert [t["trial"] for t in first] == [0] and first[0]["profile"] == "framework-default"
