@@ -285,8 +285,8 @@ def _requeue_interrupted(study: Any) -> int:
     for t in trials:
         if t.state not in (TrialState.RUNNING, TrialState.FAIL) or t.number in again:
             continue
-        if t.state == TrialState.RUNNING:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.state == TrialState.RUNNING:  # its process was killed: close it as failed
+            study.tell(t.number, state=TrialState.FAIL)
         attrs = {k: v for k, v in t.user_attrs.items() if k in ("profile",)}
         study.enqueue_trial(t.params, user_attrs={**attrs, "requeue_of": t.number}, skip_if_exists=False)
         n += 1

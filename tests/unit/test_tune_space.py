@@ -111,3 +111,15 @@ def test_a_search_the_machine_failed_is_unmeasured_not_zero():
     gen = {"max_rate": None, "generator_limited": True, "reason": "generator-limited at 100 rps", "points": []}
     assert "generator-limited" in machine_limited(gen)
     assert machine_limited({**steal, "max_rate": 200.0}) is None  # an answer is an answer (flagged probes failed)
+
+
+def test_a_trial_left_running_by_a_killed_tuning_is_closed_and_enqueued_again():
+    from servingbench.tune import _requeue_interrupted
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    t = study.ask({"workers": optuna.distributions.IntDistribution(1, 2)})  # RUNNING, as after a kill -9
+    assert _requeue_interrupted(study) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[1].state == optuna.trial.TrialState.WAITING and trials[1].user_attrs["requeue_of"] == t.number
+    assert _requeue_interrupted(study) == 0  # once only

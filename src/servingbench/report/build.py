@@ -29,7 +29,7 @@ import pandas as pd
 from servingbench.report import analysis as an
 from servingbench.report import figures as fg
 from servingbench.report.data import RunData, probe_cells, read_manifests
-from servingbench.report.metrics import METRICS, Metric, dig, format_value
+from servingbench.report.metrics import METRICS, Metric, _num, dig, format_value
 
 TEMPLATES = Path(__file__).parent / "templates"
 VERDICT_TEXT = {
@@ -468,7 +468,7 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
             "Median over repeats; bars span min–max of repeats." if (lv["repeats"] > 1).any() else ""))
         cols = ["framework", "workload", "load", "throughput", "p50", "p90", "p99", "p99.9", "errors", "server CPU",
                 "peak PSS", "batch (mean / max)", "mean: model / client floor / queue + framework", "repeats", "flags"]
-        floor = _num_or_none(dig(d.meta, "calibration", "floor_p50_s"))
+        floor = _num(dig(d.meta, "calibration", "floor_p50_s"))
         t = Table(f"{model}: latency per load level", cols, [], csv="tables/load_levels.csv",
                   note=("median over repeats, [min–max] when repeated; " if (lv["repeats"] > 1).any() else "")
                   + "where the mean latency goes: the model calls (timed in the server), the client and loopback "
@@ -499,14 +499,10 @@ def _perf_levels(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99
                                             "From the full latency histograms (merged over repeats)."))
 
 
-def _num_or_none(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
-
-
 def _time_text(r: Any, floor: float | None) -> str:
     """Where a point's mean latency goes: model compute / client + loopback floor / the rest (queue + framework),
     in ms; – when the server did not time its model calls."""
-    mean, comp = _num_or_none(r.get("latency_mean_s")), _num_or_none(r.get("compute_mean_s"))
+    mean, comp = _num(r.get("latency_mean_s")), _num(r.get("compute_mean_s"))
     if mean is None or comp is None:
         return "–"
     fl = floor or 0.0
