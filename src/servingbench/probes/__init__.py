@@ -543,6 +543,7 @@ class ReadinessWatcher(threading.Thread):
         self.stop_event = threading.Event()
         self.error: str | None = None
         self.retried = 0  # inference retried on a fresh connection after a ConnectionError while health said ready
+        self.details: dict[str, str] = {}  # the first message of each inference error kind, for the evidence
 
     def run(self) -> None:
         try:
@@ -586,7 +587,9 @@ class ReadinessWatcher(threading.Thread):
         try:
             r = http.request(req.method, url, data=req.body, headers=dict(req.headers), timeout=2.0)
         except requests.RequestException as e:  # connection refused, reset, timeout
-            return f"error: {type(e).__name__}"
+            kind = f"error: {type(e).__name__}"
+            self.details.setdefault(kind, str(e)[:300])
+            return kind
         if r.status_code >= 400:
             return f"error: HTTP {r.status_code}"
         try:
@@ -640,10 +643,11 @@ def probe_readiness(ctx: ProbeContext) -> list[Verdict]:
                 v.reason = "a remote target: its spawn is not observable"
                 return [v]
             settled = watchers[0].wait_settled()
+            # Stop watching while the server still runs: a poll that overlaps its shutdown would see health answer
+            # and the next inference refused, a false "ready before it could answer" made by the probe itself.
+            _stop_watchers(watchers)
     finally:
-        for w in watchers:
-            w.stop_event.set()
-            w.join(5)
+        _stop_watchers(watchers)
     w = watchers[0]
     m = readiness_intervals(w.samples)
     v.metrics = {k: val for k, val in m.items() if k != "false_ready_kinds"}
@@ -660,10 +664,17 @@ def probe_readiness(ctx: ProbeContext) -> list[Verdict]:
                     f"{m['false_ready_span_s']:.2f} s where {where} said ready but inference "
                     f"{'answered wrongly' if m['wrong_answers'] else 'failed'}")
         v.evidence.append(f"inference while health said ready: {m['false_ready_kinds']}")
+        v.evidence.extend(f"{k}: {w.details[k]}" for k in m["false_ready_kinds"] if k in w.details)
     else:
         v.verdict = "supported"
         v.evidence.append("no poll where health said ready and inference failed or answered wrongly")
     return [v]
+
+
+def _stop_watchers(watchers: list[ReadinessWatcher]) -> None:
+    for w in watchers:
+        w.stop_event.set()
+        w.join(5)
 
 
 def _sec(t: float | None) -> str:
