@@ -15,10 +15,17 @@ def test_a_false_ready_window_is_measured_with_its_error_kinds():
                (0.9, True, "wrong"), (1.0, True, "ok"), (1.1, True, "ok")]
     m = readiness_intervals(samples)
     assert m["health_ready_s"] == 0.2 and m["first_correct_s"] == 1.0
-    assert m["false_ready_samples"] == 3 and abs(m["false_ready_span_s"] - 0.7) < 1e-9
+    assert m["false_ready_samples"] == 3 and abs(m["false_ready_span_s"] - 0.8) < 1e-9  # 0.2 s to the first ok
     assert m["false_ready_kinds"] == {"error: HTTP 503": 2, "wrong": 1} and m["wrong_answers"] == 1
 
 
 def test_inference_before_health_is_not_a_false_ready():
     m = readiness_intervals([(0.1, False, "ok"), (0.2, True, "ok")])
     assert m["first_correct_s"] == 0.1 and m["health_ready_s"] == 0.2 and m["false_ready_samples"] == 0
+
+
+def test_one_slow_false_ready_poll_spans_until_the_next_correct_answer():
+    # Ray Serve: /-/routes ready, one inference that timed out after 2 s, then correct answers
+    m = readiness_intervals([(21.0, False, "error: ConnectionError"), (21.5, True, "error: ReadTimeout"),
+                             (23.5, True, "ok"), (23.6, True, "ok")])
+    assert m["false_ready_samples"] == 1 and abs(m["false_ready_span_s"] - 2.0) < 1e-9

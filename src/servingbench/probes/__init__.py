@@ -620,7 +620,12 @@ def readiness_intervals(samples: list[tuple[float, bool, str]]) -> dict[str, Any
     errors: dict[str, int] = {}
     for _, st in false_ready:
         errors[st] = errors.get(st, 0) + 1
-    span = (false_ready[-1][0] - false_ready[0][0]) if false_ready else 0.0
+    # The span runs from the first false-ready poll to the next poll that answered correctly (a single poll that
+    # waited 2 s for its answer is a 2 s window, not 0 s); with no correct poll after it, to the last poll.
+    span = 0.0
+    if false_ready:
+        after = [t for t, h, st in samples if t > false_ready[-1][0] and st == "ok"]
+        span = (after[0] if after else samples[-1][0]) - false_ready[0][0]
     return {"health_ready_s": health, "first_correct_s": correct, "false_ready_samples": len(false_ready),
             "false_ready_span_s": span, "false_ready_kinds": errors, "samples": len(samples),
             "wrong_answers": sum(1 for _, st in false_ready if st == "wrong")}
