@@ -110,7 +110,16 @@ def test_a_search_the_machine_failed_is_unmeasured_not_zero():
     assert "generator_bound, interference" in machine_limited(steal)
     gen = {"max_rate": None, "generator_limited": True, "reason": "generator-limited at 100 rps", "points": []}
     assert "generator-limited" in machine_limited(gen)
-    assert machine_limited({**steal, "max_rate": 200.0}) is None  # an answer is an answer (flagged probes failed)
+    # a rate met, and the probes above it failed only for the machine: a lower bound, not the configuration's limit
+    bound = {"max_rate": 200.0, "generator_limited": False, "reason": "step limit (2) reached",
+             "points": [{"rate": 200.0, "flags": [], "verdict": "pass"},
+                        {"rate": 400.0, "flags": ["interference"], "verdict": "fail"}]}
+    assert "only a lower bound of 200 rps" in machine_limited(bound) and "interference" in machine_limited(bound)
+    assert "lower bound" in machine_limited({**bound, "generator_limited": True, "points": bound["points"][:1]})
+    # one clean failure above the rate met decides the bracket: an answer is an answer
+    real = {**bound, "points": [*bound["points"], {"rate": 300.0, "flags": [], "verdict": "fail"}]}
+    assert machine_limited(real) is None
+    assert machine_limited({**bound, "points": bound["points"][:1]}) is None  # nothing above failed: the top rate
 
 
 def test_a_trial_left_running_by_a_killed_tuning_is_closed_and_enqueued_again():
