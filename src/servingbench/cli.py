@@ -208,7 +208,7 @@ def models(
     t = Table(*cols, "description")
     import torch
 
-    for m in list_models(real_size=True):
+    for m in list_models(real_size=True, generative=True):
         with torch.device("meta"):  # sizes only: no memory, no time (the real-size models are hundreds of MB)
             module = m.build(init=False)
         params = sum(p.numel() for p in module.parameters())

@@ -136,6 +136,32 @@ class TextEncoder(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class TinyGPT(nn.Module):
+    """Decoder-only Transformer over a fixed window of ``context`` token ids -> logits of the next token.
+
+    Pre-norm causal self-attention blocks, learned positions, a final LayerNorm and a linear head over the
+    vocabulary.  The window is fixed (generation slides it: the last ``context`` tokens of prompt + output), so
+    every format (eager, TorchScript, ``torch.export``) and every framework serves it as an ordinary tensor model:
+    ``(batch, context)`` int64 in, ``(batch, vocab)`` float32 out.  Greedy decoding lives in
+    :mod:`servingbench.models.generate`."""
+
+    def __init__(self, vocab_size: int, context: int, d_model: int, n_heads: int, n_layers: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Parameter(torch.zeros(1, context, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        causal = torch.triu(torch.full((context, context), float("-inf")), diagonal=1)
+        self.register_buffer("causal", causal, persistent=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.blocks(self.tok(ids) + self.pos, mask=self.causal)
+        return self.head(self.norm(h[:, -1]))
+
+
 def init_weights(module: nn.Module, seed: int) -> None:
     """Redraw every parameter and BatchNorm statistic from one ``torch.Generator`` seeded by ``seed``.
 

@@ -115,6 +115,7 @@ class _Entry:
     atol: float
     check: Callable[[Mapping[str, int]], None] = lambda p: None
     real_size: bool = False  # large: listed, built only when a suite names it
+    generative: bool = False  # a next-token model that servers decode greedily (streaming): only when named
 
 
 def _mlp(**p: int) -> Any:
@@ -158,6 +159,26 @@ def _encoder(**p: int) -> Any:
     from servingbench.models.nets import TextEncoder
 
     return TextEncoder(p["vocab_size"], p["seq_len"], p["d_model"], p["n_heads"], p["n_layers"], p["num_classes"])
+
+
+def _gpt(**p: int) -> Any:
+    from servingbench.models.nets import TinyGPT
+
+    return TinyGPT(p["vocab_size"], p["context"], p["d_model"], p["n_heads"], p["n_layers"])
+
+
+def _describe_gpt(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    s, d = p["context"], p["d_model"]
+    macs = p["n_layers"] * (12 * s * d * d + 2 * s * s * d) + d * p["vocab_size"]
+    return (f"{p['n_layers']}-layer decoder-only Transformer (d_model {d}, {p['n_heads']} heads, window of {s} "
+            f"int64 token ids, vocab {p['vocab_size']}); greedy decoding of {p['new_tokens']} tokens per request",
+            f"per token: {_fmt_macs(macs)[1:].replace('/sample', '')}",
+            TensorSpec("input", (s,), "int64", 0, p["vocab_size"]),
+            TensorSpec("output", (p["vocab_size"],), "float32"))
+
+
+def _check_gpt(p: Mapping[str, int]) -> None:
+    _check_encoder(p)
 
 
 def _fmt_macs(macs: float) -> str:
@@ -227,7 +248,7 @@ def _describe_encoder(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, Tenso
 
 def _check_encoder(p: Mapping[str, int]) -> None:
     if p["d_model"] % p["n_heads"]:
-        raise ValueError(f"model 'encoder': d_model ({p['d_model']}) must be divisible by n_heads ({p['n_heads']})")
+        raise ValueError(f"d_model ({p['d_model']}) must be divisible by n_heads ({p['n_heads']})")
 
 
 # Verification tolerances: |server - reference| <= atol + rtol * |reference| elementwise, for float32 outputs of
@@ -266,6 +287,15 @@ _ENTRIES: dict[str, _Entry] = {
         # fused attention kernels on accelerators.
         rtol=1e-3, atol=1e-4,
     ),
+    # Streaming (issue 18): a tiny GPT-style next-token model.  Servers decode greedily and stream one token per
+    # step; the tokens are verified against the same decoding in-process (servingbench.models.generate).  On the
+    # reference prompts every step's top-two logit gap is >= 5e-3 (measured: 4 prompts x 32 tokens), above atol
+    # and > 100x the eager/TorchScript/batch-size differences (<= 1e-5), so an argmax cannot flip.
+    "gpt": _Entry(
+        factory=_gpt, check=_check_gpt, describe=_describe_gpt,
+        defaults={"vocab_size": 256, "context": 16, "d_model": 64, "n_heads": 4, "n_layers": 2, "new_tokens": 32},
+        rtol=1e-3, atol=1e-4, generative=True,
+    ),
 }
 
 
@@ -290,13 +320,24 @@ def get_model(name: str, **params: Any) -> ModelSpec:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"model {name!r}: parameter {k!r} must be a positive int, got {v!r}")
     p = {k: int(params.get(k, d)) for k, d in entry.defaults.items()}
-    entry.check(p)
+    try:
+        entry.check(p)
+    except ValueError as e:
+        raise ValueError(f"model {name!r}: {e}") from None
     description, cost, inp, out = entry.describe(p)
     return ModelSpec(name=name, description=description, cost=cost, input=inp, output=out, params=p, seed=0,
                      rtol=entry.rtol, atol=entry.atol)
 
 
-def list_models(real_size: bool = False) -> list[ModelSpec]:
+def list_models(real_size: bool = False, generative: bool = False) -> list[ModelSpec]:
     """The zoo's small models with their default parameters (what tests and ``verify`` use by default); with
-    ``real_size`` also the real-size ones (``resnet50``, ``bert_base``: hundreds of MB of artifacts each)."""
-    return [get_model(n) for n, e in _ENTRIES.items() if real_size or not e.real_size]
+    ``real_size`` also the real-size ones (``resnet50``, ``bert_base``: hundreds of MB of artifacts each); with
+    ``generative`` also the next-token models served by streaming (``gpt``)."""
+    return [get_model(n) for n, e in _ENTRIES.items()
+            if (real_size or not e.real_size) and (generative or not e.generative)]
+
+
+def is_generative(name: str) -> bool:
+    """Whether zoo model ``name`` is a next-token model that servers decode and stream (``gpt``)."""
+    entry = _ENTRIES.get(name)
+    return bool(entry and entry.generative)

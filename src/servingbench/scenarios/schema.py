@@ -141,7 +141,7 @@ class ModelRef(_Strict):
             return self
         from servingbench.models.user import parse_entry
 
-        if self.name in {m.name for m in list_models(real_size=True)}:
+        if self.name in {m.name for m in list_models(real_size=True, generative=True)}:
             raise ValueError(f"model {self.name!r} is a zoo model's name: give your model another name")
         if self.params:
             raise ValueError("params only apply to zoo models (a user model is built by its source)")
