@@ -168,13 +168,11 @@ def _gpt(**p: int) -> Any:
 
 
 def _describe_gpt(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
-    s, d = p["context"], p["d_model"]
-    macs = p["n_layers"] * (12 * s * d * d + 2 * s * s * d) + d * p["vocab_size"]
-    return (f"{p['n_layers']}-layer decoder-only Transformer (d_model {d}, {p['n_heads']} heads, window of {s} "
-            f"int64 token ids, vocab {p['vocab_size']}); greedy decoding of {p['new_tokens']} tokens per request",
-            f"per token: {_fmt_macs(macs)[1:].replace('/sample', '')}",
-            TensorSpec("input", (s,), "int64", 0, p["vocab_size"]),
-            TensorSpec("output", (p["vocab_size"],), "float32"))
+    return _describe_transformer(
+        p, p["context"], p["vocab_size"],
+        f"decoder-only Transformer (d_model {p['d_model']}, {p['n_heads']} heads, window of {p['context']} int64 "
+        f"token ids, vocab {p['vocab_size']}); greedy decoding of {p['new_tokens']} tokens per request",
+        lambda macs: f"per token: {macs[1:].replace('/sample', '')}")
 
 
 def _check_gpt(p: Mapping[str, int]) -> None:
@@ -237,13 +235,18 @@ def _describe_cnn(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpe
 
 
 def _describe_encoder(p: Mapping[str, int]) -> tuple[str, str, TensorSpec, TensorSpec]:
-    s, d = p["seq_len"], p["d_model"]
-    macs = p["n_layers"] * (12 * s * d * d + 2 * s * s * d) + d * p["num_classes"]
-    return (f"{p['n_layers']}-layer Transformer text classifier (d_model {d}, {p['n_heads']} heads, "
-            f"{s} int64 token ids, vocab {p['vocab_size']})",
-            f"mixed: attention + embeddings ({_fmt_macs(macs)})",
-            TensorSpec("input", (s,), "int64", 0, p["vocab_size"]),
-            TensorSpec("output", (p["num_classes"],), "float32"))
+    return _describe_transformer(
+        p, p["seq_len"], p["num_classes"],
+        f"Transformer text classifier (d_model {p['d_model']}, {p['n_heads']} heads, {p['seq_len']} int64 token "
+        f"ids, vocab {p['vocab_size']})", lambda macs: f"mixed: attention + embeddings ({macs})")
+
+
+def _describe_transformer(p: Mapping[str, int], seq: int, outputs: int, what: str,
+                          cost: Callable[[str], str]) -> tuple[str, str, TensorSpec, TensorSpec]:
+    d = p["d_model"]
+    macs = p["n_layers"] * (12 * seq * d * d + 2 * seq * seq * d) + d * outputs
+    return (f"{p['n_layers']}-layer {what}", cost(_fmt_macs(macs)),
+            TensorSpec("input", (seq,), "int64", 0, p["vocab_size"]), TensorSpec("output", (outputs,), "float32"))
 
 
 def _check_encoder(p: Mapping[str, int]) -> None:
