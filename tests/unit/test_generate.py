@@ -110,3 +110,19 @@ def test_streaming_figures_from_synthetic_traces():
     assert 1e-6 < BURST_GAP_S < 1e-3
     with pytest.raises(ValueError, match="duration_s"):
         summarize_streams([], 0.0, 4)
+
+
+def test_ndjson_and_sse_parsers_take_any_chunking():
+    from servingbench.contract.streaming import ndjson_tokens, sse_tokens
+
+    body = b'{"token": 5}\n{"token": 7}\n{"tokens": [1, 2]}\n'
+    for size in (1, 3, len(body)):  # byte by byte, odd splits, all at once
+        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        assert list(ndjson_tokens(chunks)) == [5, 7, 1, 2]
+    sse = b': comment\nevent: token\ndata: {"token": 3}\n\ndata:{"token": 4}\r\n\r\ndata: [DONE]\n\ndata: {"token": 9}\n\n'
+    for size in (1, 5, len(sse)):
+        chunks = [sse[i:i + size] for i in range(0, len(sse), size)]
+        assert list(sse_tokens(chunks)) == [3, 4]  # nothing after [DONE]
+    assert list(sse_tokens([b'data: {"text_output": 8}\n\n'], extract=lambda r: [r["text_output"]])) == [8]
+    with pytest.raises(ValueError, match="without 'token'"):
+        list(ndjson_tokens([b'{"text": "a"}\n']))

@@ -19,7 +19,8 @@ from pathlib import Path
 from pydantic import Field
 
 from servingbench.contract import (
-    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RunContext, server_env,
+    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RequestSpec, RunContext,
+    json_stream_request, server_env,
 )
 
 SERVER = Path(__file__).parent / "servers" / "fastapi_server.py"
@@ -36,7 +37,8 @@ class FastAPIAdapter(Adapter):
     distribution = "fastapi"
     requires = ("uvicorn",)
     baseline = True
-    capabilities = frozenset({Capability.MULTI_MODEL, Capability.AUTH, Capability.TLS, Capability.GPU})
+    capabilities = frozenset({Capability.MULTI_MODEL, Capability.AUTH, Capability.TLS, Capability.GPU,
+                              Capability.STREAMING})
     Options = FastAPIOptions
     open_paths = ("/health", "/docs", "/openapi.json")
     docs_claims = {
@@ -47,6 +49,7 @@ class FastAPIAdapter(Adapter):
         "batching": "no", "manifest": "no", "response_cache": "no", "model_cache": "no", "grpc": "no",
         "load_unload": "no",
         "metrics": "no",
+        "streaming": "yes: a StreamingResponse over an async generator (written by hand)",
     }
     blocking = False
 
@@ -77,6 +80,9 @@ class FastAPIAdapter(Adapter):
 
     def codec(self, deployment: Deployment) -> JsonCodec:
         return CODEC
+
+    def stream_request(self, deployment: Deployment, model, prompt, max_tokens: int, secrets) -> RequestSpec:
+        return json_stream_request(f"/generate/{model.name}", prompt, max_tokens, CODEC.auth_headers(secrets))
 
 
 class FastAPIBlockingAdapter(FastAPIAdapter):

@@ -11,8 +11,10 @@ from typing import Literal
 from pydantic import Field
 
 from servingbench.contract import (
-    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RunContext, server_env,
+    Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RequestSpec, RunContext,
+    json_stream_request, server_env,
 )
+from servingbench.models.zoo import is_generative
 
 SERVER = Path(__file__).parent / "servers" / "litserve_server.py"
 CODEC = JsonCodec(path="/predict/{model}", auth_header="X-API-Key")  # LIT_SERVER_API_KEY is checked on X-API-Key
@@ -33,6 +35,7 @@ class LitServeAdapter(Adapter):
     distribution = "litserve"
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.AUTH, Capability.TLS, Capability.GPU,
+        Capability.STREAMING,
     })
     Options = LitServeOptions
     open_paths = ("/health", "/info", "/docs", "/openapi.json")
@@ -45,6 +48,7 @@ class LitServeAdapter(Adapter):
         "manifest": "no (Python server script)",
         "response_cache": "no", "model_cache": "no", "grpc": "no", "load_unload": "no",
         "metrics": "no built-in endpoint (a user-written Prometheus logger callback)",
+        "streaming": "yes: LitAPI(stream=True), predict and encode_response as generators",
     }
 
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
@@ -58,7 +62,8 @@ class LitServeAdapter(Adapter):
             "batch_timeout_ms": deployment.batch_timeout_ms if deployment.max_batch_size > 1 else 0.0,
             "model_format": deployment.model_format,
             "models": [
-                {"name": m.name, "dir": str(m.dir), "input_dtype": _input_dtype(m)} for m in deployment.models
+                {"name": m.name, "dir": str(m.dir), "input_dtype": _input_dtype(m), "generative": is_generative(m.name)}
+                for m in deployment.models
             ],
             **self.options_of(deployment).model_dump(exclude_none=True),
         }
@@ -92,6 +97,9 @@ class LitServeAdapter(Adapter):
 
     def codec(self, deployment: Deployment) -> JsonCodec:
         return CODEC
+
+    def stream_request(self, deployment: Deployment, model, prompt, max_tokens: int, secrets) -> RequestSpec:
+        return json_stream_request(f"/generate/{model.name}", prompt, max_tokens, CODEC.auth_headers(secrets))
 
 
 def _input_dtype(art) -> str:

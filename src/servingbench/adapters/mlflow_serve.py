@@ -53,6 +53,9 @@ class MLflowAdapter(Adapter):
         "auth": "no", "grpc": "no", "gpu": "no serving flag (the pytorch flavor loads on the saved device)",
         "load_unload": "no",
         "metrics": "no (the tracking server has --expose-prometheus; models serve does not)",
+        "streaming": ("no: the scoring server routes only /ping, /health, /version and /invocations, which returns one "
+                      "buffered response (mlflow/pyfunc/scoring_server/__init__.py); PythonModel.predict_stream is not "
+                      "served over HTTP (mlflow issue 12439)"),
     }
 
     def validate(self, deployment: Deployment) -> None:

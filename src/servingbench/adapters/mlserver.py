@@ -67,6 +67,8 @@ class MLServerAdapter(Adapter):
         "load_unload": "yes: /v2/repository/models/NAME/load|unload",
         "metrics": "yes: Prometheus /metrics on metrics_port",
         "auth": "no", "tls": "no", "model_cache": "no",
+        "streaming": ("yes: MLModel.predict_stream behind POST /v2/models/{m}/infer_stream (server-sent events), only "
+                      "with parallel_workers: 0; not yet driven by this adapter"),
     }
 
     # ---- deployment -------------------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ class MosecAdapter(Adapter):
         "auth": "no", "tls": "no (plain HTTP; put a proxy in front)", "response_cache": "no",
         "model_cache": "no", "grpc": "no", "load_unload": "no",
         "metrics": "yes: Prometheus /metrics on the inference port",
+        "streaming": ("yes: an SSEWorker calls send_stream_event per token (server-sent events on /inference); not yet "
+                      "driven by this adapter"),
     }
 
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:

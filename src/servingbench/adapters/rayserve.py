@@ -100,6 +100,8 @@ class RayServeAdapter(Adapter):
         "grpc": "yes: gRPC proxy with user-compiled protos (not used here)",
         "load_unload": "partly: applications are added/removed with serve.run / serve.delete or a new config",
         "metrics": "yes: Prometheus metrics through Ray's metrics agent (--metrics-export-port)",
+        "streaming": ("yes: a deployment returns a Starlette StreamingResponse over a generator; not yet driven by "
+                      "this adapter"),
     }
 
     def validate(self, deployment: Deployment) -> None:

@@ -116,6 +116,8 @@ class TritonAdapter(Adapter):
         "load_unload": "yes: --model-control-mode=explicit and /v2/repository/models/NAME/load|unload",
         "metrics": "yes: Prometheus /metrics on --metrics-port",
         "model_cache": "no",
+        "streaming": ("yes: a decoupled Python-backend model (model_transaction_policy { decoupled: true }) behind "
+                      "POST /v2/models/{m}/generate_stream (server-sent events); not yet driven by this adapter"),
     }
 
     # ---- environment -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from servingbench.contract.features import CATALOG, CONTRACT_CLAIMS, FEATURES, P
 from servingbench.contract.helpers import (
     model_entry, path_with_venv, server_env, write_command_file, write_deployment_json,
 )
+from servingbench.contract.streaming import json_stream_request, ndjson_tokens, sse_tokens
 from servingbench.contract.types import (
     AdapterUnavailable, DecodeError, Deployment, LaunchSpec, Ports, ReadyProbe, RequestSpec, RunContext, Secrets,
     UnsupportedDeployment,
@@ -20,5 +21,5 @@ __all__ = [
     "JsonCodec", "LaunchSpec", "NoOptions", "OptionsError", "Ports", "ReadyProbe", "RequestSpec", "RunContext",
     "Secrets", "UnsupportedDeployment",
     "as_output", "check_status", "decode_outputs", "encode_inputs", "model_entry", "path_with_venv", "server_env",
-    "write_command_file", "write_deployment_json",
+    "write_command_file", "write_deployment_json", "json_stream_request", "ndjson_tokens", "sse_tokens",
 ]

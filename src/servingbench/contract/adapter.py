@@ -45,6 +45,8 @@ from servingbench.contract.types import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable, Iterator
+
     import numpy as np
 
     from servingbench.models.zoo import ModelSpec
@@ -248,6 +250,25 @@ class Adapter(ABC):
         ``Capability.METRICS``; ``None`` (the default) when the framework has no metrics endpoint: the probe then
         records what ``GET /metrics`` on the inference port answers, as the evidence for "no"."""
         return None
+
+    def stream_request(self, deployment: Deployment, model: "ModelSpec", prompt: "np.ndarray", max_tokens: int,
+                       secrets: Secrets) -> RequestSpec | None:
+        """The request that makes the deployment decode ``max_tokens`` tokens of a generative zoo model (``gpt``:
+        ``model.input`` is a window of token ids, ``model.output`` the next token's logits) greedily from
+        ``prompt`` (one row of token ids) and stream each token as soon as it is decided, with the framework's own
+        streaming (the decoding loop: :func:`servingbench.models.generate.iter_greedy` over the loaded runtime's
+        ``predict``).  Include the auth header when ``secrets.token`` is set.  Return one when claiming
+        ``Capability.STREAMING``; ``None`` (the default) when the framework cannot stream a response: the probe
+        then records "no" with :attr:`docs_claims` ``["streaming"]`` as the evidence."""
+        return None
+
+    def stream_tokens(self, chunks: "Iterable[bytes]") -> "Iterator[int]":
+        """Token ids from the streamed response body's chunks, as they arrive.  The default reads newline-delimited
+        JSON records ``{"token": id}``; for server-sent events return
+        ``servingbench.contract.streaming.sse_tokens(chunks, extract)`` with an ``extract`` for your payload."""
+        from servingbench.contract.streaming import ndjson_tokens
+
+        return ndjson_tokens(chunks)
 
     def overload_limits(self) -> dict[str, Any] | None:
         """Your typed options that bound the framework's queue or time requests out (e.g. MOSEC

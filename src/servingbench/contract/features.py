@@ -35,6 +35,9 @@ class Capability(str, Enum):
     #: at twice its capacity the server sheds the excess (HTTP 429/503 from a bounded queue) and recovers once the
     #: load drops, instead of queueing without bound
     OVERLOAD = "overload"
+    #: a generative model's tokens are streamed as they are decoded (the first token arrives long before the last);
+    #: the adapter names the request with :meth:`servingbench.contract.Adapter.stream_request`
+    STREAMING = "streaming"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ CATALOG: tuple[Feature, ...] = (
     Feature(Capability.METRICS, "metrics", "Metrics endpoint"),
     Feature(Capability.GRACEFUL_DRAIN, "drain", "Graceful drain"),
     Feature(Capability.OVERLOAD, "overload", "Sheds overload"),
+    Feature(Capability.STREAMING, "streaming", "Token streaming"),
 )
 
 #: Claimed by every adapter through the contract itself (see :attr:`Capability.READINESS`).

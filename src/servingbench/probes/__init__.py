@@ -689,11 +689,13 @@ def _sec(t: float | None) -> str:
 from servingbench.probes.drain import probe_drain  # noqa: E402 - these use Verdict, defined above
 from servingbench.probes.metrics import probe_metrics  # noqa: E402
 from servingbench.probes.overload import probe_overload  # noqa: E402
+from servingbench.probes.streaming import probe_streaming  # noqa: E402
 
 PROBE_FUNCS: dict[str, Callable[[ProbeContext], list[Verdict]]] = {
     "multi_model": probe_multi_model, "caching": probe_caching, "batching": probe_batching,
     "manifest": probe_manifest, "auth": probe_auth, "tls": probe_tls, "grpc": probe_grpc, "gpu": probe_gpu,
     "readiness": probe_readiness, "metrics": probe_metrics, "drain": probe_drain, "overload": probe_overload,
+    "streaming": probe_streaming,
 }
 
 

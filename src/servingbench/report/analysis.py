@@ -21,7 +21,7 @@ LEVEL_METRICS = ["throughput_rps", "samples_per_s", "latency_p50_s", "latency_p9
                  "compute_mean_s"]
 FEATURES = ["multi_model", "response_cache", "model_cache", "batching", "manifest", "auth", "tls", "grpc", "gpu",
             "load_unload", "readiness", "metrics", "graceful_drain",
-            "overload"]
+            "overload", "streaming"]
 VERDICTS = ["supported", "partial", "not_supported", "failed", "not_run"]
 NOISE_UNKNOWN = "single run: noise unknown"
 

@@ -3,6 +3,11 @@
 
 ``blocking: false``: inference runs in FastAPI's thread pool (``anyio.to_thread.run_sync``); ``blocking: true``:
 inline in the ``async`` endpoint, blocking the event loop (the common mistake this baseline measures).
+
+``POST /generate/<model>`` with ``{"inputs": [[token ids]], "max_tokens": n}`` streams a generative model's greedy
+decoding (zoo ``gpt``) as newline-delimited JSON, one ``{"token": id}`` per step, through a ``StreamingResponse``
+whose async generator yields each token as soon as it is decided (each step in the thread pool, or inline when
+blocking).
 """
 
 import hmac
@@ -12,7 +17,9 @@ import os
 import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
 
+from servingbench.models.generate import iter_greedy
 from servingbench.models.runtime import load_runtime
 
 with open(os.environ["SB_FASTAPI_CONFIG"]) as f:
@@ -43,8 +50,7 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@app.post("/predict/{model}", dependencies=[Depends(check_token)])
-async def predict(model: str, request: Request) -> dict:
+async def _inputs(model: str, request: Request) -> tuple:
     rt = RUNTIMES.get(model)
     if rt is None:
         raise HTTPException(status_code=404, detail=f"no model {model!r}")
@@ -55,6 +61,27 @@ async def predict(model: str, request: Request) -> dict:
             raise ValueError(f"inputs have shape {list(x.shape)}, expected [batch, {', '.join(map(str, rt.spec.input.shape))}]")
     except (ValueError, KeyError, TypeError) as e:
         raise HTTPException(status_code=400, detail=f"bad request: {e}") from None
+    return rt, x, body
+
+
+@app.post("/generate/{model}", dependencies=[Depends(check_token)])
+async def generate(model: str, request: Request) -> StreamingResponse:
+    rt, x, body = await _inputs(model, request)
+    steps = iter_greedy(rt.predict, x[:1], int(body.get("max_tokens", 1)))
+
+    async def tokens():
+        while True:
+            tok = next(steps, None) if CFG["blocking"] else await anyio.to_thread.run_sync(next, steps, None)
+            if tok is None:
+                return
+            yield json.dumps({"token": int(tok[0])}) + "\n"
+
+    return StreamingResponse(tokens(), media_type="application/x-ndjson")
+
+
+@app.post("/predict/{model}", dependencies=[Depends(check_token)])
+async def predict(model: str, request: Request) -> dict:
+    rt, x, _ = await _inputs(model, request)
     if CFG["blocking"]:
         out = rt.predict(x)  # blocks the event loop: the baseline of the common mistake
     else:

@@ -2,7 +2,9 @@
 
 Written by servingbench next to ``deployment.json`` (LitServe has no declarative manifest: this pair is the
 reproducible deployment).  One LitAPI per model at ``/predict/<model>``; auth comes from the environment variable
-``LIT_SERVER_API_KEY`` that LitServe reads at import time.
+``LIT_SERVER_API_KEY`` that LitServe reads at import time.  A generative model (zoo ``gpt``) also gets a streaming
+LitAPI (``stream=True``) at ``/generate/<model>``: ``{"inputs": [[token ids]], "max_tokens": n}`` in, one JSON line
+``{"token": id}`` per greedy decoding step out, as each is decided.
 """
 
 import json
@@ -48,10 +50,40 @@ class ZooAPI(ls.LitAPI):
         return {"outputs": output.tolist()}
 
 
+class GenerateAPI(ls.LitAPI):
+    """Greedy decoding of a next-token model, streamed: ``predict`` and ``encode_response`` are generators."""
+
+    def __init__(self, model: dict, cfg: dict) -> None:
+        super().__init__(stream=True, api_path=f"/generate/{model['name']}")
+        self.model_cfg = model
+        self.cfg = cfg
+
+    def setup(self, device):
+        from servingbench.models.runtime import load_runtime
+
+        self.rt = load_runtime(self.model_cfg["dir"], fmt=self.cfg["model_format"], device=device,
+                               threads=self.cfg["threads"])
+
+    def decode_request(self, request):
+        return np.asarray(request["inputs"], dtype=np.int64)[:1], int(request.get("max_tokens", 1))
+
+    def predict(self, x):
+        from servingbench.models.generate import iter_greedy
+
+        prompt, n = x
+        for tok in iter_greedy(self.rt.predict, prompt, n):
+            yield int(tok[0])
+
+    def encode_response(self, output):  # unannotated: LitServe takes a return annotation for a response model
+        for tok in output:
+            yield {"token": tok}  # a dict is one JSON line
+
+
 def main(path: str) -> None:
     with open(path) as f:
         cfg = json.load(f)
     apis = [ZooAPI(m, cfg) for m in cfg["models"]]
+    apis += [GenerateAPI(m, cfg) for m in cfg["models"] if m.get("generative")]
     server = ls.LitServer(
         apis if len(apis) > 1 else apis[0],
         accelerator=cfg["accelerator"],
