@@ -13,9 +13,10 @@ from pydantic import Field
 
 from servingbench.contract import (
     Adapter, AdapterOptions, Capability, Codec, DecodeError, Deployment, JsonCodec, LaunchSpec, ReadyProbe,
-    RequestSpec, RunContext, Secrets, as_output, check_status, model_entry, server_env, write_command_file,
-    write_deployment_json,
+    RequestSpec, RunContext, Secrets, as_output, check_status, json_stream_request, model_entry, server_env,
+    sse_tokens, write_command_file, write_deployment_json,
 )
+from servingbench.models.zoo import is_generative
 
 SERVER = Path(__file__).parent / "servers" / "mosec_server.py"
 MAX_SOCKET_DIR = 80  # unix socket paths are limited to ~107 bytes; mosec appends /ipc_<Stage>_<n>.socket
@@ -68,7 +69,8 @@ class MosecAdapter(Adapter):
 
     name = "mosec"
     distribution = "mosec"
-    capabilities = frozenset({Capability.MULTI_MODEL, Capability.BATCHING, Capability.GPU, Capability.METRICS})
+    capabilities = frozenset({Capability.MULTI_MODEL, Capability.BATCHING, Capability.GPU, Capability.METRICS,
+                              Capability.STREAMING})
     # MOSEC's own: one worker per stage, no batching, --wait 10 ms (max_wait_time when batching)
     framework_defaults = {**Adapter.framework_defaults, "batch_timeout_ms": 10.0}
     Options = MosecOptions
@@ -80,8 +82,7 @@ class MosecAdapter(Adapter):
         "auth": "no", "tls": "no (plain HTTP; put a proxy in front)", "response_cache": "no",
         "model_cache": "no", "grpc": "no", "load_unload": "no",
         "metrics": "yes: Prometheus /metrics on the inference port",
-        "streaming": ("yes: an SSEWorker calls send_stream_event per token (server-sent events on /inference); not yet "
-                      "driven by this adapter"),
+        "streaming": "yes: an SSEWorker calls send_stream_event per token (server-sent events)",
     }
 
     def prepare(self, deployment: Deployment, ctx: RunContext) -> None:
@@ -97,7 +98,7 @@ class MosecAdapter(Adapter):
             "pipeline": opts.pipeline,
             "decode_workers": opts.decode_workers,
             "serialization": opts.serialization,
-            "models": [model_entry(m) for m in deployment.models],
+            "models": [{**model_entry(m), "generative": is_generative(m.name)} for m in deployment.models],
         }
         write_deployment_json(ctx, cfg)
         shutil.copy(SERVER, ctx.workdir / SERVER.name)
@@ -134,6 +135,12 @@ class MosecAdapter(Adapter):
 
     def metrics_request(self, deployment: Deployment) -> RequestSpec:
         return RequestSpec("GET", "/metrics", b"", {}, port="http")
+
+    def stream_request(self, deployment: Deployment, model, prompt, max_tokens: int, secrets) -> RequestSpec:
+        return json_stream_request(f"/generate/{model.name}", prompt, max_tokens)
+
+    def stream_tokens(self, chunks):
+        return sse_tokens(chunks)  # data:{"token": id} per event (no space after the colon: axum)
 
     def codec(self, deployment: Deployment) -> Codec:
         return MsgpackCodec() if self.options_of(deployment).serialization == "msgpack" else JsonCodec()

@@ -115,7 +115,11 @@ def probe_streaming(ctx: Any) -> list[Any]:
                     if wrong else f"{wrong_load} stream(s) under load differ from the in-process decoding")
     elif ratio is None or ratio >= STREAMED_RATIO:
         v.verdict = "partial"
-        v.reason = "the tokens are right but arrive together at the end of the response (buffered, not streamed)"
+        v.reason = ("the tokens are right but arrive together at the end of the response (buffered, not streamed"
+                    + (f"; first token after {ratio:.0%} of the response time" if ratio is not None else "") + ")")
+        if (s_load["burst_fraction"] or 1.0) < STREAMED_RATIO:
+            v.reason += (f"; with {STREAMS} streams at once they do arrive apart (burst fraction "
+                         f"{s_load['burst_fraction']:.2f}): something holds back a lone stream's small writes")
     else:
         v.verdict = "supported"
         v.evidence.append(f"all {len(alone) + len(loaded)} streams decoded the in-process tokens")

@@ -7,6 +7,9 @@ One route per model at ``/predict/<model>``.  ``"pipeline": true`` splits each r
 process pool: ``Decode`` (request -> validated array, never batched) and ``Infer`` (the model, dynamically batched).
 MOSEC spawns its workers and pickles the worker *class*, so the per-model settings reach them through the
 per-worker environment (``append_worker(env=...)``), not through constructor arguments.
+
+A generative model (zoo ``gpt``) also gets ``/generate/<model>``: an ``SSEWorker`` that decodes greedily and sends
+one server-sent event ``{"token": id}`` per step (``send_stream_event``) as soon as it is decided.
 """
 
 import json
@@ -14,7 +17,7 @@ import os
 import sys
 
 import numpy as np
-from mosec import Server, Worker
+from mosec import Server, SSEWorker, Worker
 from mosec.errors import ValidationError
 from mosec.mixin import MsgpackMixin
 
@@ -73,6 +76,29 @@ class Infer(_Stage):
         return [self.encode(y) for y in np.split(ys, np.cumsum([len(x) for x in xs])[:-1])]
 
 
+class Generate(SSEWorker):
+    """Greedy decoding of a next-token model, one server-sent event per token (JSON request, never batched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from servingbench.models.runtime import load_runtime
+
+        self.m = json.loads(os.environ["SB_MODEL"])
+        self.rt = load_runtime(self.m["dir"], fmt=self.m["model_format"], device=self.m["device"],
+                               threads=self.m["threads"])
+
+    def forward(self, data):
+        from servingbench.models.generate import iter_greedy
+
+        try:
+            prompt, n = np.asarray(data["inputs"], dtype=np.int64)[:1], int(data.get("max_tokens", 1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValidationError(f"bad inputs: {e}") from e
+        for tok in iter_greedy(self.rt.predict, prompt, n):
+            self.send_stream_event(json.dumps({"token": int(tok[0])}))
+        return {"tokens": n}  # not sent (the events were the answer), but serialized
+
+
 class MsgpackDecode(MsgpackMixin, Decode):
     pass
 
@@ -97,6 +123,8 @@ def main(path: str) -> None:
             infer, num=cfg["workers"], env=[env] * cfg["workers"], route=route,
             max_batch_size=cfg["max_batch_size"], max_wait_time=cfg["max_wait_time_ms"],
         )
+        if m.get("generative"):
+            server.append_worker(Generate, num=1, env=[env], route=f"/generate/{m['name']}")
     server.run()
 
 
