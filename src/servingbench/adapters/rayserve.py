@@ -18,11 +18,12 @@ import shlex
 import signal
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from servingbench.contract import (
     Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RequestSpec, RunContext,
-    UnsupportedDeployment, model_entry, server_env,
+    UnsupportedDeployment, json_stream_request, model_entry, server_env,
 )
 
 APP = "servingbench.adapters.servers.rayserve_app:build"
@@ -84,7 +85,7 @@ class RayServeAdapter(Adapter):
     native_manifest = ("serve_config.yaml",)
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.MODEL_CACHE, Capability.MANIFEST, Capability.TLS,
-        Capability.GPU, Capability.METRICS,
+        Capability.GPU, Capability.METRICS, Capability.STREAMING,
     })
     # Ray's own: one replica, @serve.batch off (its batch_wait_timeout_s default 0.01 when on)
     framework_defaults = {**Adapter.framework_defaults, "batch_timeout_ms": 10.0}
@@ -100,8 +101,7 @@ class RayServeAdapter(Adapter):
         "grpc": "yes: gRPC proxy with user-compiled protos (not used here)",
         "load_unload": "partly: applications are added/removed with serve.run / serve.delete or a new config",
         "metrics": "yes: Prometheus metrics through Ray's metrics agent (--metrics-export-port)",
-        "streaming": ("yes: a deployment returns a Starlette StreamingResponse over a generator; not yet driven by "
-                      "this adapter"),
+        "streaming": "yes: a deployment returns a Starlette StreamingResponse over a generator",
     }
 
     def validate(self, deployment: Deployment) -> None:
@@ -245,6 +245,10 @@ class RayServeAdapter(Adapter):
 
     def metrics_request(self, deployment: Deployment) -> RequestSpec:
         return RequestSpec("GET", "/metrics", b"", {}, port="ray-metrics")
+
+    def stream_request(self, deployment: Deployment, model, prompt, max_tokens: int, secrets) -> RequestSpec:
+        req = self.codec(deployment).request(model, np.asarray([prompt]), secrets)  # the model's route and headers
+        return json_stream_request(req.path + "/generate", prompt, max_tokens, req.headers, port=req.port)
 
     def codec(self, deployment: Deployment) -> JsonCodec:
         if self.options_of(deployment).multiplexed(deployment):  # one route; the header picks the model

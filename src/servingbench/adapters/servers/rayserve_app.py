@@ -10,6 +10,9 @@ Two layouts:
 * one application per model (``route_prefix: /predict/<model>``), one ``ZooModel`` deployment each;
 * ``multiplex: true``: one application at ``/predict`` whose replicas load models on demand through
   ``@serve.multiplexed`` (an LRU of ``max_models_per_replica``), chosen by the ``serve_multiplexed_model_id`` header.
+
+A generative model (zoo ``gpt``) streams at ``<route>/generate``: ``{"inputs": [[token ids]], "max_tokens": n}``
+in, a Starlette ``StreamingResponse`` of JSON lines ``{"token": id}`` out, one per greedy decoding step.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import numpy as np
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 #: The address each replica's inter-deployment gRPC server binds instead of every interface (set by the adapter
 #: for its private loopback head: 127.0.0.1, the node's only address).
@@ -121,11 +124,25 @@ class ZooModel:
     async def __call__(self, request: Request):
         try:
             m, rt = await self.runtime()
-            x = _to_array(await request.json(), m)
+            body = await request.json()
+            x = _to_array(body, m)
         except (BadInput, ValueError) as e:
             return JSONResponse({"error": str(e)}, status_code=400)
+        if request.url.path.rstrip("/").endswith("/generate"):
+            return StreamingResponse(_tokens(rt, x[:1], int(body.get("max_tokens", 1))),
+                                     media_type="application/x-ndjson")
         y = await self.predict_batched(x) if self.batching else rt.predict(x)
         return {"outputs": y.tolist()}
+
+
+def _tokens(rt, prompt: np.ndarray, n: int):
+    """Greedy decoding as JSON lines (a sync generator: Starlette runs it in its thread pool)."""
+    import json
+
+    from servingbench.models.generate import iter_greedy
+
+    for tok in iter_greedy(rt.predict, prompt, n):
+        yield json.dumps({"token": int(tok[0])}) + "\n"
 
 
 def build(args: dict):
