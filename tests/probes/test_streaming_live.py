@@ -10,6 +10,13 @@ import pytest
 pytestmark = pytest.mark.server
 
 
+@pytest.fixture(autouse=True)
+def _short_load(monkeypatch):
+    from servingbench.probes import streaming
+
+    monkeypatch.setattr(streaming, "LOAD_S", 2.0)  # the mechanism, not the figures: 2 s of 4 streams at once
+
+
 @pytest.mark.parametrize("framework", ["fastapi", "litserve"])
 def test_the_in_process_tokens_stream_as_they_are_decoded(framework, probe_ctx, no_leftovers):
     from servingbench.probes import probe_streaming
@@ -51,5 +58,5 @@ def test_an_adapter_without_a_streaming_request_is_not_supported(probe_ctx):
     (v,) = probe_streaming(probe_ctx("mlflow"))  # returns before deploying anything
     assert v.verdict == "not_supported" and "the framework has none" in v.reason
     assert v.evidence and v.evidence[0].startswith("docs: no:")
-    (v,) = probe_streaming(probe_ctx("mlserver"))  # MLServer streams (predict_stream); the adapter does not yet
+    (v,) = probe_streaming(probe_ctx("triton"))  # Triton streams (decoupled models); the adapter does not yet
     assert v.verdict == "not_run" and "does not implement stream_request yet" in v.reason

@@ -8,13 +8,15 @@ import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
 from servingbench.adapters import v2
 from servingbench.contract import (
     Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec,
-    RunContext, UnsupportedDeployment, server_env, write_command_file,
+    RunContext, UnsupportedDeployment, server_env, sse_tokens, write_command_file,
 )
+from servingbench.models.zoo import is_generative
 
 RUNTIME = Path(__file__).parent / "servers" / "mlserver_runtime.py"
 IMPLEMENTATION = "mlserver_runtime.ZooRuntime"
@@ -54,7 +56,7 @@ class MLServerAdapter(Adapter):
     distribution = "mlserver"
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.BATCHING, Capability.RESPONSE_CACHE, Capability.MANIFEST,
-        Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD, Capability.METRICS,
+        Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD, Capability.METRICS, Capability.STREAMING,
     })
     Options = MLServerOptions
     docs_claims = {
@@ -67,8 +69,8 @@ class MLServerAdapter(Adapter):
         "load_unload": "yes: /v2/repository/models/NAME/load|unload",
         "metrics": "yes: Prometheus /metrics on metrics_port",
         "auth": "no", "tls": "no", "model_cache": "no",
-        "streaming": ("yes: MLModel.predict_stream behind POST /v2/models/{m}/infer_stream (server-sent events), only "
-                      "with parallel_workers: 0; not yet driven by this adapter"),
+        "streaming": ("yes: MLModel.predict_stream behind POST /v2/models/{m}/infer_stream (server-sent events), "
+                      "only with parallel_workers: 0"),
     }
 
     # ---- deployment -------------------------------------------------------------------------------------------
@@ -80,7 +82,9 @@ class MLServerAdapter(Adapter):
             "http_port": ctx.ports["http"],
             "grpc_port": ctx.ports["grpc"],
             "metrics_port": ctx.ports["metrics"],
-            "parallel_workers": deployment.workers if opts.parallel_workers is None else opts.parallel_workers,
+            # MLServer streams (predict_stream) only in the server process: a generative model forces 0 when unset.
+            "parallel_workers": (opts.parallel_workers if opts.parallel_workers is not None else
+                                 0 if any(is_generative(m.name) for m in deployment.models) else deployment.workers),
             # Both default to the cwd; keep them in the deployment's directory.
             "metrics_dir": str(root / "run" / "metrics"),
             "environments_dir": str(root / "run" / "envs"),
@@ -167,6 +171,14 @@ class MLServerAdapter(Adapter):
 
     def metrics_request(self, deployment: Deployment) -> RequestSpec:
         return RequestSpec("GET", "/metrics", b"", {}, port="metrics")
+
+    def stream_request(self, deployment: Deployment, model, prompt, max_tokens: int, secrets) -> RequestSpec:
+        body, headers = v2.infer_request(model, np.asarray([prompt]), INPUT, OUTPUT)
+        doc = {**json.loads(body), "parameters": {"max_tokens": int(max_tokens)}}
+        return RequestSpec("POST", f"/v2/models/{model.name}/infer_stream", json.dumps(doc).encode(), headers)
+
+    def stream_tokens(self, chunks):
+        return sse_tokens(chunks, extract=lambda r: [int(t) for t in r["outputs"][0]["data"]])
 
     def codec(self, deployment: Deployment) -> v2.V2Codec:
         # MLServer's REST endpoint does not take Triton's binary tensor extension: JSON only.
