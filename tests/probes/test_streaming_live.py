@@ -58,5 +58,3 @@ def test_an_adapter_without_a_streaming_request_is_not_supported(probe_ctx):
     (v,) = probe_streaming(probe_ctx("mlflow"))  # returns before deploying anything
     assert v.verdict == "not_supported" and "the framework has none" in v.reason
     assert v.evidence and v.evidence[0].startswith("docs: no:")
-    (v,) = probe_streaming(probe_ctx("triton"))  # Triton streams (decoupled models); the adapter does not yet
-    assert v.verdict == "not_run" and "does not implement stream_request yet" in v.reason

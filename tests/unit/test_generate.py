@@ -126,3 +126,26 @@ def test_ndjson_and_sse_parsers_take_any_chunking():
     assert list(sse_tokens([b'data: {"text_output": 8}\n\n'], extract=lambda r: [r["text_output"]])) == [8]
     with pytest.raises(ValueError, match="without 'token'"):
         list(ndjson_tokens([b'{"text": "a"}\n']))
+
+
+def test_an_adapter_that_does_not_drive_its_frameworks_streaming_is_not_run():
+    from types import SimpleNamespace
+
+    from servingbench.contract import Adapter
+    from servingbench.probes import probe_streaming
+
+    class Streams(Adapter):  # claims the framework streams, but names no request: nothing was measured
+        name = "x"
+        docs_claims = {"streaming": "yes: server-sent events"}
+
+        def prepare(self, deployment, ctx): ...
+
+        def launch(self, deployment, ctx): ...
+
+        def codec(self, deployment): ...
+
+    (v,) = probe_streaming(SimpleNamespace(adapter=Streams()))
+    assert v.verdict == "not_run" and "does not implement stream_request yet" in v.reason
+    Streams.docs_claims = {"streaming": "no: one buffered response"}
+    (v,) = probe_streaming(SimpleNamespace(adapter=Streams()))
+    assert v.verdict == "not_supported" and v.evidence == ["docs: no: one buffered response"]

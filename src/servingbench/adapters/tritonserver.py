@@ -32,12 +32,14 @@ from pydantic import Field
 from servingbench.adapters import v2
 from servingbench.contract import (
     Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec,
-    RunContext, Secrets, UnsupportedDeployment, server_env,
+    RunContext, Secrets, UnsupportedDeployment, server_env, sse_tokens,
 )
+from servingbench.models.zoo import is_generative
 
 MODEL_PY = Path(__file__).parent / "servers" / "triton_python_model.py"
 # One name pair for every backend: the libtorch backend requires the ``<name>__<index>`` convention.
 INPUT, OUTPUT = "INPUT__0", "OUTPUT__0"
+STREAM_SUFFIX, STREAM_OUTPUT = "_stream", "TOKEN"  # a generative model's decoupled twin and its output
 RESTRICTED = "inference,model-repository,model-config,statistics,shared-memory,trace,logging"
 
 
@@ -102,6 +104,7 @@ class TritonAdapter(Adapter):
     capabilities = frozenset({
         Capability.MULTI_MODEL, Capability.RESPONSE_CACHE, Capability.BATCHING, Capability.MANIFEST,
         Capability.AUTH, Capability.GRPC, Capability.GPU, Capability.LOAD_UNLOAD, Capability.METRICS,
+        Capability.STREAMING,
     })
     Options = TritonOptions
     docs_claims = {
@@ -117,7 +120,7 @@ class TritonAdapter(Adapter):
         "metrics": "yes: Prometheus /metrics on --metrics-port",
         "model_cache": "no",
         "streaming": ("yes: a decoupled Python-backend model (model_transaction_policy { decoupled: true }) behind "
-                      "POST /v2/models/{m}/generate_stream (server-sent events); not yet driven by this adapter"),
+                      "POST /v2/models/{m}/generate_stream (server-sent events)"),
     }
 
     # ---- environment -----------------------------------------------------------------------------------------
@@ -165,6 +168,10 @@ class TritonAdapter(Adapter):
             else:
                 shutil.copy(MODEL_PY, version / "model.py")
             (repo / art.name / "config.pbtxt").write_text(self.config_pbtxt(deployment, art))
+            if is_generative(art.name) and self.options_of(deployment).backend != "libtorch":
+                (repo / f"{art.name}{STREAM_SUFFIX}" / "1").mkdir(parents=True, exist_ok=True)
+                shutil.copy(MODEL_PY, repo / f"{art.name}{STREAM_SUFFIX}" / "1" / "model.py")
+                (repo / f"{art.name}{STREAM_SUFFIX}" / "config.pbtxt").write_text(self.stream_config(deployment, art))
         argv, env = self._command(deployment, ctx)
         token = ctx.secrets.token
         shown = " ".join(a if not token else a.replace(token, "$TRITON_ADMIN_KEY") for a in argv)
@@ -207,6 +214,43 @@ class TritonAdapter(Adapter):
             lines.append(f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}')
         return "\n".join(lines) + "\n"
 
+    def stream_config(self, deployment: Deployment, art) -> str:
+        """The decoupled twin ``<model>_stream`` of a generative model: no batching, one window of token ids in, one
+        token per response out, the same Python model with ``stream: "true"``."""
+        kind = "KIND_GPU" if deployment.device == "cuda" else "KIND_CPU"
+        src = str(Path(__file__).resolve().parents[2])
+        params = {"artifact_dir": str(Path(art.dir).resolve()), "model_format": deployment.model_format,
+                  "threads": str(deployment.threads), "sys_path": src, "stream": "true"}
+        lines = [f'name: "{art.name}{STREAM_SUFFIX}"', 'backend: "python"', "max_batch_size: 0",
+                 "model_transaction_policy { decoupled: true }",
+                 # Triton 2.45's generate endpoint reads only the first element of a numeric array (its
+                 # ExactMappingInput passes the element count after dividing it down to 1): the prompt travels as
+                 # a request parameter, and the required input is one number (the window length, checked).
+                 f'input [ {{ name: "{INPUT}" data_type: TYPE_INT64 dims: [ 1 ] }} ]',
+                 f'output [ {{ name: "{STREAM_OUTPUT}" data_type: TYPE_INT64 dims: [ 1 ] }} ]',
+                 f"instance_group [ {{ kind: {kind} count: {deployment.workers} }} ]"]
+        lines += [f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items()]
+        return "\n".join(lines) + "\n"
+
+    def stream_request(self, deployment: Deployment, model, prompt, max_tokens: int, secrets) -> RequestSpec | None:
+        if self.options_of(deployment).backend == "libtorch":
+            return None  # only the Python backend streams here
+        ids = [int(t) for t in prompt]
+        body = json.dumps({INPUT: len(ids), "parameters": {"max_tokens": int(max_tokens),
+                                                           "prompt": " ".join(map(str, ids))}}).encode()
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
+                   **self.codec(deployment).auth_headers(secrets)}
+        return RequestSpec("POST", f"/v2/models/{model.name}{STREAM_SUFFIX}/generate_stream", body, headers)
+
+    def stream_tokens(self, chunks):
+        def extract(record):
+            if "error" in record:
+                raise ValueError(f"Triton: {record['error']}")
+            tok = record[STREAM_OUTPUT]  # a one-element tensor comes as a scalar
+            return [int(t) for t in tok] if isinstance(tok, list) else [int(tok)]
+
+        return sse_tokens(chunks, extract)
+
     def _rows(self, deployment: Deployment) -> int:
         return self.options_of(deployment).max_batch_rows or max(64, deployment.max_batch_size)
 
@@ -231,6 +275,8 @@ class TritonAdapter(Adapter):
         if opts.model_control_mode == "explicit":
             argv.append("--model-control-mode=explicit")
             argv += [f"--load-model={a.name}" for a in deployment.models]
+            argv += [f"--load-model={a.name}{STREAM_SUFFIX}" for a in deployment.models
+                     if is_generative(a.name) and opts.backend != "libtorch"]
         if deployment.cache:
             argv.append(f"--cache-config=local,size={opts.cache_size_bytes}")
         if deployment.auth:

@@ -84,6 +84,9 @@ def probe_streaming(ctx: Any) -> list[Any]:
         if live.remote is not None:
             v.reason = "a remote target: the probe deploys the zoo's gpt itself"
             return [v]
+        if adapter.stream_request(live.deployment, model, prompts[0], n, live.secrets) is None:
+            v.verdict, v.reason = "not_supported", "this deployment cannot stream (the adapter returned no request)"
+            return [v]
         http = live.new_session()
         try:
             alone = [stream_once(live, http, model, p, n) for p in prompts]

@@ -7,6 +7,11 @@ environment from the first ``python3`` on PATH).
 Tensors cross the backend boundary through DLPack, never numpy: with numpy 2.x the ``as_numpy()`` /
 ``Tensor(name, ndarray)`` path fails every request ("output tensor shape does not match size of output").
 With dynamic batching ``execute`` receives several requests: they are concatenated, run once and split.
+
+With the parameter ``stream: "true"`` (a generative model's ``<model>_stream`` twin, ``model_transaction_policy {
+decoupled: true }``) each request is decoded greedily from the ``prompt`` request parameter (space-separated token
+ids), ``max_tokens`` tokens, and every token is sent as its own response through the request's response sender,
+then the final flag.
 """
 
 import json
@@ -36,8 +41,13 @@ class TritonPythonModel:
         self.device = device
         self.input_name = cfg["input"][0]["name"]
         self.output_name = cfg["output"][0]["name"]
+        self.stream = params.get("stream") == "true"
 
     def execute(self, requests):
+        if self.stream:
+            for r in requests:
+                self._stream(r)
+            return None  # decoupled: the answers went through the response senders
         torch, dlpack = self.torch, self.dlpack
         try:
             xs = [dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())
@@ -56,3 +66,27 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - report per request instead of killing the stub
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))
                     for _ in requests]
+
+    def _stream(self, request):
+        from servingbench.models.generate import iter_greedy
+
+        torch, dlpack = self.torch, self.dlpack
+        sender = request.get_response_sender()
+        try:
+            import numpy as np
+
+            # The prompt is a request parameter (Triton 2.45's generate endpoint reads one element of a numeric
+            # array); the input holds its length, a check that both arrived.
+            params = json.loads(request.parameters() or "{}")
+            length = dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name).to_dlpack())
+            ids = np.array([[int(t) for t in str(params.get("prompt", "")).split()]], dtype=np.int64)
+            if ids.shape[1] != int(length.reshape(-1)[0]):
+                raise ValueError(f"prompt has {ids.shape[1]} token ids, the request said {int(length.reshape(-1)[0])}")
+            n = int(params.get("max_tokens", 1))
+            for tok in iter_greedy(self.rt.predict, ids, n):
+                out = torch.tensor([int(tok[0])], dtype=torch.int64)
+                sender.send(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor.from_dlpack(self.output_name, dlpack.to_dlpack(out))]))
+        except Exception as e:  # noqa: BLE001 - the stream ends with the error as its last event
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}")))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
