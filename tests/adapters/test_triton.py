@@ -13,6 +13,7 @@ import requests
 
 from servingbench.contract import Deployment, Ports, RunContext, Secrets, UnsupportedDeployment
 from servingbench.adapters.tritonserver import INPUT, OUTPUT, TritonAdapter
+from servingbench.models.artifacts import REF_BATCH
 from servingbench.deploy.live import LiveDeployment
 from servingbench.runtime.secrets import SecretStore
 
@@ -54,12 +55,12 @@ def test_plain_deployment_has_no_batching_or_cache(zoo_artifacts, tmp_path):
     a.prepare(dep, _ctx(tmp_path))
     cfg = (tmp_path / "model_repository" / "mlp" / "config.pbtxt").read_text()
     assert "dynamic_batching" not in cfg and "response_cache" not in cfg
-    # the overload probe's limited variant: a bounded queue, one row per batch (the batcher merges nothing)
+    # the overload probe's limited variant: a bounded queue; batches capped at the reference batch (it must verify)
     limited = Deployment("triton", [zoo_artifacts["mlp"]], options=a.overload_limits())
     a.validate(limited)
     a.prepare(limited, _ctx(tmp_path / "limited"))
     cfg = (tmp_path / "limited" / "model_repository" / "mlp" / "config.pbtxt").read_text()
-    assert "max_batch_size: 1\n" in cfg and "preferred_batch_size" not in cfg
+    assert f"max_batch_size: {REF_BATCH}\n" in cfg and "preferred_batch_size" not in cfg
     assert "dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 32 } }" in cfg
     argv = a.launch(dep, _ctx(tmp_path))[0].argv
     assert not any(x.startswith(("--model-control-mode", "--cache-config", "--http-restricted")) for x in argv)

@@ -34,6 +34,7 @@ from servingbench.contract import (
     Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec,
     RunContext, Secrets, UnsupportedDeployment, server_env, sse_tokens,
 )
+from servingbench.models.artifacts import REF_BATCH
 from servingbench.models.zoo import is_generative
 
 MODEL_PY = Path(__file__).parent / "servers" / "triton_python_model.py"
@@ -315,9 +316,10 @@ class TritonAdapter(Adapter):
         )]
 
     def overload_limits(self) -> dict:
-        # a 32-request queue (Triton rejects beyond it: HTTP 503 / gRPC UNAVAILABLE); one row per batch so that the
-        # dynamic batcher the queue policy needs does not merge requests
-        return {"max_queue_size": 32, "max_batch_rows": 1}
+        # A 32-request queue (Triton rejects beyond it: HTTP 503 / gRPC UNAVAILABLE).  The queue policy lives in the
+        # dynamic batcher, so queued requests may be merged; batches are capped at the verification's reference
+        # batch (REF_BATCH rows: one row per batch would refuse the reference batch and the deployment never verifies).
+        return {"max_queue_size": 32, "max_batch_rows": REF_BATCH}
 
     # ---- requests (pure) -----------------------------------------------------------------------------------------
     def metrics_request(self, deployment: Deployment) -> RequestSpec:
