@@ -35,10 +35,10 @@ LOAD_S = 5.0  #: seconds of load
 STREAMED_RATIO = 0.5  #: first token before this share of the whole response time: streamed, not buffered
 
 
-def stream_once(live: Any, http: Any, model: Any, prompt: Any, max_tokens: int) -> StreamTrace:
-    """One streamed request; every token's arrival time is taken when the adapter's parser yields it."""
+def stream_once(live: Any, http: Any, req: Any) -> StreamTrace:
+    """One streamed request (built once per prompt by the adapter); every token's arrival time is taken when the
+    adapter's parser yields it."""
     adapter = live.adapter
-    req = adapter.stream_request(live.deployment, model, prompt, max_tokens, live.secrets)
     trace = StreamTrace(sent_s=time.perf_counter())
     try:
         with http.request(req.method, live.base_url(req.port) + req.path, data=req.body, headers=dict(req.headers),
@@ -84,15 +84,16 @@ def probe_streaming(ctx: Any) -> list[Any]:
         if live.remote is not None:
             v.reason = "a remote target: the probe deploys the zoo's gpt itself"
             return [v]
-        if adapter.stream_request(live.deployment, model, prompts[0], n, live.secrets) is None:
+        reqs = [adapter.stream_request(live.deployment, model, p, n, live.secrets) for p in prompts]
+        if reqs[0] is None:
             v.verdict, v.reason = "not_supported", "this deployment cannot stream (the adapter returned no request)"
             return [v]
         http = live.new_session()
         try:
-            alone = [stream_once(live, http, model, p, n) for p in prompts]
+            alone = [stream_once(live, http, r) for r in reqs]
         finally:
             http.close()
-        loaded, elapsed = _under_load(live, model, prompts, n)
+        loaded, elapsed = _under_load(live, reqs)
     wrong = [(i % PROMPTS, first_divergence(t.tokens, expected[i % PROMPTS]))
              for i, t in enumerate(alone) if t.error is None]
     wrong = [(i, at) for i, at in wrong if at is not None]
@@ -129,7 +130,7 @@ def probe_streaming(ctx: Any) -> list[Any]:
     return [v]
 
 
-def _under_load(live: Any, model: Any, prompts: Any, n: int) -> tuple[list[tuple[int, StreamTrace]], float]:
+def _under_load(live: Any, reqs: list[Any]) -> tuple[list[tuple[int, StreamTrace]], float]:
     out: list[tuple[int, StreamTrace]] = []
     lock = threading.Lock()
     t0 = time.perf_counter()
@@ -140,7 +141,7 @@ def _under_load(live: Any, model: Any, prompts: Any, n: int) -> tuple[list[tuple
         i = k
         try:
             while time.perf_counter() < deadline:
-                t = stream_once(live, http, model, prompts[i % PROMPTS], n)
+                t = stream_once(live, http, reqs[i % PROMPTS])
                 with lock:
                     out.append((i % PROMPTS, t))
                 i += 1
