@@ -27,7 +27,9 @@ For each i = 1..N, three runs back to back: P_i (planted), A_i, B_i.
 ended: the wait for the lock is not counted); the tallies are over the pairs that ran.  An existing ``--out``
 directory is continued (its ``summary.json`` pairs are kept, numbering goes on); ``--chunk K`` runs at most K more
 pairs, so the benchmark can be run in pieces (e.g. each piece inside the lock: ``exclusive python
-scripts/bench_compare.py --out DIR --chunk 4``).  ``--wrap CMD``: a command
+scripts/bench_compare.py --out DIR --chunk 4``).  ``--reanalyse DIR``
+compares every stored pair of DIR again with the current ``compare`` (after a change of its rules) into
+``DIR/reanalysis.json``.  ``--wrap CMD``: a command
 prefix for every run (``--wrap /work/shared/bin/exclusive``: each run takes the lock separately); inside it a quiet
 gate waits (at most ``--quiet-wait`` s) until the CPUs are under 15 % busy, else gives the lock back and tries again
 a minute later.  Results: ``--out`` (default
@@ -146,9 +148,52 @@ def fmt_rows(rows: list[dict]) -> str:
     return "; ".join(out)
 
 
+def miss_reason(cmp: dict) -> str:
+    """Why a pair's throughput row was not flagged: its verdict, shortened."""
+    row = next((r for r in cmp["rows"] if r["metric"] == "throughput_rps"), None)
+    if row is None:
+        return "no throughput row"
+    v = row["verdict"]
+    return ("machines differed" if "machines differed" in v else "flagged points left out" if "flagged" in v else v)
+
+
+def reanalyse(out: Path) -> int:
+    """Every stored pair compared again with the current ``servingbench compare`` (its rules may have changed since
+    the runs were taken); writes ``reanalysis.json`` beside ``summary.json`` and prints the tallies."""
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    pairs = []
+    for old in summary["pairs"]:
+        i = old["i"]
+        a, b, p = (runs.get(f"{t}{i:02d}", {}).get("dir") for t in "ABP")
+        pair: dict = {"i": i}
+        if a and b:
+            pair["aa"] = compare_pair(Path(a), Path(b))
+        if a and p:
+            pair["planted"] = compare_pair(Path(a), Path(p))
+        pairs.append(pair)
+        aa, pl = pair.get("aa"), pair.get("planted")
+        print(f"pair {i:2d}: A/A {'FLAGGED ' + str(aa['significant']) if aa and aa['significant'] else 'clean'}"
+              f" ({aa and aa['canary'][:60]}); planted "
+              f"{'flagged' if pl and pl['regressions'] else 'missed (' + miss_reason(pl) + ')' if pl else '-'}",
+              flush=True)
+    aa = [p for p in pairs if "aa" in p]
+    pl = [p for p in pairs if "planted" in p]
+    res = {"pairs": pairs, "aa_pairs": len(aa), "aa_nothing_flagged": sum(not p["aa"]["significant"] for p in aa),
+           "planted_pairs": len(pl), "planted_flagged": sum(bool(p["planted"]["regressions"]) for p in pl),
+           "planted_misses": [{"i": p["i"], "why": miss_reason(p["planted"])} for p in pl
+                              if not p["planted"]["regressions"]]}
+    (out / "reanalysis.json").write_text(json.dumps(res, indent=2, default=str))
+    print(f"\nA/A: nothing flagged in {res['aa_nothing_flagged']}/{res['aa_pairs']} pairs; planted: flagged in "
+          f"{res['planted_flagged']}/{res['planted_pairs']}; misses: {res['planted_misses']}")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == QUIET:
         exec_when_quiet(sys.argv[2:])
+    if len(sys.argv) == 3 and sys.argv[1] == "--reanalyse":
+        return reanalyse(Path(sys.argv[2]))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--planted", type=float, default=1.1, help="the planted slowdown factor of run P")

@@ -443,7 +443,7 @@ def test_canary_disagreement_makes_timing_rows_inconclusive(tmp_path):
     assert not df["regression"].any() and all("without the canary: regression" in m for m in pts["method"])
     assert df.attrs["tested_rows"] == 0  # nothing was judged, so no false alarm is possible
     cold = df[df["metric"] == "cold_start_s"]["verdict"].iloc[0]
-    assert cold.startswith("inconclusive: the machines differed")
+    assert cold == "inconclusive: 1 vs 1 start-ups (need 5 per side)"  # already inconclusive: its own reason stays
     mem = df[df["metric"] == "idle_pss_bytes"]["verdict"].iloc[0]
     assert not mem.startswith("inconclusive: the machines")  # memory does not depend on the machine's speed
     text = render_compare_text(df)
@@ -473,21 +473,27 @@ def test_canary_limit():
     assert canary_check(c(1.0, 0.01), {"canary": {"median_s": None}})["status"] == "one"
 
 
-def _canary_reps(seed: int, per_iteration_s: float, iterations: int, cells: int = 7, cv: float = 0.10) -> dict:
-    """A run's canary as the harness records it: 2 measurements per cell of 7 repetitions each, lognormal noise."""
+def _canary_reps(seed: int, per_iteration_s: float, iterations: int, cells: int = 7, cv: float = 0.10,
+                 moment_cv: float = 0.0) -> dict:
+    """A run's canary as the harness records it: 2 measurements per cell of 7 repetitions each, lognormal noise
+    (``cv`` per repetition) around each measurement's own speed (``moment_cv``: the machine's state at that moment,
+    shared by the measurement's repetitions)."""
     rng = np.random.default_rng(seed)
-    samples = [{"iterations": iterations, "times_s": list(per_iteration_s * iterations * rng.lognormal(0, cv, 7)),
-                "median_s": per_iteration_s * iterations, "rel_spread": 2 * cv} for _ in range(2 * cells)]
+    samples = []
+    for _ in range(2 * cells):
+        moment = per_iteration_s * rng.lognormal(0, moment_cv) if moment_cv else per_iteration_s
+        samples.append({"iterations": iterations, "times_s": list(moment * iterations * rng.lognormal(0, cv, 7)),
+                        "median_s": moment * iterations, "rel_spread": 2 * cv})
     return {"canary": {"median_s": per_iteration_s * iterations, "rel_spread": 2 * cv, "samples": samples}}
 
 
-def test_canary_compares_repetitions_per_iteration():
+def test_canary_compares_measurements_per_iteration():
     # the same speed with different iteration counts (the old calibrated canary): per iteration they agree
     chk = canary_check(_canary_reps(1, 140e-6, 525), _canary_reps(2, 140e-6, 880))
     assert chk["status"] == "agree" and abs(chk["diff"]) < 0.05 and chk["p_value"] > 0.01
-    assert "per iteration" in chk["note"] and "98 vs 98 repetitions" in chk["note"]
-    # 10 % slower, 10 % noise per repetition: pooled over 98 repetitions a side, the difference is found
-    chk = canary_check(_canary_reps(3, 140e-6, 700), _canary_reps(4, 154e-6, 700))
+    assert "per iteration" in chk["note"] and "14 vs 14 measurements" in chk["note"]
+    # 15 % slower, 10 % noise per repetition: over 14 measurements a side, the difference is found
+    chk = canary_check(_canary_reps(3, 140e-6, 700), _canary_reps(4, 161e-6, 700))
     assert chk["status"] == "differ" and chk["diff"] > 0.05 and chk["p_value"] < 0.01
     # significant but small: not a machine difference worth a verdict
     chk = canary_check(_canary_reps(5, 140e-6, 700, cv=0.01), _canary_reps(6, 143e-6, 700, cv=0.01))
@@ -496,6 +502,23 @@ def test_canary_compares_repetitions_per_iteration():
     differ = sum(canary_check(_canary_reps(100 + 2 * i, 140e-6, 700), _canary_reps(101 + 2 * i, 140e-6, 700))
                  ["status"] == "differ" for i in range(200))
     assert differ <= 2
+
+
+def test_canary_repetitions_of_one_measurement_are_not_independent():
+    """As on the development VM: each measurement has its own speed (the machine's moment, 10 % between
+    measurements) and its repetitions scatter 3 % around it.  Pooling the 98 repetitions a side as independent
+    samples called the machines different in most A/A pairs; one value per measurement keeps the test's size."""
+    from scipy.stats import mannwhitneyu
+
+    from servingbench.measure.canary import per_iteration_times
+
+    pooled = tested = 0
+    for i in range(100):
+        a = _canary_reps(300 + 2 * i, 140e-6, 700, cv=0.03, moment_cv=0.10)["canary"]
+        b = _canary_reps(301 + 2 * i, 140e-6, 700, cv=0.03, moment_cv=0.10)["canary"]
+        pooled += mannwhitneyu(per_iteration_times(a["samples"]), per_iteration_times(b["samples"])).pvalue < 0.01
+        tested += canary_check({"canary": a}, {"canary": b})["p_value"] < 0.01
+    assert pooled >= 20 and tested <= 3
 
 
 def test_canary_difference_keeps_only_changes_against_it(tmp_path):

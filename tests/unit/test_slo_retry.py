@@ -22,6 +22,38 @@ def test_slow_probes_are_lengthened_to_their_min_requests():
     m = Measurement(warmup="0.5s", window="2s", windows=2, max_duration="8s", min_requests=600)
     assert probe_measurement(m, 400.0) is m  # 2 x 2 s at 400 rps: 1600 requests
     slow = probe_measurement(m, 50.0)  # 600 requests (x 1.2 margin) at 50 rps: 14.4 s of windows
-    assert (slow.windows, slow.window, slow.max_duration) == (8, 2.0, 20.0)  # the workload's 4 s of slack kept
+    # the same two windows, each longer (7.2 s, to the half second up), and one window of slack (the workload had 4 s)
+    assert (slow.windows, slow.window, slow.max_duration) == (2, 7.5, 22.5)
     crawl = probe_measurement(m, 1.0)
     assert crawl.windows * crawl.window == MAX_PROBE_WINDOWS_S  # capped: such a probe stays "insufficient"
+    tight = probe_measurement(m.model_copy(update={"max_duration": 4.0}), 50.0)
+    assert tight.max_duration == tight.windows * tight.window  # no slack in the workload: none added
+
+
+def test_a_slow_probes_windows_are_judged_like_a_fast_ones():
+    """Ray Serve's quick-suite probes at 12.5-50 rps were all "unstable": fifteen 2 s windows of ~25 requests each,
+    whose p50s moved by 30 % on sampling noise alone.  Longer windows keep the number compared (and the noise)
+    like a fast probe's: simulated lognormal latencies (median 16 ms, sigma 0.35) at 12.5 rps, Poisson arrivals."""
+    import numpy as np
+
+    from servingbench.load.kinds import probe_measurement
+    from servingbench.measure.stats import stable_tail
+    from servingbench.scenarios.schema import Measurement
+
+    m = Measurement(warmup="1s", window="2s", windows=2, tolerance=0.15, max_duration="8s", min_requests=300)
+    rng = np.random.default_rng(1)
+
+    def stable_share(pm, rate: float, trials: int = 200) -> float:
+        ok = 0
+        for _ in range(trials):
+            counts = rng.poisson(rate * pm.window, pm.windows)
+            p50 = [float(np.median(rng.lognormal(np.log(0.016), 0.35, max(int(c), 1)))) for c in counts]
+            tput = [c / pm.window for c in counts]
+            ok += stable_tail(tput, p50, pm.windows, pm.tolerance, [int(c) for c in counts]) is not None
+        return ok / trials
+
+    slow = probe_measurement(m, 12.5)
+    assert slow.windows == m.windows
+    assert stable_share(slow, 12.5) > 0.9
+    fifteen = m.model_copy(update={"windows": 15})  # the old way: more windows of the same length
+    assert stable_share(fifteen, 12.5) < 0.2

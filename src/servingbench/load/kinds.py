@@ -30,6 +30,9 @@ def emit(progress: Any, event: str, **data: Any) -> None:
 
 #: Flags that make an SLO probe be measured once more before it counts (they are about the machine, not the rate).
 RETRY_FLAGS = frozenset({"interference", "machine_speed_changed", "unstable"})
+#: ... and at most this many probes of one search are measured again (the quick suite's six searches retried 0-4
+#: probes each on a VM with steal bursts; the retries of one search took up to a minute)
+MAX_SEARCH_RETRIES = 2
 
 
 #: an SLO probe is lengthened to reach its ``min_requests`` at its rate, up to this many seconds of windows
@@ -40,17 +43,24 @@ PROBE_COUNT_MARGIN = 1.2
 
 
 def probe_measurement(m: Any, rate: float) -> Any:
-    """The measurement of an SLO probe at ``rate``: the workload's, with enough windows that the probe's expected
-    request count reaches ``min_requests`` (with :data:`PROBE_COUNT_MARGIN`) (a p99 claim rests on a number of requests, not on a duration: at a fixed
-    duration the low rates a search halves to could never pass), at most :data:`MAX_PROBE_WINDOWS_S` of windows."""
+    """The measurement of an SLO probe at ``rate``: the workload's, with windows long enough that the probe's
+    expected request count reaches ``min_requests`` (with :data:`PROBE_COUNT_MARGIN`), at most
+    :data:`MAX_PROBE_WINDOWS_S` of windows in all.  A p99 claim rests on a number of requests, not on a duration: at
+    a fixed duration the low rates a search halves to could never pass.
+
+    The *windows* are lengthened, not multiplied: the stability rule compares the last ``windows`` windows, and a
+    window of a few dozen requests has a p50 and a throughput that move by 20-30 % on their own (sampling noise, not
+    the server), so fifteen 2 s windows at 12.5 rps never all agreed within 15 % (Ray Serve's probes, quick suite).
+    The workload's slack beyond its windows (``max_duration``) is kept as whole windows, at most one of the new
+    length (a probe that does not settle is not measured for minutes)."""
     import math
 
     need_s = min(PROBE_COUNT_MARGIN * m.min_requests / max(rate, 1e-9), MAX_PROBE_WINDOWS_S)
-    windows = max(m.windows, math.ceil(need_s / m.window - 1e-9))
-    if windows == m.windows:
+    if need_s <= m.windows * m.window + 1e-9:
         return m
-    slack = max(0.0, m.max_duration - m.windows * m.window)  # what the workload allows beyond its windows
-    return m.model_copy(update={"windows": windows, "max_duration": windows * m.window + slack})
+    window = math.ceil(need_s / m.windows / 0.5 - 1e-9) * 0.5  # to the half second
+    extra = min(1, int(max(0.0, m.max_duration - m.windows * m.window) // m.window))
+    return m.model_copy(update={"window": window, "max_duration": (m.windows + extra) * window})
 
 
 def worth_retrying(flags: Any) -> bool:
@@ -224,11 +234,17 @@ class SloRunner(WorkloadRunner):
             n += 1
             return outcome
 
+        retries = 0
+
         def measure(rate: float) -> ProbeOutcome:
             # A probe flagged only for the machine (other work on its cores, a speed change) or for not settling
-            # says nothing about the rate: it is measured once more; a second flagged probe counts as it is.
+            # says nothing about the rate: it is measured once more; a second flagged probe counts as it is.  At
+            # most MAX_SEARCH_RETRIES per search: a machine that keeps flagging probes is busy, and more retries
+            # would only lengthen the run (the flagged probes count as failures, visibly).
+            nonlocal retries
             outcome = probe(rate, 1)
-            if worth_retrying(outcome.flags):
+            if worth_retrying(outcome.flags) and retries < MAX_SEARCH_RETRIES:
+                retries += 1
                 outcome = probe(rate, 2)
             return outcome
 
@@ -237,8 +253,9 @@ class SloRunner(WorkloadRunner):
                          confidence=w.confidence, confirm=w.confirm, dispersion=w.dispersion)
         rec = records.slo_record(cell.base, w, group, slo, res)
         rec.update(confirmed=res.confirmed, generator_limited=res.generator_limited, idle_floor_s=floor,
+                   retried_probes=retries,
                    method={"confidence": w.confidence, "dispersion": w.dispersion, "confirm": w.confirm,
-                           "drain": w.drain})
+                           "drain": w.drain, "max_retries": MAX_SEARCH_RETRIES})
         answer = "none" if res.max_rate is None else f"{res.max_rate:.0f} rps"
         if res.generator_limited:
             answer = f">= {answer} (generator-limited)"

@@ -164,7 +164,7 @@ class Measurement(_Strict):
     warmup: Duration = Field(2.0, ge=0, description="discarded load before measuring")
     window: Duration = Field(2.0, gt=0, description="length of one measurement window")
     windows: int = Field(3, ge=1, description="consecutive windows that must agree for a point to be stable")
-    tolerance: float = Field(0.10, gt=0, le=1, description="max relative spread of throughput across those windows")
+    tolerance: float = Field(0.10, gt=0, le=1, description="max relative spread of throughput and of p50 across those windows")
     max_duration: Duration = Field(30.0, gt=0, description="extend an unstable point up to this long, then flag it")
     min_requests: int = Field(200, ge=1, description="fewer measured requests flags the point 'too_few_requests'")
     repeats: int = Field(1, ge=1, le=20, description="run every point this many times; median and spread are kept")
