@@ -68,6 +68,12 @@ def test_gpt_decodes_the_same_tokens_in_every_format_with_a_wide_margin(_artifac
 
     spec = get_model("gpt")
     artifacts = build_artifacts(spec)  # what every server loads: eager state_dict and the TorchScript trace
+    # servers learn "generative" from the artifacts (meta.json), not from a zoo lookup of their own
+    assert artifacts.generative and artifacts.metadata()["generative"] is True
+    from servingbench.contract import model_entry
+
+    assert model_entry(artifacts)["generative"] is True
+    assert model_entry(build_artifacts(get_model("mlp")))["generative"] is False
     prompts = spec.example_inputs(4, seed=0)
     n = spec.params["new_tokens"]
     runtimes = {fmt: load_runtime(artifacts.dir, fmt=fmt, threads=1) for fmt in FORMATS}

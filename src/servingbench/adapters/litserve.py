@@ -14,7 +14,6 @@ from servingbench.contract import (
     Adapter, AdapterOptions, Capability, Deployment, JsonCodec, LaunchSpec, ReadyProbe, RequestSpec, RunContext,
     json_stream_request, server_env,
 )
-from servingbench.models.zoo import is_generative
 
 SERVER = Path(__file__).parent / "servers" / "litserve_server.py"
 CODEC = JsonCodec(path="/predict/{model}", auth_header="X-API-Key")  # LIT_SERVER_API_KEY is checked on X-API-Key
@@ -62,7 +61,7 @@ class LitServeAdapter(Adapter):
             "batch_timeout_ms": deployment.batch_timeout_ms if deployment.max_batch_size > 1 else 0.0,
             "model_format": deployment.model_format,
             "models": [
-                {"name": m.name, "dir": str(m.dir), "input_dtype": _input_dtype(m), "generative": is_generative(m.name)}
+                {"name": m.name, "dir": str(m.dir), "input_dtype": _input_dtype(m), "generative": m.generative}
                 for m in deployment.models
             ],
             **self.options_of(deployment).model_dump(exclude_none=True),

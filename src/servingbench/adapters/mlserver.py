@@ -16,7 +16,6 @@ from servingbench.contract import (
     Adapter, AdapterOptions, AdapterUnavailable, Capability, Deployment, LaunchSpec, ReadyProbe, RequestSpec,
     RunContext, UnsupportedDeployment, server_env, sse_tokens, write_command_file,
 )
-from servingbench.models.zoo import is_generative
 
 RUNTIME = Path(__file__).parent / "servers" / "mlserver_runtime.py"
 IMPLEMENTATION = "mlserver_runtime.ZooRuntime"
@@ -84,7 +83,7 @@ class MLServerAdapter(Adapter):
             "metrics_port": ctx.ports["metrics"],
             # MLServer streams (predict_stream) only in the server process: a generative model forces 0 when unset.
             "parallel_workers": (opts.parallel_workers if opts.parallel_workers is not None else
-                                 0 if any(is_generative(m.name) for m in deployment.models) else deployment.workers),
+                                 0 if any(m.generative for m in deployment.models) else deployment.workers),
             # Both default to the cwd; keep them in the deployment's directory.
             "metrics_dir": str(root / "run" / "metrics"),
             "environments_dir": str(root / "run" / "envs"),

@@ -16,7 +16,6 @@ from servingbench.contract import (
     RequestSpec, RunContext, Secrets, as_output, check_status, json_stream_request, model_entry, server_env,
     sse_tokens, write_command_file, write_deployment_json,
 )
-from servingbench.models.zoo import is_generative
 
 SERVER = Path(__file__).parent / "servers" / "mosec_server.py"
 MAX_SOCKET_DIR = 80  # unix socket paths are limited to ~107 bytes; mosec appends /ipc_<Stage>_<n>.socket
@@ -98,7 +97,7 @@ class MosecAdapter(Adapter):
             "pipeline": opts.pipeline,
             "decode_workers": opts.decode_workers,
             "serialization": opts.serialization,
-            "models": [{**model_entry(m), "generative": is_generative(m.name)} for m in deployment.models],
+            "models": [model_entry(m) for m in deployment.models],
         }
         write_deployment_json(ctx, cfg)
         shutil.copy(SERVER, ctx.workdir / SERVER.name)

@@ -35,7 +35,6 @@ from servingbench.contract import (
     RunContext, Secrets, UnsupportedDeployment, server_env, sse_tokens,
 )
 from servingbench.models.artifacts import REF_BATCH
-from servingbench.models.zoo import is_generative
 
 MODEL_PY = Path(__file__).parent / "servers" / "triton_python_model.py"
 # One name pair for every backend: the libtorch backend requires the ``<name>__<index>`` convention.
@@ -169,7 +168,7 @@ class TritonAdapter(Adapter):
             else:
                 shutil.copy(MODEL_PY, version / "model.py")
             (repo / art.name / "config.pbtxt").write_text(self.config_pbtxt(deployment, art))
-            if is_generative(art.name) and self.options_of(deployment).backend != "libtorch":
+            if art.generative and self.options_of(deployment).backend != "libtorch":
                 (repo / f"{art.name}{STREAM_SUFFIX}" / "1").mkdir(parents=True, exist_ok=True)
                 shutil.copy(MODEL_PY, repo / f"{art.name}{STREAM_SUFFIX}" / "1" / "model.py")
                 (repo / f"{art.name}{STREAM_SUFFIX}" / "config.pbtxt").write_text(self.stream_config(deployment, art))
@@ -277,7 +276,7 @@ class TritonAdapter(Adapter):
             argv.append("--model-control-mode=explicit")
             argv += [f"--load-model={a.name}" for a in deployment.models]
             argv += [f"--load-model={a.name}{STREAM_SUFFIX}" for a in deployment.models
-                     if is_generative(a.name) and opts.backend != "libtorch"]
+                     if a.generative and opts.backend != "libtorch"]
         if deployment.cache:
             argv.append(f"--cache-config=local,size={opts.cache_size_bytes}")
         if deployment.auth:

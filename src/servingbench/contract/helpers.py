@@ -45,9 +45,11 @@ def write_command_file(ctx: RunContext, commands: Iterable[list[str]], env: Mapp
 
 
 def model_entry(art: Any, **extra: Any) -> dict[str, Any]:
-    """What a server script needs to load one model: name, artifact dir, input/output tensor specs."""
+    """What a server script needs to load one model: name, artifact dir, input/output tensor specs, and
+    ``generative`` (a next-token model the server also decodes and streams: ``Adapter.stream_request``)."""
     meta = art.metadata()
-    return {"name": art.name, "dir": str(art.dir), "input": meta["input"], "output": meta["output"], **extra}
+    return {"name": art.name, "dir": str(art.dir), "input": meta["input"], "output": meta["output"],
+            "generative": art.generative, **extra}
 
 
 def write_deployment_json(ctx: RunContext, cfg: Mapping[str, Any], name: str = "deployment.json") -> Path:

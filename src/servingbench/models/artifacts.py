@@ -84,6 +84,17 @@ class ModelArtifacts:
         """The parsed ``meta.json``."""
         return json.loads(self.meta.read_text())
 
+    @property
+    def generative(self) -> bool:
+        """Whether servers decode this model greedily and stream its tokens (``meta.json``'s ``generative``; artifacts
+        built before it was recorded: the zoo's answer for the name)."""
+        meta = self.metadata()
+        if "generative" in meta:
+            return bool(meta["generative"])
+        from servingbench.models.zoo import is_generative
+
+        return is_generative(self.name)
+
     def sha256(self) -> dict[str, str]:
         """File name -> sha256 as recorded in ``meta.json`` at build time."""
         return dict(self.metadata()["sha256"])

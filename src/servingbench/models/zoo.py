@@ -102,7 +102,8 @@ class ModelSpec:
         """JSON-serialisable form (everything but the architecture)."""
         return {"name": self.name, "description": self.description, "cost": self.cost,
                 "input": self.input.to_dict(), "output": self.output.to_dict(), "params": dict(self.params),
-                "seed": self.seed, "rtol": self.rtol, "atol": self.atol, "key": self.key(), "zoo_version": ZOO_VERSION}
+                "seed": self.seed, "rtol": self.rtol, "atol": self.atol, "key": self.key(), "zoo_version": ZOO_VERSION,
+                "generative": is_generative(self.name)}
 
 
 # ---- the zoo ------------------------------------------------------------------------------------------------------

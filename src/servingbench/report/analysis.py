@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from servingbench.contract.features import FEATURES as CONTRACT_FEATURES
 from servingbench.report.data import RunData, aggregate_repeats, framework_sort_key, point_names
 from servingbench.report.metrics import METRICS, dig, histogram, load_value, relative_advantage
 
@@ -19,9 +20,8 @@ LEVEL_METRICS = ["throughput_rps", "samples_per_s", "latency_p50_s", "latency_p9
                  "latency_p999_s", "error_rate", "server_cpu_pct", "server_pss_bytes", "generator_cpu_pct",
                  "gpu_mem_bytes", "gpu_util_pct", "batch_mean_requests", "batch_max_rows", "latency_mean_s",
                  "compute_mean_s"]
-FEATURES = ["multi_model", "response_cache", "model_cache", "batching", "manifest", "auth", "tls", "grpc", "gpu",
-            "load_unload", "readiness", "metrics", "graceful_drain",
-            "overload", "streaming"]
+#: the feature columns in the contract's order (``servingbench.contract.features.CATALOG``): one list, not a copy
+FEATURES = list(CONTRACT_FEATURES)
 VERDICTS = ["supported", "partial", "not_supported", "failed", "not_run"]
 NOISE_UNKNOWN = "single run: noise unknown"
 
