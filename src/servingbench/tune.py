@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from servingbench.measure.stats import slo_machine_limited as machine_limited
 from servingbench.scenarios.schema import DeploymentConfig, SloSearch, Suite
 
 TUNE_FILE = "tune.json"
@@ -50,8 +51,6 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 BATCH_TIMEOUT_MS = (0.0, 20.0)
 
 
-#: probe flags about the machine rather than the configuration (see :func:`read_trial`)
-MACHINE_FLAGS = frozenset({"interference", "machine_speed_changed", "generator_bound", "unstable"})
 #: how often a trial the machine left unmeasured is run again with the same knobs
 MACHINE_RETRIES = 1
 
@@ -218,33 +217,6 @@ def read_trial(run_dir: Path) -> dict[str, Any]:
                confirmed=s.get("confirmed"), reason=s.get("reason"),
                pss_bytes=(cell.get("memory_idle") or {}).get("pss_bytes"), cold_start_s=cell.get("cold_start_s"))
     return out
-
-
-def machine_limited(slo: dict[str, Any]) -> str | None:
-    """Why an SLO search measured nothing about the configuration, or None.  A search the machine decided is not a
-    measurement: it met the SLO at no rate and its probes failed for the machine (other work or steal on the cores,
-    a speed change, the generator at its limit), not for the server (``unmeasured``, not a 0); or it met a rate but
-    every probe above it failed for the machine, or the generator could not offer more, so its rate is only a lower
-    bound (``unmeasured``, not that rate: ranking lower bounds beside limits would rank the machine's moments)."""
-    points = slo.get("points") or []
-
-    def machine(p: dict[str, Any]) -> set[str]:
-        return set(p.get("flags") or ()) & MACHINE_FLAGS
-
-    met = slo.get("max_rate")
-    if met is None:
-        flags = sorted(set().union(*(machine(p) for p in points)) if points else set())
-        if not (slo.get("generator_limited") or flags):
-            return None
-        return f"the machine limited the probes ({', '.join(flags) or 'generator-limited'}): {slo.get('reason')}"
-    above = [p for p in points if p.get("verdict") == "fail" and float(p.get("rate") or 0) > float(met)]
-    if slo.get("generator_limited"):
-        return f"the machine limited the probes (generator-limited): only a lower bound of {met:g} rps"
-    if above and all(machine(p) for p in above):
-        flags = sorted(set().union(*(machine(p) for p in above)))
-        return (f"the machine limited the probes above {met:g} rps ({', '.join(flags)}): only a lower bound of "
-                f"{met:g} rps")
-    return None
 
 
 # ---- the tuning run --------------------------------------------------------------------------------------------------

@@ -321,9 +321,10 @@ def _run(tmp: Path, name: str, cells: list[tuple[dict, list]], canary: dict | No
             tput, flags = (v[0], (v[1],)) if isinstance(v, tuple) else (v, ())
             recs.append(_point(cid, fw, label, rep, tput, flags))
         for rep, rate in enumerate(slo or []):
+            search = rate if isinstance(rate, dict) else {"max_rate": rate, "points": []}  # a dict: a whole search
             recs.append({"schema": 1, "type": "slo", "cell": cid, "framework": fw, "deployment": label,
                          "id": f"slo:{cid}:slo:mlp:{rep}", "workload": "slo", "models": ["mlp"], "model": "mlp",
-                         "batch": 1, "repeat": rep, "max_rate": rate, "points": []})
+                         "batch": 1, "repeat": rep, **search})
     (path / "run.json").write_text(json.dumps(meta))
     (path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     return path
@@ -555,6 +556,24 @@ def test_slo_and_cold_start_need_five_per_side(tmp_path):
     assert slo.verdict == "regression" and slo.n_a == 5
     cold = df.query("metric == 'cold_start_s'").iloc[0]
     assert cold.n_a == 5 and cold.verdict == "within noise"
+
+
+def test_searches_the_machine_decided_are_left_out(tmp_path):
+    """A search whose rates passed but whose confirmations failed for steal is no 0 rps: it is left out like a
+    flagged point, so five of them leave B without a sample instead of making a 100 % regression."""
+    steal = {"max_rate": None, "reason": "not confirmed", "points": [
+        {"rate": 100.0, "verdict": "pass", "flags": []},
+        {"rate": 100.0, "verdict": "fail", "flags": ["interference"], "confirm": True}]}
+    a = _run(tmp_path, "a", [(_config(), _draw(1, 6))], slo=[100.0, 104.0, 98.0, 101.0, 99.0])
+    b = _run(tmp_path, "b", [(_config(), _draw(2, 6))], slo=[steal] * 5)
+    row = compare_runs(a, b).query("metric == 'slo_max_rate_rps'").iloc[0]
+    assert not row.regression and row.flagged_b == 5 and row.n_b == 0
+    assert row.verdict.startswith("inconclusive"), row.verdict
+    # a clean failure at the lowest rate is the server's answer: it counts as 0 rps, a regression
+    clean = {"max_rate": None, "reason": "no rate met", "points": [{"rate": 100.0, "verdict": "fail", "flags": []}]}
+    b2 = _run(tmp_path, "b2", [(_config(), _draw(2, 6))], slo=[clean] * 5)
+    row = compare_runs(a, b2).query("metric == 'slo_max_rate_rps'").iloc[0]
+    assert row.regression and row.flagged_b == 0
 
 
 # ---- the decision rule -----------------------------------------------------------------------------------------------

@@ -316,6 +316,29 @@ def test_failed_cell_single_framework_no_slo_no_inprocess(tmp_path: Path):
         assert f.stat().st_size > 2000
 
 
+def test_slo_answers_the_machine_decided_are_marked(tmp_path: Path):
+    """Searches whose failures were the machine's: a lower bound for LitServe (the probes above 800 rps failed for
+    steal), nothing measured for MLServer (its confirmations failed for steal); neither is ranked."""
+    run = _copy(tmp_path)
+    lines = []
+    for line in (run / "records.jsonl").read_text().splitlines():
+        r = json.loads(line) if line.strip() else None
+        if r and r.get("type") == "slo" and r["framework"] in ("litserve", "mlserver"):
+            for p in r["points"]:
+                if p["verdict"] == "fail" and (r["framework"] == "litserve" or p.get("confirm")):
+                    p["flags"] = ["interference"]
+            line = json.dumps(r)
+        lines.append(line)
+    (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+    html = write_report(run, tmp_path / "reports").read_text()
+    assert "≥ 800 rps (machine-limited)" in html
+    assert "unmeasured (the machine limited the probes)" in html
+    assert "left out, the machine limited their probes: " in html
+    slo = pd.read_csv(tmp_path / "reports" / "tables" / "slo.csv")
+    assert slo.set_index("framework")["machine_limited"].notna().to_dict() == {
+        "litserve": True, "mosec": False, "mlserver": True}
+
+
 def test_two_deployments_and_gpu(tmp_path: Path):
     """A framework with two deployments is named framework/label everywhere; GPU numbers get their figures."""
     run = _copy(tmp_path)

@@ -57,3 +57,31 @@ def test_a_slow_probes_windows_are_judged_like_a_fast_ones():
     assert stable_share(slow, 12.5) > 0.9
     fifteen = m.model_copy(update={"windows": 15})  # the old way: more windows of the same length
     assert stable_share(fifteen, 12.5) < 0.2
+
+
+def test_an_answer_the_machine_decided_is_marked_not_believed():
+    """The quick suite's searches (session 8), reduced to their probes: which answers are the server's."""
+    from servingbench.measure.stats import slo_machine_limited
+
+    def search(met, *points):
+        return {"max_rate": met, "generator_limited": False, "reason": "r",
+                "points": [{"rate": r, "verdict": v, "flags": list(f)} for r, v, f in points]}
+
+    # MLServer: 200 and 300 passed, a clean failure only above them, both confirmations flagged for steal
+    mlserver = search(None, (200, "pass", ()), (400, "fail", ()), (300, "pass", ()), (350, "fail", ("unstable",)),
+                      (300, "fail", ("unstable", "interference")), (250, "fail", ("interference",)),
+                      (200, "fail", ("interference",)))
+    why = slo_machine_limited(mlserver)
+    assert why and "interference" in why and "300 rps passed but was not confirmed" in why
+    # Ray Serve: a clean failure at 25 rps, nothing passed: "none" is the server's answer
+    ray = search(None, (200, "fail", ("too_few_requests", "unstable")), (50, "fail", ()), (25, "fail", ()),
+                 (12.5, "insufficient", ()))
+    assert slo_machine_limited(ray) is None
+    # LitServe: everything above 500 rps unsettled (a growing queue): the answer stands
+    litserve = search(500.0, (500, "pass", ()), (800, "fail", ("unstable", "late_sends")), (600, "fail", ("unstable",)))
+    assert slo_machine_limited(litserve) is None
+    # the rate met, and the only failure above it was steal: a lower bound
+    bound = search(500.0, (500, "pass", ()), (600, "fail", ("interference",)))
+    assert "only a lower bound of 500 rps" in slo_machine_limited(bound)
+    # the generator limited it: a lower bound, whatever the flags
+    assert "generator-limited" in slo_machine_limited({**litserve, "generator_limited": True})

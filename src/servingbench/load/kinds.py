@@ -216,7 +216,7 @@ class SloRunner(WorkloadRunner):
             self._search(cell, w, group)
 
     def _search(self, cell: CellRun, w: Any, group: list[str]) -> None:
-        from servingbench.measure.stats import ProbeOutcome, slo_search
+        from servingbench.measure.stats import ProbeOutcome, slo_machine_limited, slo_search
 
         slo, n = cell.suite.slo, 0
         floor = idle_floor(cell.live, group) if w.drain else None
@@ -256,9 +256,12 @@ class SloRunner(WorkloadRunner):
                    retried_probes=retries,
                    method={"confidence": w.confidence, "dispersion": w.dispersion, "confirm": w.confirm,
                            "drain": w.drain, "max_retries": MAX_SEARCH_RETRIES})
+        rec["machine_limited"] = slo_machine_limited(rec)
         answer = "none" if res.max_rate is None else f"{res.max_rate:.0f} rps"
         if res.generator_limited:
             answer = f">= {answer} (generator-limited)"
+        elif rec["machine_limited"]:
+            answer = "unmeasured" if res.max_rate is None else f">= {answer} (machine-limited)"
         cell.record(rec, f"{cell.base['cell']} {w.name} {'+'.join(group)}: throughput at SLO {answer} ({res.reason})")
 
 

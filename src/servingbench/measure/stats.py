@@ -33,7 +33,7 @@ import statistics
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -948,6 +948,54 @@ def slo_search(
 
 
 # ---- repeats and comparisons ---------------------------------------------------------------------------------------
+#: probe flags about the machine, not the rate: other work or steal on the cores, a change of the machine's speed,
+#: the generator at its limit.  Not ``unstable``: a probe retried and still unsettled is mostly a queue growing at
+#: an overloading rate (the server's answer); in the quick suite every failing probe above the answer was
+#: ``unstable``, so counting it would have made every answer a lower bound.
+MACHINE_FLAGS = frozenset({"interference", "machine_speed_changed", "generator_bound"})
+
+
+def slo_machine_limited(slo: dict[str, Any]) -> str | None:
+    """Why an SLO search's answer (an ``slo`` record: ``max_rate``, ``generator_limited``, ``reason``, ``points``
+    with ``rate``, ``verdict`` and ``flags``) says more about the machine than about the server, or None when it is
+    the server's answer.
+
+    * It met a rate, and every probe that failed above it failed for the machine (:data:`MACHINE_FLAGS`), or the
+      generator could not offer more: the rate is only a lower bound.  One clean failure above it decides the
+      bracket: an answer is an answer.
+    * It met no rate: that is the server's answer ("none") only when a probe failed cleanly at a rate no higher than
+      every rate that passed once (the server missed the SLO there, e.g. at the lowest rate).  Otherwise the rates
+      that passed went unconfirmed because their confirmations failed for the machine, or every failure was the
+      machine's: nothing was measured (not a 0).
+    """
+    points = slo.get("points") or []
+
+    def machine(p: dict[str, Any]) -> set[str]:
+        return set(p.get("flags") or ()) & MACHINE_FLAGS
+
+    met = slo.get("max_rate")
+    failed = [p for p in points if p.get("verdict") == "fail"]
+    flags = sorted(set().union(*(machine(p) for p in failed)) if failed else set())
+    if met is None:
+        passed = [float(p.get("rate") or 0) for p in points if p.get("verdict") == "pass"]
+        clean = [float(p.get("rate") or 0) for p in failed if not machine(p)]
+        if clean and (not passed or min(clean) <= min(passed)):
+            return None
+        if not (slo.get("generator_limited") or flags):
+            return None
+        unconfirmed = f" ({max(passed):g} rps passed but was not confirmed)" if passed else ""
+        return (f"the machine limited the probes ({', '.join(flags) or 'generator-limited'}){unconfirmed}: "
+                f"{slo.get('reason')}")
+    above = [p for p in failed if float(p.get("rate") or 0) > float(met)]
+    if slo.get("generator_limited"):
+        return f"the machine limited the probes (generator-limited): only a lower bound of {met:g} rps"
+    if above and all(machine(p) for p in above):
+        flags = sorted(set().union(*(machine(p) for p in above)))
+        return (f"the machine limited the probes above {met:g} rps ({', '.join(flags)}): only a lower bound of "
+                f"{met:g} rps")
+    return None
+
+
 def _finite(values: Sequence[float | None]) -> list[float]:
     return [float(x) for x in values if x is not None and math.isfinite(float(x))]
 

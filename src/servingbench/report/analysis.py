@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from servingbench.contract.features import FEATURES as CONTRACT_FEATURES
+from servingbench.measure.stats import slo_machine_limited
 from servingbench.report.data import RunData, aggregate_repeats, framework_sort_key, point_names
 from servingbench.report.metrics import METRICS, dig, histogram, load_value, relative_advantage
 
@@ -66,9 +67,11 @@ def slo_table(d: RunData) -> pd.DataFrame:
             "max_rate_rps": METRICS["slo_max_rate_rps"].extract(s), "reason": s.get("reason"),
             "steps": len(s.get("points") or []), "record_id": s.get("id"),
             "generator_limited": bool(s.get("generator_limited")), "confirmed": s.get("confirmed"),
+            # computed from the probes (records before it was recorded get it too)
+            "machine_limited": slo_machine_limited(s),
         })
     cols = ["name", "framework", "deployment", "model", "workload", "batch", "slo_p99_s", "slo_max_error_rate",
-            "max_rate_rps", "reason", "steps", "record_id", "generator_limited", "confirmed"]
+            "max_rate_rps", "reason", "steps", "record_id", "generator_limited", "confirmed", "machine_limited"]
     df = pd.DataFrame(rows, columns=cols)
     if not df.empty:
         df["fw_order"] = [framework_sort_key(f)[0] for f in df["framework"]]
@@ -169,10 +172,17 @@ def _throughput_verdicts(model: str, slo: pd.DataFrame, levels: pd.DataFrame, pd
     out: list[Verdict] = []
     s = slo[slo["model"] == model] if not slo.empty else slo
     if not s.empty:
+        # a search the machine decided (its probes failed for other work, steal or the generator) is no candidate:
+        # its rate is only a lower bound, or nothing was measured
+        machine = [r.name for r in s.itertuples() if r.machine_limited and not r.generator_limited]
         cands = [Candidate(r.name, r.max_rate_rps, [r.max_rate_rps], record_ids=[r.record_id])
-                 for r in s.itertuples() if r.max_rate_rps is not None and not pd.isna(r.max_rate_rps)]
-        missed = [r.name for r in s.itertuples() if r.max_rate_rps is None or pd.isna(r.max_rate_rps)]
-        note = f"no rate met the SLO: {', '.join(missed)}" if missed else ""
+                 for r in s.itertuples() if r.max_rate_rps is not None and not pd.isna(r.max_rate_rps)
+                 and r.name not in machine]
+        missed = [r.name for r in s.itertuples() if (r.max_rate_rps is None or pd.isna(r.max_rate_rps))
+                  and r.name not in machine]
+        note = "; ".join(x for x in (f"no rate met the SLO: {', '.join(missed)}" if missed else "",
+                                     f"left out, the machine limited their probes: {', '.join(machine)}"
+                                     if machine else "") if x)
         p99 = s["slo_p99_s"].dropna()
         basis = f"highest arrival rate with p99 ≤ {METRICS['latency_p99_s'].format(p99.iloc[0])}" if len(p99) else ""
         out.append(_verdict(model, "Throughput at the SLO", "slo_max_rate_rps", basis, cands, threshold, note))

@@ -139,7 +139,10 @@ def _summary(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
     for v in verdicts:
         m = METRICS[v.metric]
         if v.best is None:
-            none = "none met the SLO" if v.metric == "slo_max_rate_rps" and v.note else "no data"
+            none = "no data"
+            if v.metric == "slo_max_rate_rps" and v.note:
+                none = ("none met the SLO" if v.note.startswith("no rate met")
+                        else "unmeasured (the machine limited the probes)")
             entry = {"criterion": v.criterion, "winners": none, "value": "–", "margin": "–",
                      "noise": "", "noise_cls": "", "basis": v.basis, "note": v.note, "ranking": "", "ids": ""}
         else:
@@ -388,10 +391,20 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
 
 def _slo_rate_text(r: Any) -> str:
     """The answer of a search: a generator-limited one is a lower bound of the server's capacity, never the capacity."""
+    machine = getattr(r, "machine_limited", None)
     if _nan(r.max_rate_rps):
-        return "generator-limited before any rate passed" if r.generator_limited else "none met the SLO"
+        if r.generator_limited:
+            return "generator-limited before any rate passed"
+        return "unmeasured (the machine limited the probes)" if machine else "none met the SLO"
     text = _fmt(r.max_rate_rps, "rps")
-    return f"≥ {text} (generator-limited)" if r.generator_limited else text
+    if r.generator_limited:
+        return f"≥ {text} (generator-limited)"
+    return f"≥ {text} (machine-limited)" if machine else text
+
+
+def _slo_reason_text(r: Any) -> str:
+    reason, machine = str(r.reason or ""), getattr(r, "machine_limited", None)
+    return f"{reason}; {machine}" if machine and reason not in machine else (machine or reason)
 
 
 def _perf_slo(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: Any) -> None:
@@ -406,7 +419,7 @@ def _perf_slo(b: _Builder, levels: pd.DataFrame, out: dict[str, Any], slo_p99: A
             t.rows.append([Cell(r.name), Cell(r.model),
                            Cell(f"p99 ≤ {_fmt(r.slo_p99_s, 's')}, errors ≤ {_fmt(r.slo_max_error_rate, 'fraction')}"),
                            Cell(_slo_rate_text(r), r.record_id, "num"),
-                           Cell(str(r.steps)), Cell(str(r.reason or ""))])
+                           Cell(str(r.steps)), Cell(_slo_reason_text(r))])
         out["slo_table"] = t
         plot = slo.copy()
         if plot["max_rate_rps"].notna().any():

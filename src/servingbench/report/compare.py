@@ -53,6 +53,7 @@ Runs without a canary are compared as before, and the output notes ``no canary``
 
 **Other rows.**  Throughput at the SLO: one value per search; tested like a point (``None``, no rate met, counts
 as 0) with ``threshold`` widened by both searches' resolution, and inconclusive with fewer than 5 searches a side.
+A search the machine decided (``measure.stats.slo_machine_limited``) is left out like a flagged point.
 Cold start and idle memory: one value per server start (each ok cell record; ``repeats`` restart the server);
 inconclusive with fewer than 5 a side.  Cold start is judged against ``max(threshold,
 METRIC_THRESHOLDS["cold_start_s"])`` (50 %): its start-ups share their run's page cache and CPU speed, so within-run
@@ -82,6 +83,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from servingbench.measure.stats import slo_machine_limited
 from servingbench.report.data import RunData, framework_sort_key
 from servingbench.report.metrics import METRICS, dig, format_value, load_label
 
@@ -521,9 +523,12 @@ def _slo_row(pair: _Pair, model: Any, workload: Any, xa: list[dict], xb: list[di
     row = _base_row(pair, model, workload, "SLO", "slo_max_rate_rps")
     met_a = [float(s["max_rate"]) for s in xa if _finite([s.get("max_rate")])]
     met_b = [float(s["max_rate"]) for s in xb if _finite([s.get("max_rate")])]
-    # a search that met the SLO at no rate counts as 0 rps: it is a (bad) outcome, not a missing value
-    va = [float(s["max_rate"]) if _finite([s.get("max_rate")]) else 0.0 for s in xa]
-    vb = [float(s["max_rate"]) if _finite([s.get("max_rate")]) else 0.0 for s in xb]
+    # A search the machine decided (slo_machine_limited: a lower bound, or nothing measured) is left out like a
+    # flagged point; a search that met the SLO at no rate counts as 0 rps: a (bad) outcome, not a missing value.
+    ga = [s for s in xa if not slo_machine_limited(s)]
+    gb = [s for s in xb if not slo_machine_limited(s)]
+    va = [float(s["max_rate"]) if _finite([s.get("max_rate")]) else 0.0 for s in ga]
+    vb = [float(s["max_rate"]) if _finite([s.get("max_rate")]) else 0.0 for s in gb]
     res = (statistics.median([_slo_resolution(s) for s in xa]) + statistics.median([_slo_resolution(s) for s in xb])
            if xa and xb else 0.0)
     if not xa or not xb:
@@ -532,8 +537,8 @@ def _slo_row(pair: _Pair, model: Any, workload: Any, xa: list[dict], xb: list[di
                    samples="searches", significant=bool(vals), regression=bool(xa and met_a),
                    verdict=f"measured in {'A' if xa else 'B'} only", method="one run only")
         return row
-    side_a = _Side(va, 0, statistics.median(met_a) if met_a else math.nan)
-    side_b = _Side(vb, 0, statistics.median(met_b) if met_b else math.nan)
+    side_a = _Side(va, len(xa) - len(ga), statistics.median(met_a) if met_a else math.nan)
+    side_b = _Side(vb, len(xb) - len(gb), statistics.median(met_b) if met_b else math.nan)
     row = _judge(row, pair, side_a, side_b, threshold + res, alpha, "searches")
     row["method"] += f"; threshold {threshold:.0%} + search resolution {res:.0%}"
     if pair.relation == "differs":
