@@ -330,11 +330,12 @@ def test_slo_answers_the_machine_decided_are_marked(tmp_path: Path):
             line = json.dumps(r)
         lines.append(line)
     (run / "records.jsonl").write_text("\n".join(lines) + "\n")
-    html = write_report(run, tmp_path / "reports").read_text()
+    index = write_report(run, tmp_path / "reports")
+    html = index.read_text()
     assert "≥ 800 rps (machine-limited)" in html
     assert "unmeasured (the machine limited the probes)" in html
     assert "left out, the machine limited their probes: " in html
-    slo = pd.read_csv(tmp_path / "reports" / "tables" / "slo.csv")
+    slo = pd.read_csv(index.parent / "tables" / "slo.csv")
     assert slo.set_index("framework")["machine_limited"].notna().to_dict() == {
         "litserve": True, "mosec": False, "mlserver": True}
 

@@ -174,7 +174,7 @@ def _throughput_verdicts(model: str, slo: pd.DataFrame, levels: pd.DataFrame, pd
     if not s.empty:
         # a search the machine decided (its probes failed for other work, steal or the generator) is no candidate:
         # its rate is only a lower bound, or nothing was measured
-        machine = [r.name for r in s.itertuples() if r.machine_limited and not r.generator_limited]
+        machine = [r.name for r in s.itertuples() if isinstance(r.machine_limited, str) and not r.generator_limited]
         cands = [Candidate(r.name, r.max_rate_rps, [r.max_rate_rps], record_ids=[r.record_id])
                  for r in s.itertuples() if r.max_rate_rps is not None and not pd.isna(r.max_rate_rps)
                  and r.name not in machine]

@@ -391,7 +391,7 @@ def _performance(b: _Builder, levels: pd.DataFrame) -> dict[str, Any]:
 
 def _slo_rate_text(r: Any) -> str:
     """The answer of a search: a generator-limited one is a lower bound of the server's capacity, never the capacity."""
-    machine = getattr(r, "machine_limited", None)
+    machine = _machine(r)
     if _nan(r.max_rate_rps):
         if r.generator_limited:
             return "generator-limited before any rate passed"
@@ -402,8 +402,14 @@ def _slo_rate_text(r: Any) -> str:
     return f"≥ {text} (machine-limited)" if machine else text
 
 
+def _machine(r: Any) -> str | None:
+    """A search's ``machine_limited`` text (a table row: a missing one is None or NaN)."""
+    m = getattr(r, "machine_limited", None)
+    return m if isinstance(m, str) and m else None
+
+
 def _slo_reason_text(r: Any) -> str:
-    reason, machine = str(r.reason or ""), getattr(r, "machine_limited", None)
+    reason, machine = (r.reason if isinstance(r.reason, str) else ""), _machine(r)
     return f"{reason}; {machine}" if machine and reason not in machine else (machine or reason)
 
 
