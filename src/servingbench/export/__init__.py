@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from servingbench.measure.stats import slo_machine_limited
 from servingbench.report.data import RunData, deployment_cell
 from servingbench.report.metrics import dig
 
@@ -238,6 +239,9 @@ def export_mlflow(d: RunData, tracking_uri: str | None = None, experiment: str |
             if _number(s.get("max_rate")) is not None:
                 metrics.append((metric_key(s.get("workload"), s.get("model"), "slo_max_rate"), float(s["max_rate"]),
                                 0))
+            machine = slo_machine_limited(s)  # a lower bound or nothing measured: say so beside the number
+            if machine:
+                tags[f"{metric_key(s.get('workload'), s.get('model'), 'slo_machine_limited')}"] = machine[:5000]
         probes = [p for p in d.probes if f"{p.get('framework')}/probe:{p.get('probe')}" == cid]
         for pr in probes:
             feat = metric_key(pr.get("feature"))
