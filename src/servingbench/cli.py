@@ -673,7 +673,6 @@ def crosscheck(
     """servingbench's own client against wrk (and perf_analyzer for Triton/MLServer) on one live deployment:
     interleaved rounds at one concurrency and one request body; medians, deltas and the client floor
     (docs/crosscheck.md).  Exits 1 when servingbench's median throughput is outside +-5 % of wrk's."""
-    import json
     import tempfile
 
     from servingbench.deploy.live import LiveDeployment
