@@ -78,6 +78,7 @@ def test_mlflow_export_into_a_local_store_reads_back_with_mlflows_client(run_dir
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     by_cell = {x.data.tags[CELL_TAG]: x for x in runs}
     assert set(by_cell) == set(d.meta["cells"]) and all(x.data.tags[RUN_TAG] == d.run_id for x in runs)
+    tagged = 0
     for cid, x in by_cell.items():
         pts = [p for p in d.points if p["cell"] == cid]
         assert x.data.params["framework"] == d.meta["cells"][cid]["framework"]
@@ -92,9 +93,10 @@ def test_mlflow_export_into_a_local_store_reads_back_with_mlflows_client(run_dir
         machine = {f"{s['workload']}/{s['model']}/slo_machine_limited" for s in d.slos
                    if s.get("cell") == cid and slo_machine_limited(s)}
         assert {k for k in x.data.tags if k.endswith("/slo_machine_limited")} == machine
-        assert machine or not cid.startswith("litserve")
+        tagged += len(machine)
         arts = [a.path for a in client.list_artifacts(x.info.run_id, "report")]
         assert "report/index.html" in arts
+    assert tagged == 1  # LitServe's search (one repeat has it)
     # a second export adds nothing
     r = CliRunner().invoke(app, ["export", str(run_dir), "--mlflow", "--experiment", "sb-test"])
     assert r.exit_code == 0 and r.output.count("already exported") == len(d.meta["cells"]), r.output
