@@ -241,7 +241,7 @@ def export_mlflow(d: RunData, tracking_uri: str | None = None, experiment: str |
                                 0))
             machine = slo_machine_limited(s)  # a lower bound or nothing measured: say so beside the number
             if machine:
-                tags[f"{metric_key(s.get('workload'), s.get('model'), 'slo_machine_limited')}"] = machine[:5000]
+                tags[metric_key(s.get("workload"), s.get("model"), "slo_machine_limited")] = machine[:5000]
         probes = [p for p in d.probes if f"{p.get('framework')}/probe:{p.get('probe')}" == cid]
         for pr in probes:
             feat = metric_key(pr.get("feature"))

@@ -947,7 +947,6 @@ def slo_search(
     return search.finish()
 
 
-# ---- repeats and comparisons ---------------------------------------------------------------------------------------
 #: probe flags about the machine, not the rate: other work or steal on the cores, a change of the machine's speed,
 #: the generator at its limit.  Not ``unstable``: a probe retried and still unsettled is mostly a queue growing at
 #: an overloading rate (the server's answer); in the quick suite every failing probe above the answer was
@@ -996,6 +995,7 @@ def slo_machine_limited(slo: dict[str, Any]) -> str | None:
     return None
 
 
+# ---- repeats and comparisons ---------------------------------------------------------------------------------------
 def _finite(values: Sequence[float | None]) -> list[float]:
     return [float(x) for x in values if x is not None and math.isfinite(float(x))]
 

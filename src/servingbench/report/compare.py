@@ -342,7 +342,8 @@ def canary_check(a: dict, b: dict) -> dict[str, Any]:
 
     Returns ``{"status": "differ" | "agree" | "none" | "one", "diff": relative difference B/A − 1 of the canary's
     time (> 0: B's machine was slower) or None, "limit": the smallest difference that counts, "p_value": the
-    Mann-Whitney p of the repetitions (None for the median rule), "note": one line for the output}``.
+    Mann-Whitney p of the measurements, one value each (None for the median rule), "note": one line for the
+    output}``.
     """
     from servingbench.measure.canary import per_measurement_times
 
