@@ -25,6 +25,7 @@ from servingbench.deploy.live import (
     LiveDeployment, VerificationError, make_deployment, runtime_record, server_python_runtime,
 )
 from servingbench.load.kinds import RUNNERS, CellRun, emit
+from servingbench.load.point import WarmGenerator
 from servingbench.load.pool import InputPool
 from servingbench.measure import canary as measure_canary
 from servingbench.measure.resources import tree_memory
@@ -259,8 +260,10 @@ def _measure_cell(live: LiveDeployment, run: CellRun, cell_rec: dict, cpus: tupl
         else:
             progress(f"{cid}: remote target {live.remote.url} verified")
         run.pool = InputPool(live)
-        for w in suite.workloads:
-            RUNNERS[w.kind].run(run, w)
+        with WarmGenerator() as run.warm:
+            for w in suite.workloads:
+                RUNNERS[w.kind].run(run, w)
+        run.warm = None
     survivors = [s for r in live.stop_reports for s in r.survivors]
     if survivors:
         cell_rec["reason"] = f"processes survived the stop: {survivors}"

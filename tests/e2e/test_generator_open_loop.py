@@ -67,3 +67,53 @@ def test_two_processes_report_their_health_and_constant_streams_add_up(litserve_
     assert gen["loop_lag_ms"]["p99"] == max(p["loop_lag_ms"]["p99"] for p in procs)
     if gen["run_queue_delay_pct"] is not None:
         assert gen["run_queue_delay_pct"] == max(p["run_queue_delay_pct"] for p in procs)
+
+
+def test_a_warm_spare_runs_the_next_point_and_is_gone_after_the_cell(litserve_live, tmp_path):
+    """The next point's generator is started ahead (imports done) once a point's generator exited; it runs that
+    point (same pid), the batch counts stay per point, and leaving the WarmGenerator leaves no process behind."""
+    import psutil
+
+    from servingbench.load.point import WarmGenerator
+    from servingbench.scenarios.schema import ClosedLoop
+
+    w = ClosedLoop(name="c", kind="closed_loop", concurrency=[2])
+    m = Measurement(warmup="0.5s", window="1s", windows=2, tolerance=1.0, max_duration="2s", min_requests=20)
+    pool = InputPool(litserve_live)
+    with WarmGenerator() as warm:
+        first = run_point(litserve_live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"]), pool, None, tmp_path,
+                          tmp_path, warm)
+        spare = warm._spare
+        assert spare is not None and spare.poll() is None  # started once the first generator exited
+        second = run_point(litserve_live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"]), pool, None, tmp_path,
+                           tmp_path, warm)
+        assert second["generator"]["pid"] == spare.pid != first["generator"]["pid"]
+        assert warm._spare is not None and warm._spare.pid != spare.pid  # the one after
+        last = warm._spare
+        # A spare that died meanwhile is not used: the point runs on a fresh generator.
+        last.kill()
+        last.wait()
+        third = run_point(litserve_live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"]), pool, None, tmp_path,
+                          tmp_path, warm)
+        assert third["generator"]["pid"] != last.pid and third["metrics"]["errors"] == 0
+        final = warm._spare
+    assert final is not None and final.poll() is not None and not psutil.pid_exists(final.pid)
+    for p in (first, second, third):
+        mt, b = p["metrics"], p["batch_sizes"]
+        # every measured request was one model call of one row, and the calls are this point's only (warm-up
+        # included), not the earlier points' again (the reused closing reading of the point before)
+        assert mt["errors"] == 0 and b["histogram"] == {"1": b["calls"]}, b
+        assert mt["requests"] <= b["calls"] <= 2 * mt["requests"], (mt["requests"], b)
+    assert "spare generator exited" not in (tmp_path / "generator-spare.log").read_text()
+
+
+def test_a_spare_ends_at_end_of_input(tmp_path):
+    """If the harness goes away (its end of the pipe closes), a waiting spare exits by itself."""
+    from servingbench.load.point import WarmGenerator
+
+    warm = WarmGenerator()
+    warm.prepare(None, tmp_path)
+    proc = warm._spare
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    warm.close()

@@ -1,6 +1,8 @@
 """The load generator process: locust as a library, driven by a JSON plan, writing a JSON result.
 
-Run as ``python -m servingbench.load.generator PLAN.json`` (the controller, started by the harness), or as
+Run as ``python -m servingbench.load.generator PLAN.json`` (the controller, started by the harness; or started ahead
+as a warm spare with ``--await-plan``, which reads the plan's path from stdin: the ~0.8 s of imports then overlap
+the harness's work between points), or as
 ``python -m servingbench.load.generator --worker --master-host HOST --master-port PORT`` (a locust worker
 that takes its plan from the controller: ``servingbench generator-worker`` on another host).  The generator is
 always a separate process (locust monkey-patches the standard library with gevent, which the harness must not
@@ -853,6 +855,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--connect-timeout", type=float, default=60.0)
         a = ap.parse_args(argv)
         return worker_main(a.master_host, a.master_port, a.connect_timeout)
+    if argv and argv[0] == "--await-plan":
+        # A warm spare (servingbench.load.point.WarmGenerator): everything imported, it waits for one line on stdin,
+        # "<plan path>\t<log path>", then runs as if started with that plan.  End of input (the harness no longer
+        # needs it, or is gone) ends it.
+        from servingbench.adapters import registry  # noqa: F401  (what _Load imports: no stall once the plan comes)
+        from servingbench.models import get_model  # noqa: F401
+
+        line = sys.stdin.readline().rstrip("\n")
+        if not line:
+            return 0
+        plan_path, log_path = line.split("\t")
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        argv = [plan_path]
     with open(argv[0]) as f:
         plan = _checked(json.load(f))
     result = run(plan)

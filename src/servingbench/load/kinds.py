@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 from servingbench import records
 from servingbench.deploy.live import LiveDeployment
 from servingbench.load.plan import PointPlan
-from servingbench.load.point import run_point
+from servingbench.load.point import WarmGenerator, run_point
 from servingbench.load.pool import InputPool
 
 Progress = Callable[[str], None]
@@ -97,6 +97,7 @@ class CellRun:
     points: int = 0
     answered: int = 0  # points with any successful request
     started: int = 0  # generator runs started (live-progress file names)
+    warm: WarmGenerator | None = None  # the next point's generator, started ahead (set while the cell measures)
 
     def measure(self, w: Any, load: dict[str, float], repeat: int, group: list[str],
                 measurement: Any = None) -> dict[str, Any]:
@@ -110,7 +111,7 @@ class CellRun:
                          generator_ceiling_rps=self.generator_ceiling_rps, live=str(live))
         emit(self.progress, "point_started", cell=self.base["cell"], label=f"{w.name} {'+'.join(group)} "
              + " ".join(f"{k} {v:g}" for k, v in load.items()), live=live)
-        return run_point(self.live, plan, self.pool, self.generator_cpus, self.scratch, self.log_dir)
+        return run_point(self.live, plan, self.pool, self.generator_cpus, self.scratch, self.log_dir, self.warm)
 
     def record(self, rec: dict[str, Any], line: str) -> None:
         """Keep a record of this cell (written by :meth:`flush` when the cell ends) and show its line."""

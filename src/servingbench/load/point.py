@@ -32,8 +32,10 @@ def run_point(
     gen_cpus: set[int] | None,
     workdir: Path,
     log_dir: Path,
+    warm: WarmGenerator | None = None,
 ) -> dict[str, Any]:
-    """Run the generator for one load point; return the record's measured part."""
+    """Run the generator for one load point; return the record's measured part (``warm``: see
+    :class:`WarmGenerator`)."""
     w, m = plan.workload, plan.measurement
     targets = []
     for name in plan.models:
@@ -62,11 +64,11 @@ def run_point(
         client_cert=str(live.secrets.client_cert) if live.deployment.tls == "mutual" else None,
         client_key=str(live.secrets.client_key) if live.deployment.tls == "mutual" else None, **extra,
     ).model_dump()
-    batches_before = live.batch_log()
+    batches_before = live.batch_log(reuse=True)  # the previous point's closing reading, unless requests went out
     with Sampler(live.processes) as sampler:
         raw = run_generator(gen_plan, gen_cpus, workdir / f"gen-{tag}.plan.json", log_dir / f"generator-{tag}.log",
                             budget=duration + 60 + gen_plan["generator"]["connect_timeout_s"],
-                            watch=live.check_alive, sampler=sampler)
+                            watch=live.check_alive, sampler=sampler, warm=warm)
     live.check_alive()
     batches = batch_sizes(*batches_before, *live.batch_log(), request_rows=w.batch)
     if w.kind == "shape":
@@ -146,6 +148,100 @@ def shape_stages(raw: dict, sampler: Sampler, m: Measurement, w: Any) -> list[di
     return out
 
 
+def _spawn_generator(args: list[str], gen_cpus: set[int] | None, log_path: Path,
+                     stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    """The generator process (``python -m servingbench.load.generator ARGS``), pinned to ``gen_cpus``, in a
+    session of its own (its group is killed as a whole), marked as the harness's (the locust workers inherit the
+    marks): ``servingbench cleanup`` finds them all."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servingbench.load.generator", *args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **supervisor.marker_env("generator")},
+            preexec_fn=supervisor.default_signals,
+        )
+    if gen_cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(proc.pid, gen_cpus)
+    return proc
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # The whole group, even after a normal exit: locust workers the generator started must not outlive it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class WarmGenerator:
+    """One generator process started ahead, its imports done (~0.8 s of a core), waiting for the next point's plan
+    (``--await-plan``).  A cell's points run one after another, so the next spare is started as soon as a point's
+    generator has exited: its start-up overlaps the harness's work between points (the batch counts, the records,
+    the next plan, an SLO probe's drain) instead of adding to every point's wall time.  Never during a point: the
+    spare is idle (blocked on stdin) while anything is measured.  A context manager: leaving it kills the spare;
+    if the harness dies, the spare reads end of input and exits."""
+
+    def __init__(self) -> None:
+        self._spare: subprocess.Popen | None = None
+        self._key: Any = None
+        self._log: Path | None = None
+
+    def __enter__(self) -> WarmGenerator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @staticmethod
+    def key(gen_cpus: set[int] | None) -> Any:
+        """What a spare must share with a point to serve it: interpreter, environment, CPU set."""
+        return sys.executable, tuple(sorted(os.environ.items())), tuple(sorted(gen_cpus or ()))
+
+    def prepare(self, gen_cpus: set[int] | None, log_dir: Path) -> None:
+        """Start a spare for points on ``gen_cpus`` (unless one is ready for them)."""
+        key = self.key(gen_cpus)
+        if self._spare is not None and self._key == key and self._spare.poll() is None:
+            return
+        self.close()
+        self._log = log_dir / "generator-spare.log"
+        self._spare = _spawn_generator(["--await-plan"], gen_cpus, self._log, stdin=subprocess.PIPE)
+        self._key = key
+
+    def take(self, gen_cpus: set[int] | None, plan_path: Path, log_path: Path) -> subprocess.Popen | None:
+        """The spare, handed ``plan_path`` (its output goes to ``log_path`` from here), or None when there is no
+        live spare for ``gen_cpus`` (the caller starts a generator the usual way)."""
+        proc, self._spare = self._spare, None
+        if proc is None:
+            return None
+        if self._key != self.key(gen_cpus) or proc.poll() is not None:
+            self._discard(proc)
+            return None
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{plan_path}\t{log_path}\n".encode())
+            proc.stdin.close()
+        except OSError:
+            self._discard(proc)
+            return None
+        return proc
+
+    def _discard(self, proc: subprocess.Popen) -> None:
+        _kill_group(proc)
+        if proc.returncode not in (0, -signal.SIGKILL) and self._log is not None:
+            # a spare that died by itself: say why in its log's place (the point runs on a fresh generator)
+            with contextlib.suppress(OSError), open(self._log, "a") as f:
+                f.write(f"spare generator exited with {proc.returncode}\n")
+
+    def close(self) -> None:
+        proc, self._spare = self._spare, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            _kill_group(proc)
+
+
 def run_generator(
     gen_plan: dict,
     gen_cpus: set[int] | None,
@@ -155,35 +251,29 @@ def run_generator(
     budget: float,
     watch: Callable[[], None] | None = None,
     sampler: Sampler | None = None,
+    warm: WarmGenerator | None = None,
 ) -> dict[str, Any]:
-    """Run the locust generator process on ``gen_plan`` (pinned to ``gen_cpus``) and return its raw result."""
+    """Run the locust generator process on ``gen_plan`` (pinned to ``gen_cpus``) and return its raw result.  With
+    ``warm``, its spare runs the plan where it has one, and a new spare is started once this generator exited."""
     plan_path.write_text(json.dumps(gen_plan))
     os.chmod(plan_path, 0o600)  # carries auth headers; deleted below
     result_path = Path(gen_plan["result"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     supervisor.claim_tempdir(plan_path.parent)  # a scratch dir: `servingbench cleanup` removes it if we die
-    with open(log_path, "ab") as log:
-        # Marked as the harness's (the locust workers inherit the marks): `servingbench cleanup` finds them all.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "servingbench.load.generator", str(plan_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **supervisor.marker_env("generator")},
-            preexec_fn=supervisor.default_signals,
-        )
+    proc = warm.take(gen_cpus, plan_path, log_path) if warm is not None else None
     try:
-        if gen_cpus:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(proc.pid, gen_cpus)
+        if proc is None:
+            proc = _spawn_generator([str(plan_path)], gen_cpus, log_path)
         if sampler is not None:
             sampler.attach_generator(proc.pid)
         wait_for(proc, budget, watch, "load generator")
     finally:
-        # The whole group, even after a normal exit: locust workers the generator started must not outlive it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc is not None:
+            _kill_group(proc)
         with contextlib.suppress(OSError):
             plan_path.unlink()
+    if warm is not None and proc.returncode == 0:
+        warm.prepare(gen_cpus, log_path.parent)
     if proc.returncode != 0 or not result_path.is_file():
         raise RuntimeError(f"load generator failed (exit {proc.returncode}): {supervisor.tail(log_path, 15)}")
     raw = json.loads(result_path.read_text())
