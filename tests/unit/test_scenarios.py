@@ -86,6 +86,13 @@ def test_cross_checks(tmp_path):
     assert "'cnn'" in msg
 
 
+def test_slo_min_rate_above_start_rate(tmp_path):
+    msg = error_of(tmp_path, GOOD + "  - name: slo\n    kind: slo_search\n    start_rate: 100\n    min_rate: 200\n"
+                   "slo:\n  p99: 50ms\n")
+    assert "suite.yaml" in msg and "workloads.1" in msg and "min_rate 200 is above start_rate 100" in msg
+    assert "set min_rate <= start_rate" in msg
+
+
 def test_not_yaml_and_missing_file(tmp_path):
     assert "not valid YAML" in error_of(tmp_path, "name: [unclosed\n")
     with pytest.raises(ScenarioError, match="cannot read"):

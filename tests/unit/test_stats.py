@@ -383,6 +383,21 @@ def test_slo_search_nothing_passes():
     assert not any(p.ok for p in res.points) and res.first_failing_rate == 10 / 2**SLO_DOWNWARD_HALVINGS
 
 
+def test_slo_search_stops_at_min_rate():
+    """min_rate bounds the downward halving (the long probes): nothing at or above it passes -> none, said so; a rate
+    that passes above it is found as without the bound."""
+    res = slo_search(exact(lambda r: 1.0, 0.005), 0.005, start_rate=200, min_rate=50)
+    assert [p.rate for p in res.points] == [200, 100, 50]
+    assert res.max_rate is None and res.reason.startswith(
+        "no rate met the SLO (none at or above 50 rps: the search's min_rate is 50 rps)"), res.reason
+    res = slo_search(exact(lambda r: 1.0, 0.005), 0.005, start_rate=200, min_rate=40)
+    assert [p.rate for p in res.points] == [200, 100, 50]  # 25 would be below 40
+    slow = exact(lambda r: mm1_p99(r, capacity=80.0), 0.2)
+    assert slo_search(slow, 0.2, start_rate=200, min_rate=50).max_rate == slo_search(slow, 0.2, start_rate=200).max_rate
+    with pytest.raises(ValueError, match="min_rate must be > 0 and <= start_rate"):
+        slo_search(slow, 0.2, start_rate=200, min_rate=300)
+
+
 def test_slo_search_below_the_start_rate():
     """start_rate already fails: halve until a rate passes, then bisect upward."""
     res = slo_search(exact(lambda r: mm1_p99(r, capacity=8.0), 1.0), 1.0, start_rate=10, rel_precision=0.05)

@@ -251,7 +251,7 @@ class SloRunner(WorkloadRunner):
 
         res = slo_search(measure, slo.p99, max_error_rate=slo.max_error_rate, start_rate=w.start_rate,
                          max_rate=w.max_rate, rel_precision=w.precision, max_steps=w.max_steps,
-                         confidence=w.confidence, confirm=w.confirm, dispersion=w.dispersion)
+                         confidence=w.confidence, confirm=w.confirm, dispersion=w.dispersion, min_rate=w.min_rate)
         rec = records.slo_record(cell.base, w, group, slo, res)
         rec.update(confirmed=res.confirmed, generator_limited=res.generator_limited, idle_floor_s=floor,
                    retried_probes=retries,

@@ -721,12 +721,14 @@ class _Search:
 
     def __init__(self, measure: Callable[[float], ProbeOutcome], p99_target_s: float, max_error_rate: float,
                  start_rate: float, max_rate: float, growth: float, rel_precision: float, max_steps: int,
-                 confidence: float, dispersion: float) -> None:
+                 confidence: float, dispersion: float, min_rate: float | None = None) -> None:
         self.measure = measure
         self.p99_target_s, self.max_error_rate = p99_target_s, max_error_rate
         self.start_rate, self.max_rate, self.growth = start_rate, max_rate, growth
         self.rel_precision, self.max_steps = rel_precision, max_steps
         self.confidence, self.dispersion = confidence, dispersion
+        self.min_rate = min_rate
+        self.floor_hit = False  # the downward search stopped at min_rate
         self.res = SloResult(max_rate=None)
         self.lo: float | None = None  # highest passing rate so far
         self.hi: float | None = None  # lowest non-passing rate above lo
@@ -773,6 +775,9 @@ class _Search:
                 if _too_few_at_any_count(self.res.points[-1], self.confidence, self.dispersion):
                     self.too_few = True
                     break  # a lower rate gives a probe of the same length even fewer requests
+                if self.min_rate is not None and rate / 2 < self.min_rate * (1 - 1e-9):
+                    self.floor_hit = True
+                    break  # the suite does not look below min_rate
                 halvings += 1
                 rate = rate / 2
 
@@ -804,6 +809,8 @@ class _Search:
                                "limit is not known")
         elif lo is None:
             res.reason = "no rate met the SLO"
+            if self.floor_hit:
+                res.reason += f" (none at or above {hi:g} rps: the search's min_rate is {self.min_rate:g} rps)"
             if self.too_few:
                 res.reason += (f" (the probe at {hi:g} rps had {res.points[-1].requests} requests, fewer than the "
                                f"{min_requests_for_p99(self.confidence, dispersion=self.dispersion)} a p99 claim "
@@ -892,6 +899,7 @@ def slo_search(
     confidence: float = 0.95,
     confirm: bool = True,
     dispersion: float = 1.0,
+    min_rate: float | None = None,
 ) -> SloResult:
     """Highest arrival rate (requests/s) whose p99 latency is <= ``p99_target_s`` (claimed at ``confidence``) and
     error rate <= ``max_error_rate``.
@@ -907,7 +915,10 @@ def slo_search(
     1. Growth: probe ``start_rate``, ``start_rate * growth``, ... (capped at ``max_rate``) until a rate does not
        pass.  If ``start_rate`` itself does not pass, halve downward (at most ``SLO_DOWNWARD_HALVINGS`` times)
        until one passes; but not below an ``"insufficient"`` probe that had fewer requests than the claim needs
-       even with none over the target (:func:`min_requests_for_p99`): a lower rate would have even fewer.
+       even with none over the target (:func:`min_requests_for_p99`): a lower rate would have even fewer; and
+       not below ``min_rate`` (each probe lasts about ``min_requests / rate`` seconds, so the low rates are the
+       long ones): a server that misses the SLO at ``min_rate`` has "no rate met the SLO (none at or above
+       <min_rate> rps)".
     2. Bisection between the last passing rate ``lo`` and the lowest non-passing rate ``hi`` until
        ``(hi - lo) / lo <= rel_precision``.
     ``max_steps`` bounds the probes of steps 1-2.  A ``"generator_limited"`` probe stops the search at once:
@@ -935,10 +946,12 @@ def slo_search(
         raise ValueError(f"rel_precision must be > 0, got {rel_precision}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if min_rate is not None and not 0 < min_rate <= start_rate:
+        raise ValueError(f"min_rate must be > 0 and <= start_rate ({start_rate}), got {min_rate}")
     _check_claim_args(confidence, 0.99, dispersion)
 
     search = _Search(measure, p99_target_s, max_error_rate, start_rate, max_rate, growth, rel_precision, max_steps,
-                     confidence, dispersion)
+                     confidence, dispersion, min_rate)
     search.bracket()
     search.bisect()
     search.explain()

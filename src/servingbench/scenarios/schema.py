@@ -240,6 +240,9 @@ class SloSearch(_WorkloadBase):
     kind: Literal["slo_search"]
     start_rate: float = Field(50.0, gt=0)
     max_rate: float = Field(20_000.0, gt=0)
+    min_rate: float | None = Field(None, gt=0, description="the lowest rate probed when start_rate fails (probes at "
+                                   "low rates are long: min_requests / rate seconds); a server that misses the SLO "
+                                   "there reports 'no rate met the SLO'. Default: four halvings of start_rate")
     precision: float = Field(0.1, gt=0, lt=1, description="stop when the bracket is this narrow (relative)")
     max_steps: int = Field(10, ge=1, le=50)
     arrival: Literal["poisson", "constant"] = "poisson"
@@ -256,6 +259,13 @@ class SloSearch(_WorkloadBase):
     @classmethod
     def _pool_cap(cls, v: int) -> int:
         return _check_max_in_flight(v)
+
+    @model_validator(mode="after")
+    def _min_below_start(self) -> SloSearch:
+        if self.min_rate is not None and self.min_rate > self.start_rate:
+            raise ValueError(f"min_rate {self.min_rate:g} is above start_rate {self.start_rate:g}: the search starts "
+                             "at start_rate and halves down to min_rate; set min_rate <= start_rate")
+        return self
 
 
 class Stage(_Strict):
