@@ -486,6 +486,24 @@ def test_slo_search_generator_limited_stops_with_a_lower_bound():
     assert res.max_rate is None and res.generator_limited and "before any rate passed" in res.reason
 
 
+def test_a_generator_that_lagged_under_steal_is_a_machine_failure_not_a_limit():
+    """generator_bound together with interference: the generator lagged because the machine was busy (the quick
+    suite's Triton search stopped at 100 rps, "generator-limited before any rate passed", at 12-16 % steal): the
+    probe fails, the search goes on, and the answer is marked as the machine's."""
+    from servingbench.measure.stats import slo_machine_limited
+
+    def measure(rate):
+        flags = ["generator_bound", "interference"] if rate > 300 else []
+        return ProbeOutcome(0.001, 0.0, 10_000, 0, flags)
+
+    res = slo_search(measure, 0.005, start_rate=100, rel_precision=0.25)
+    assert not res.generator_limited and res.confirmed and 300 * 0.75 <= res.max_rate <= 300, res.reason
+    assert {p.verdict for p in res.points if p.rate > 300} == {"fail"}
+    rec = {"max_rate": res.max_rate, "generator_limited": False, "reason": res.reason,
+           "points": [{"rate": p.rate, "verdict": p.verdict, "flags": p.flags} for p in res.points]}
+    assert slo_machine_limited(rec) is not None  # every failure above the answer was the machine's: a lower bound
+
+
 def test_slo_search_insufficient_probes():
     """A 1 s probe at 100 rps has 100 requests: its p99 meets the target, but a p99 claim needs 299 requests."""
 

@@ -260,7 +260,7 @@ class SloRunner(WorkloadRunner):
         rec["machine_limited"] = slo_machine_limited(rec)
         answer = "none" if res.max_rate is None else f"{res.max_rate:.0f} rps"
         if res.generator_limited:
-            answer = f">= {answer} (generator-limited)"
+            answer = "unmeasured (generator-limited)" if res.max_rate is None else f">= {answer} (generator-limited)"
         elif rec["machine_limited"]:
             answer = "unmeasured" if res.max_rate is None else f">= {answer} (machine-limited)"
         cell.record(rec, f"{cell.base['cell']} {w.name} {'+'.join(group)}: throughput at SLO {answer} ({res.reason})")
