@@ -67,7 +67,7 @@ def test_reported_windows_without_a_stable_from_uses_the_last_windows():
     ("errors", {"errors": 5}),
     ("late_sends", {"late": 50, "mode": "open"}),
     ("generator_bound", {"gen": {"cpu_pct": 97.0, "cpus": [1], "processes": []}}),
-    ("generator_bound", {"gen": {"cpu_pct": 40.0, "cpus": [1], "processes": [], "loop_lag_ms": {"p99": 12.0}}}),
+    ("generator_bound", {"gen": {"cpu_pct": 60.0, "cpus": [1], "processes": [], "loop_lag_ms": {"p99": 12.0}}}),
     ("generator_bound", {"gen": {"cpu_pct": 40.0, "cpus": [1], "processes": [], "run_queue_delay_pct": 25.0}}),
     ("generator_bound", {"ceiling": 210.0}),
 ])
@@ -101,6 +101,19 @@ def test_interference_from_the_sampler_flags_the_point(foreign, steal, flagged):
     assert ("interference" in _flags(p)) is flagged
     if flagged:
         assert "CPU" in p["validity"]["reasons"]["interference"] or "steal" in p["validity"]["reasons"]["interference"]
+
+
+def test_event_loop_lag_of_an_idle_generator_is_the_machines():
+    """Lag p99 7 ms at 10 % generator CPU (steal bursts): interference with that reason, not generator_bound (the
+    SLO search would stop at the first such probe, "generator-limited at 100 rps"); busy, the same lag is the
+    generator's."""
+    gen = {"cpu_pct": 10.0, "cpus": [1], "processes": [], "loop_lag_ms": {"p99": 7.0}}
+    p = summarize_point(_raw([_window(i, 200, 0.01) for i in range(3)], stable_from=0, gen=gen), {}, M)
+    assert _flags(p) == ["interference"], _flags(p)
+    assert "event-loop lag p99 7.0 ms at 10 % generator CPU" in p["validity"]["reasons"]["interference"]
+    assert p["generator"]["limits"]["factors"] == []
+    busy = generator_limits({**gen, "cpu_pct": 70.0}, 200.0, None, "open")
+    assert busy["factors"] == ["event-loop lag p99 7.0 ms"] and busy["machine_lag"] is None
 
 
 def test_generator_limits_name_the_factor():
