@@ -532,16 +532,24 @@ def summary_rows(studies: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 
 def rankings(studies: dict[str, dict[str, Any]]) -> list[str]:
-    """Per model, the frameworks ranked by tuned throughput at the SLO and, separately, by framework-default."""
+    """Per model, the frameworks ranked by tuned throughput at the SLO and, separately, by framework-default.  Only
+    measured values are ranked (0: no rate met the SLO); a study whose profile the machine left unmeasured, whose
+    deployment failed or that did not run is named after the ranking, never ranked as 0."""
     models = sorted({s.get("model") or n.rsplit("-", 1)[-1] for n, s in studies.items()})
     out = []
     for model in models:
         mine = {n: s for n, s in studies.items() if (s.get("model") or n.rsplit("-", 1)[-1]) == model}
         for label, pick in (("tuned", lambda s: s["tuned"]),
                             ("framework-default", lambda s: s["profiles"].get("framework-default"))):
-            ranked = sorted(((pick(s) or {}).get("max_rate") or 0.0, s.get("framework") or n.rsplit("-", 1)[0])
-                            for n, s in mine.items())
-            out.append(f"{model}, {label}: " + " > ".join(f"{fw} ({rate:.0f})" for rate, fw in reversed(ranked)))
+            ranked, missing = [], []
+            for n, s in mine.items():
+                fw, t = s.get("framework") or n.rsplit("-", 1)[0], pick(s)
+                if t and t.get("status", "ok") == "ok":
+                    ranked.append((t.get("max_rate") or 0.0, fw))
+                else:
+                    missing.append(f"{fw} {_profile_text(t)}")
+            text = " > ".join(f"{fw} ({rate:.0f})" for rate, fw in sorted(ranked, reverse=True)) or "nothing measured"
+            out.append(f"{model}, {label}: {text}" + (f"; not ranked: {', '.join(sorted(missing))}" if missing else ""))
     return out
 
 

@@ -132,3 +132,20 @@ def test_a_trial_left_running_by_a_killed_tuning_is_closed_and_enqueued_again():
     assert trials[0].state == optuna.trial.TrialState.FAIL
     assert trials[1].state == optuna.trial.TrialState.WAITING and trials[1].user_attrs["requeue_of"] == t.number
     assert _requeue_interrupted(study) == 0  # once only
+
+
+def test_rankings_leave_out_what_was_not_measured():
+    """An unmeasured or missing profile is named after the ranking, never ranked as 0 (session 9's first tune
+    summary ranked 'triton (0)' for a study whose every trial the machine left unmeasured)."""
+    from servingbench.tune import rankings
+
+    def study(fw, model, fd, tuned):
+        return {"framework": fw, "model": model, "profiles": {"framework-default": fd}, "tuned": tuned}
+
+    ok = lambda r: {"status": "ok", "max_rate": r}  # noqa: E731
+    studies = {"litserve-mlp": study("litserve", "mlp", ok(600.0), ok(800.0)),
+               "rayserve-mlp": study("rayserve", "mlp", ok(0.0), ok(37.5)),
+               "triton-mlp": study("triton", "mlp", {"status": "unmeasured", "max_rate": None}, None)}
+    tuned, fdef = rankings(studies)
+    assert tuned == "mlp, tuned: litserve (800) > rayserve (38); not ranked: triton not run"
+    assert fdef == "mlp, framework-default: litserve (600) > rayserve (0); not ranked: triton unmeasured"
