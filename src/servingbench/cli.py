@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -537,8 +538,9 @@ def tune(
     for name, s in outcome.studies.items():
         pct = pct_of_tuned(s, "framework-default")
         best = s["tuned"]
+        states = ", ".join(f"{n} {k}" for k, n in sorted(Counter(t["status"] for t in s["trials"]).items()))
         out.print(f"{name}: tuned {best['max_rate']:.0f} rps at the SLO (trial {s['found_at']} of {s['n_trials']})"
-                  if best else f"{name}: no trial met the SLO", highlight=False, markup=False)
+                  if best else f"{name}: no trial measured ({states or 'none run'})", highlight=False, markup=False)
         if pct is not None:
             out.print(f"  framework-default: {pct:.0f} % of tuned", highlight=False, markup=False)
     out.print(f"summary: {Path(outcome.path).absolute() / 'summary.md'}", highlight=False, markup=False)

@@ -510,6 +510,13 @@ SUMMARY_NOTE = ("Throughput at the SLO per profile (each a separate server start
                 "like: tuned with tuned, default with default.")
 
 
+def _tuned_text(s: dict[str, Any]) -> str:
+    """The tuned column: the best measured trial, or why there is none."""
+    if s["tuned"] or not s.get("trials"):
+        return _profile_text(s["tuned"])
+    return "nothing measured (" + ", ".join(sorted({t["status"] for t in s["trials"]})) + ")"
+
+
 def _profile_text(t: dict | None) -> str:
     if not t:
         return "not run"
@@ -526,7 +533,7 @@ def summary_rows(studies: dict[str, dict[str, Any]]) -> list[list[str]]:
                           for k, v in (best or {}).get("params", {}).items())
         pct = pct_of_tuned(s, "framework-default")
         rows.append([name, _profile_text(s["profiles"].get("framework-default")),
-                     _profile_text(s["profiles"].get("servingbench-default")), _profile_text(best), knobs,
+                     _profile_text(s["profiles"].get("servingbench-default")), _tuned_text(s), knobs,
                      f"{s['found_at'] or '-'} of {s['n_trials']}", "-" if pct is None else f"{pct:.0f} %"])
     return rows
 
@@ -547,7 +554,7 @@ def rankings(studies: dict[str, dict[str, Any]]) -> list[str]:
                 if t and t.get("status", "ok") == "ok":
                     ranked.append((t.get("max_rate") or 0.0, fw))
                 else:
-                    missing.append(f"{fw} {_profile_text(t)}")
+                    missing.append(f"{fw} {_tuned_text(s) if label == 'tuned' else _profile_text(t)}")
             text = " > ".join(f"{fw} ({rate:.0f})" for rate, fw in sorted(ranked, reverse=True)) or "nothing measured"
             out.append(f"{model}, {label}: {text}" + (f"; not ranked: {', '.join(sorted(missing))}" if missing else ""))
     return out

@@ -146,6 +146,9 @@ def test_rankings_leave_out_what_was_not_measured():
     studies = {"litserve-mlp": study("litserve", "mlp", ok(600.0), ok(800.0)),
                "rayserve-mlp": study("rayserve", "mlp", ok(0.0), ok(37.5)),
                "triton-mlp": study("triton", "mlp", {"status": "unmeasured", "max_rate": None}, None)}
+    studies["mlflow-mlp"] = {**study("mlflow", "mlp", None, None), "trials": [{"status": "unmeasured"}]}
     tuned, fdef = rankings(studies)
-    assert tuned == "mlp, tuned: litserve (800) > rayserve (38); not ranked: triton not run"
-    assert fdef == "mlp, framework-default: litserve (600) > rayserve (0); not ranked: triton unmeasured"
+    assert tuned == ("mlp, tuned: litserve (800) > rayserve (38); not ranked: mlflow nothing measured (unmeasured), "
+                     "triton not run")
+    assert fdef == ("mlp, framework-default: litserve (600) > rayserve (0); not ranked: mlflow not run, "
+                    "triton unmeasured")
