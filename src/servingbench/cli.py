@@ -226,7 +226,7 @@ def _inprocess_latency(spec, module) -> str:
     import torch
 
     torch.set_num_threads(1)
-    x = torch.from_numpy(spec.example_inputs(1))
+    x = torch.from_numpy(spec.tensor_inputs(1))
     times = []
     with torch.inference_mode():
         module.eval()(x)
