@@ -82,7 +82,14 @@ def _one_deployment(framework: str, models: list[str], device: str, python: Opti
     from servingbench.scenarios.schema import DeploymentConfig
 
     adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
-    arts = [build_artifacts(get_model(n)) for n in models]
+    arts = []
+    for n in models:  # NAME, or NAME:PAYLOAD (served as NAME_PAYLOAD, e.g. cnn:image -> cnn_image)
+        name, _, payload = n.partition(":")
+        try:
+            spec = get_model(name, payload=payload or "tensor", served_as=f"{name}_{payload}" if payload else None)
+        except ValueError as e:
+            _fail(f"--model {n}: {e}", 2)
+        arts.append(build_artifacts(spec))
     dep = make_deployment(framework, DeploymentConfig(**cfg), arts, device)
     adapter.validate(dep)
     return adapter, dep, interpreter, docker
@@ -577,7 +584,9 @@ def compare(
 @app.command()
 def verify(
     framework: str = typer.Argument(..., help="framework to check"),
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo)"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo); "
+                                              "NAME:PAYLOAD sends image or text payloads (e.g. cnn:image, "
+                                              "encoder:text), served as NAME_PAYLOAD"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     python: Optional[Path] = PYTHON_OPTION,
     runtime: str = RUNTIME_OPTION,

@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ZOO_VERSION", "TensorSpec", "ModelSpec", "get_model", "list_models"]
+__all__ = ["ZOO_VERSION", "TensorSpec", "ModelSpec", "get_model", "list_models", "payload_models"]
 
 #: Bump when an architecture, its state_dict layout or the initialisation changes: it is part of every
 #: :meth:`ModelSpec.key`, so stale cached artifacts are never reused.  (2: torchvision-style names, calibration.)
@@ -377,6 +377,14 @@ def list_models(real_size: bool = False, generative: bool = False) -> list[Model
     ``generative`` also the next-token models served by streaming (``gpt``)."""
     return [get_model(n) for n, e in _ENTRIES.items()
             if (real_size or not e.real_size) and (generative or not e.generative)]
+
+
+def payload_models() -> list[ModelSpec]:
+    """The small zoo models with encoded payloads, served beside the tensor ones under their own names:
+    ``cnn_image`` (``cnn`` fed JPEG files) and ``encoder_text`` (``encoder`` fed strings).  The contract suite
+    serves them on every framework."""
+    return [get_model("cnn", payload="image", served_as="cnn_image"),
+            get_model("encoder", payload="text", served_as="encoder_text")]
 
 
 def is_generative(name: str) -> bool:
