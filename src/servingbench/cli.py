@@ -211,7 +211,7 @@ def models(
     if check:
         _check_models(check, input_shape, dtype)
         return
-    cols = ["model", "input", "output", "parameters", "cost"] + (["latency (1 thread)"] if measure else [])
+    cols = ["model", "input", "output", "parameters", "cost", "payloads"] + (["latency (1 thread)"] if measure else [])
     t = Table(*cols, "description")
     import torch
 
@@ -220,7 +220,7 @@ def models(
             module = m.build(init=False)
         params = sum(p.numel() for p in module.parameters())
         row = [m.name, f"{m.input.dtype}{list(m.input.shape)}", f"{m.output.dtype}{list(m.output.shape)}",
-               f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params:,}", m.cost]
+               f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params:,}", m.cost, ", ".join(m.payloads())]
         if measure:
             row.append(_inprocess_latency(m, m.build(init=False)))
         t.add_row(*row, m.description)

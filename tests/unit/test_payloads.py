@@ -182,3 +182,17 @@ def test_payload_in_a_suite_reaches_the_artifacts(tmp_path):
     suite.write_text(suite.read_text().replace("- mlp", "- encoder"))
     with pytest.raises(ScenarioError, match="models lists 'encoder' more than once"):
         load_suite(suite)
+
+
+
+def test_models_lists_the_payloads_each_model_takes():
+    from typer.testing import CliRunner
+
+    from servingbench.cli import app
+    from servingbench.models import list_models
+
+    takes = {m.name: m.payloads() for m in list_models(real_size=True, generative=True)}
+    assert takes == {"mlp": ["tensor"], "cnn": ["tensor", "image"], "resnet50": ["tensor", "image"],
+                     "encoder": ["tensor", "text"], "bert_base": ["tensor", "text"], "gpt": ["tensor"]}
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0 and "payloads" in r.output, r.output

@@ -126,6 +126,14 @@ class ModelSpec:
                 "generative": is_generative(self.arch or self.name), "payload": self.payload,
                 "arch": self.arch or self.name, "preprocess": self.preprocess_config()}
 
+    def payloads(self) -> list[str]:
+        """The payloads this model can take (``tensor`` always; ``image`` or ``text`` by its input)."""
+        from servingbench.models.preprocess import PAYLOADS, payload_problem
+
+        arch = self.arch or self.name
+        return [p for p in PAYLOADS if p == "tensor" or not (
+            arch not in _ENTRIES or is_generative(arch) or payload_problem(p, arch, self.input.dtype, self.input.shape))]
+
     def preprocess_config(self) -> dict[str, Any]:
         """What the server does to a request's items before the model (``servingbench.models.preprocess``)."""
         from servingbench.models.preprocess import config_for
