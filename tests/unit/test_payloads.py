@@ -117,6 +117,10 @@ def test_codecs_carry_base64_json_raw_msgpack_and_v2_bytes_or_padded_rows():
     raw = v2.V2Codec(binary=True).request(spec, x)
     n = int(raw.headers[v2.HEADER_LENGTH])
     assert struct.unpack_from("<I", raw.body, n)[0] == len(files[0]) and raw.body[n + 4:n + 4 + len(files[0])] == files[0]
+    # one header length for every body of a pool (it sends them all with one set of headers)
+    lengths = {v2.V2Codec(binary=True, payload_datatype=p).request(spec, spec.example_inputs(2, seed=s)).headers[
+        v2.HEADER_LENGTH] for p in ("BYTES", "UINT8") for s in range(4)}
+    assert lengths == {str(v2.HEADER_WIDTH)}
     padded = json.loads(v2.V2Codec(payload_datatype="UINT8").request(spec, x).body)["inputs"][0]
     rows = np.asarray(padded["data"], dtype=np.uint8).reshape(padded["shape"])
     assert padded["datatype"] == "UINT8" and [r.tobytes().rstrip(b"\0") for r in rows] == files

@@ -83,7 +83,8 @@ def infer_request(
         ``Inference-Header-Content-Length``.
     """
     dtype = dtype_of(getattr(model_spec, "input", None))
-    if np.asarray(batch).dtype.kind in "SU":  # an image or text payload
+    payload = np.asarray(batch).dtype.kind in "SU"  # an image or text payload
+    if payload:
         if payload_datatype != "UINT8":
             return _bytes_request(np.asarray(batch), input_name, output_name, binary, binary_output)
         batch, dtype = padded_items(np.asarray(batch)), np.dtype(np.uint8)  # then sent as any uint8 tensor
@@ -99,11 +100,23 @@ def infer_request(
     if binary or binary_output:  # only Triton knows this parameter; plain V2 servers get a plain request
         out["parameters"] = {"binary_data": bool(binary_output)}
     header = json.dumps({"inputs": [tensor], "outputs": [out]}, separators=(",", ":")).encode()
+    if binary and payload:
+        header = _fixed_width(header)
     # Like tritonclient by default, ask for an uncompressed answer (Triton gzips whenever the client accepts it).
     if not binary:
         return header, {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     return header + raw, {"Content-Type": "application/octet-stream", "Accept-Encoding": "identity",
                           HEADER_LENGTH: str(len(header))}
+
+
+HEADER_WIDTH = 512
+
+
+def _fixed_width(header: bytes) -> bytes:
+    """A binary payload request's JSON header padded with spaces to a multiple of :data:`HEADER_WIDTH` bytes: its
+    sizes (item lengths, ``binary_data_size``) differ from body to body, and a request pool sends all its bodies
+    with one set of headers, so ``Inference-Header-Content-Length`` must not change with them."""
+    return header + b" " * (-len(header) % HEADER_WIDTH)
 
 
 def padded_items(batch: np.ndarray) -> np.ndarray:
@@ -136,7 +149,7 @@ def _bytes_request(batch: np.ndarray, input_name: str, output_name: str, binary:
         return body, {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     raw = b"".join(struct.pack("<I", len(b)) + b for b in items)
     tensor["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps({"inputs": [tensor], "outputs": [out]}, separators=(",", ":")).encode()
+    header = _fixed_width(json.dumps({"inputs": [tensor], "outputs": [out]}, separators=(",", ":")).encode())
     return header + raw, {"Content-Type": "application/octet-stream", "Accept-Encoding": "identity",
                           HEADER_LENGTH: str(len(header))}
 
