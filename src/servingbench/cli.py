@@ -83,7 +83,14 @@ def _one_deployment(framework: str, models: list[str], device: str, python: Opti
     from servingbench.scenarios.schema import DeploymentConfig
 
     adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
-    arts = [build_artifacts(get_model(n)) for n in models]
+    arts = []
+    for n in models:  # NAME, or NAME:PAYLOAD (served as NAME_PAYLOAD, e.g. cnn:image -> cnn_image)
+        name, _, payload = n.partition(":")
+        try:
+            spec = get_model(name, payload=payload or "tensor", served_as=f"{name}_{payload}" if payload else None)
+        except ValueError as e:
+            _fail(f"--model {n}: {e}", 2)
+        arts.append(build_artifacts(spec))
     dep = make_deployment(framework, DeploymentConfig(**cfg), arts, device)
     adapter.validate(dep)
     return adapter, dep, interpreter, docker
@@ -205,7 +212,7 @@ def models(
     if check:
         _check_models(check, input_shape, dtype)
         return
-    cols = ["model", "input", "output", "parameters", "cost"] + (["latency (1 thread)"] if measure else [])
+    cols = ["model", "input", "output", "parameters", "cost", "payloads"] + (["latency (1 thread)"] if measure else [])
     t = Table(*cols, "description")
     import torch
 
@@ -214,7 +221,7 @@ def models(
             module = m.build(init=False)
         params = sum(p.numel() for p in module.parameters())
         row = [m.name, f"{m.input.dtype}{list(m.input.shape)}", f"{m.output.dtype}{list(m.output.shape)}",
-               f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params:,}", m.cost]
+               f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params:,}", m.cost, ", ".join(m.payloads())]
         if measure:
             row.append(_inprocess_latency(m, m.build(init=False)))
         t.add_row(*row, m.description)
@@ -227,7 +234,7 @@ def _inprocess_latency(spec, module) -> str:
     import torch
 
     torch.set_num_threads(1)
-    x = torch.from_numpy(spec.example_inputs(1))
+    x = torch.from_numpy(spec.tensor_inputs(1))
     times = []
     with torch.inference_mode():
         module.eval()(x)
@@ -579,7 +586,9 @@ def compare(
 @app.command()
 def verify(
     framework: str = typer.Argument(..., help="framework to check"),
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo)"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo); "
+                                              "NAME:PAYLOAD sends image or text payloads (e.g. cnn:image, "
+                                              "encoder:text), served as NAME_PAYLOAD"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     python: Optional[Path] = PYTHON_OPTION,
     runtime: str = RUNTIME_OPTION,

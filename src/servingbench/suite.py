@@ -332,7 +332,7 @@ def build_artifacts_for(suite: Suite) -> dict[str, Any]:
             spec, _ = check_user_model(parse_entry(m.user_entry(), Path.cwd()))
             out[m.name] = build_artifacts(spec)
         else:
-            out[m.name] = build_artifacts(get_model(m.name, **m.params))
+            out[m.name] = build_artifacts(get_model(m.name, payload=m.payload, **m.params))
     return out
 
 

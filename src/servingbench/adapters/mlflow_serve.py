@@ -83,6 +83,8 @@ class MLflowAdapter(Adapter):
 
         from servingbench.models.runtime import load_runtime
 
+        if art.metadata().get("payload", "tensor") != "tensor":
+            return self._save_payload(art, deployment, path)
         rt = load_runtime(art.dir, fmt=deployment.model_format, device="cpu", threads=deployment.threads)
         x = art.reference()[0][:2]  # batch >= 2: with a batch-1 example torch.export fixes the batch dimension
         sig = infer_signature(x, rt.predict(x))
@@ -99,6 +101,19 @@ class MLflowAdapter(Adapter):
             fmt = "pickle"
             mlflow.pytorch.save_model(rt.module, str(path), signature=sig, input_example=x, serialization_format=fmt)
         return fmt
+
+    @staticmethod
+    def _save_payload(art, deployment: Deployment, path: Path) -> str:
+        """An image or text payload model: a pyfunc whose ``predict`` preprocesses, then runs the zoo model
+        (``servers/mlflow_payload.py``); the pytorch flavor would take only tensors."""
+        import mlflow.pyfunc
+
+        from servingbench.adapters.servers.mlflow_payload import PayloadModel
+
+        mlflow.pyfunc.save_model(str(path), python_model=PayloadModel(), model_config={
+            "artifact_dir": str(Path(art.dir).resolve()), "model_format": deployment.model_format,
+            "threads": deployment.threads})
+        return "pyfunc"
 
     # ---- processes ---------------------------------------------------------------------------------------------
     def _env(self, deployment: Deployment, ctx: RunContext, model: str) -> dict[str, str]:

@@ -117,7 +117,10 @@ class MLServerAdapter(Adapter):
                     "input_dtype": meta["input"]["dtype"], "input_shape": list(meta["input"]["shape"]),
                 },
             },
-            "inputs": [{"name": INPUT, "datatype": v2.datatype(meta["input"]["dtype"]),
+            # an image or text payload: one BYTES element (JPEG file or string) per row, preprocessed by the runtime
+            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1, 1]}
+                       if meta.get("payload", "tensor") != "tensor" else
+                       {"name": INPUT, "datatype": v2.datatype(meta["input"]["dtype"]),
                         "shape": [-1, *meta["input"]["shape"]]}],
             "outputs": [{"name": OUTPUT, "datatype": v2.datatype(meta["output"]["dtype"]),
                          "shape": [-1, *meta["output"]["shape"]]}],

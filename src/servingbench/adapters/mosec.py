@@ -37,13 +37,17 @@ class MosecOptions(AdapterOptions):
 
 @dataclass(frozen=True)
 class MsgpackCodec(Codec):
-    """MOSEC's MsgpackMixin: ``{"inputs": raw bytes, "dtype", "shape"}`` in, ``{"outputs", "shape"}`` out."""
+    """MOSEC's MsgpackMixin: ``{"inputs": raw bytes, "dtype", "shape"}`` in, ``{"outputs", "shape"}`` out; an image
+    or text payload: ``{"inputs": [raw JPEG bytes or strings]}``."""
 
     def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
         import msgpack
 
         x = np.ascontiguousarray(batch)
-        body = msgpack.packb({"inputs": x.tobytes(), "dtype": x.dtype.str, "shape": list(x.shape)})
+        if x.dtype.kind in "SU":  # msgpack carries binary as is: no base64
+            body = msgpack.packb({"inputs": [bytes(b) if x.dtype.kind == "S" else str(b) for b in x.reshape(-1)]})
+        else:
+            body = msgpack.packb({"inputs": x.tobytes(), "dtype": x.dtype.str, "shape": list(x.shape)})
         return RequestSpec("POST", f"/predict/{model.name}", body, {"Content-Type": "application/msgpack"})
 
     def decode(self, model, status, body):

@@ -151,6 +151,10 @@ class TritonAdapter(Adapter):
             raise UnsupportedDeployment(
                 f"triton: backend libtorch needs the pytorch backend, absent from {self.server(opts).backends} "
                 "(the wheel ships only python; use an NGC tritonserver image and server_root)")
+        payloads = [m.name for m in deployment.models if _meta(m).get("payload", "tensor") != "tensor"]
+        if opts.backend == "libtorch" and payloads:
+            raise UnsupportedDeployment(f"triton: models {payloads} take image or text payloads, preprocessed in "
+                                        "Python: use backend python (libtorch runs only the TorchScript model)")
         rows = self._rows(deployment)
         sizes = opts.preferred_batch_sizes or [deployment.max_batch_size]
         if rows < deployment.max_batch_size or any(not 0 < n <= rows for n in sizes):
@@ -190,8 +194,13 @@ class TritonAdapter(Adapter):
                  f"max_batch_size: {self._rows(deployment)}"]
         for key, tname in (("input", INPUT), ("output", OUTPUT)):
             spec = meta[key]
+            ragged = ""
+            if key == "input" and meta.get("payload", "tensor") != "tensor":
+                # One JPEG file or text per row as NUL-padded bytes (v2.padded_items): the Python backend's stub
+                # cannot read TYPE_STRING inputs with numpy 2.x (its BYTES deserialisation reads garbage lengths).
+                spec, ragged = {"dtype": "uint8", "shape": [-1]}, " allow_ragged_batch: true"
             lines.append(f'{key} [ {{ name: "{tname}" data_type: TYPE_{v2.datatype(spec["dtype"])} '
-                         f'dims: [ {", ".join(str(d) for d in spec["shape"])} ] }} ]')
+                         f'dims: [ {", ".join(str(d) for d in spec["shape"])} ]{ragged} }} ]')
         lines.append(f"instance_group [ {{ kind: {kind} count: {deployment.workers} }} ]")
         opts = self.options_of(deployment)
         if deployment.max_batch_size > 1 or opts.max_queue_size:
@@ -326,7 +335,7 @@ class TritonAdapter(Adapter):
 
     def codec(self, deployment: Deployment) -> v2.V2Codec:
         return v2.V2Codec(INPUT, OUTPUT, binary=self.options_of(deployment).binary_inputs, auth_header="admin-key",
-                          stats=True)
+                          stats=True, payload_datatype="UINT8")  # image / text payloads: see config_pbtxt
 
     # ---- hooks for the feature probes -----------------------------------------------------------------------
     open_paths = ("/v2/health/live", "/v2/health/ready")  # outside --http-restricted-api

@@ -21,6 +21,7 @@ shortest string that parses back to the same double, hence to the same float32.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -63,6 +64,7 @@ def infer_request(
     output_name: str = "output",
     binary: bool = False,
     binary_output: bool = False,
+    payload_datatype: str = "BYTES",
 ) -> tuple[bytes, dict[str, str]]:
     """Encode one V2 inference request carrying ``batch`` (first dimension = batch size).
 
@@ -72,12 +74,21 @@ def infer_request(
         input_name / output_name: tensor names in the server's model configuration.
         binary: send the input with Triton's binary tensor extension instead of a JSON list.
         binary_output: ask for the output as raw bytes (Triton only); the default asks for JSON.
+        payload_datatype: how an image or text payload batch (``bytes_`` / ``str_`` items) travels: ``BYTES`` (one
+            element per sample) or ``UINT8`` (``[batch, longest]``, each item's bytes padded with NULs: for
+            servers that cannot read BYTES, see :func:`padded_items`).
 
     Returns:
         ``(body, headers)``; headers hold ``Content-Type``, ``Accept-Encoding: identity`` and, with ``binary``,
         ``Inference-Header-Content-Length``.
     """
-    arr = np.ascontiguousarray(np.asarray(batch, dtype=dtype_of(getattr(model_spec, "input", None))))
+    dtype = dtype_of(getattr(model_spec, "input", None))
+    payload = np.asarray(batch).dtype.kind in "SU"  # an image or text payload
+    if payload:
+        if payload_datatype != "UINT8":
+            return _bytes_request(np.asarray(batch), input_name, output_name, binary, binary_output)
+        batch, dtype = padded_items(np.asarray(batch)), np.dtype(np.uint8)  # then sent as any uint8 tensor
+    arr = np.ascontiguousarray(np.asarray(batch, dtype=dtype))
     tensor: dict[str, Any] = {"name": input_name, "shape": list(arr.shape), "datatype": datatype(arr.dtype)}
     raw = b""
     if binary:
@@ -89,9 +100,56 @@ def infer_request(
     if binary or binary_output:  # only Triton knows this parameter; plain V2 servers get a plain request
         out["parameters"] = {"binary_data": bool(binary_output)}
     header = json.dumps({"inputs": [tensor], "outputs": [out]}, separators=(",", ":")).encode()
+    if binary and payload:
+        header = _fixed_width(header)
     # Like tritonclient by default, ask for an uncompressed answer (Triton gzips whenever the client accepts it).
     if not binary:
         return header, {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    return header + raw, {"Content-Type": "application/octet-stream", "Accept-Encoding": "identity",
+                          HEADER_LENGTH: str(len(header))}
+
+
+HEADER_WIDTH = 512
+
+
+def _fixed_width(header: bytes) -> bytes:
+    """A binary payload request's JSON header padded with spaces to a multiple of :data:`HEADER_WIDTH` bytes: its
+    sizes (item lengths, ``binary_data_size``) differ from body to body, and a request pool sends all its bodies
+    with one set of headers, so ``Inference-Header-Content-Length`` must not change with them."""
+    return header + b" " * (-len(header) % HEADER_WIDTH)
+
+
+def padded_items(batch: np.ndarray) -> np.ndarray:
+    """An image or text payload batch as ``uint8[batch, longest]``: each JPEG file (or UTF-8 text) padded with NUL
+    bytes; the server strips trailing NULs (a JPEG ends with its EOI marker, a text has no trailing NUL)."""
+    items = [bytes(b) for b in batch.reshape(-1)] if batch.dtype.kind == "S" else \
+        [str(t).encode() for t in batch.reshape(-1)]
+    out = np.zeros((len(items), max(len(b) for b in items)), dtype=np.uint8)
+    for i, b in enumerate(items):
+        out[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return out
+
+
+def _bytes_request(batch: np.ndarray, input_name: str, output_name: str, binary: bool,
+                   binary_output: bool) -> tuple[bytes, dict[str, str]]:
+    """A ``BYTES`` tensor of shape ``[batch, 1]`` (Triton's ``dims: [1]`` for a batched model): in JSON, base64 strings for JPEG files (``bytes_``) and the texts
+    (``str_``); with the binary extension, each element's raw bytes (JPEG as is, text as UTF-8) behind its 4-byte
+    little-endian length, as tritonclient serialises BYTES."""
+    items = [bytes(b) for b in batch.reshape(-1)] if batch.dtype.kind == "S" else \
+        [str(t).encode() for t in batch.reshape(-1)]
+    tensor: dict[str, Any] = {"name": input_name, "shape": [len(items), 1], "datatype": "BYTES"}
+    out: dict[str, Any] = {"name": output_name}
+    if binary or binary_output:
+        out["parameters"] = {"binary_data": bool(binary_output)}
+    if not binary:
+        from servingbench.contract.codecs import payload_items
+
+        tensor["data"] = payload_items(batch)
+        body = json.dumps({"inputs": [tensor], "outputs": [out]}, separators=(",", ":")).encode()
+        return body, {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in items)
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = _fixed_width(json.dumps({"inputs": [tensor], "outputs": [out]}, separators=(",", ":")).encode())
     return header + raw, {"Content-Type": "application/octet-stream", "Accept-Encoding": "identity",
                           HEADER_LENGTH: str(len(header))}
 
@@ -229,10 +287,12 @@ class V2Codec(Codec):
     output_name: str = "output"
     binary: bool = False
     auth_header: str | None = None
+    payload_datatype: str = "BYTES"  #: image / text payloads as BYTES elements, or UINT8 padded rows (Triton)
     stats: bool = False  #: the server answers GET /v2/models/NAME/stats with cache hit/miss counts (Triton)
 
     def request(self, model, batch, secrets: Secrets | None = None) -> RequestSpec:
-        body, headers = infer_request(model, batch, self.input_name, self.output_name, binary=self.binary)
+        body, headers = infer_request(model, batch, self.input_name, self.output_name, binary=self.binary,
+                                      payload_datatype=self.payload_datatype)
         return RequestSpec("POST", f"/v2/models/{model.name}/infer", body, {**headers, **self.auth_headers(secrets)})
 
     def decode(self, model, status, body):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -19,8 +20,20 @@ from servingbench.contract.types import DecodeError, RequestSpec, Secrets
 
 
 def encode_inputs(batch: np.ndarray, key: str = "inputs") -> bytes:
-    """``{key: batch as nested lists}`` as compact JSON bytes."""
-    return json.dumps({key: batch.tolist()}, separators=(",", ":")).encode()
+    """``{key: batch as nested lists}`` as compact JSON bytes.  A payload batch (``servingbench.models.preprocess``)
+    is a list of strings: ``bytes_`` items (JPEG files) as base64, ``str_`` items (texts) as they are."""
+    return json.dumps({key: payload_items(batch)}, separators=(",", ":")).encode()
+
+
+def payload_items(batch: np.ndarray) -> list:
+    """``batch`` as JSON-ready lists: base64 strings for ``bytes_`` items, strings for ``str_`` items, numbers
+    otherwise."""
+    batch = np.asarray(batch)
+    if batch.dtype.kind == "S":
+        return [base64.b64encode(bytes(b)).decode("ascii") for b in batch.reshape(-1)]
+    if batch.dtype.kind == "U":
+        return [str(t) for t in batch.reshape(-1)]
+    return batch.tolist()
 
 
 def check_status(status: int, body: bytes) -> None:

@@ -273,9 +273,15 @@ class LiveDeployment:
                 ok = got.shape == exp.shape and bool(np.allclose(got, exp, rtol=spec.rtol, atol=spec.atol))
                 checks.append({"batch": b, "ok": ok, "max_abs_err": err, "shape": list(got.shape)})
                 if not ok:
+                    hint = "" if spec.payload == "tensor" else (
+                        f"; the requests carry {spec.payload} payloads: the server's preprocessing must be "
+                        "servingbench.models.preprocess's (" + ("JPEG decode, resize, centre crop, normalise"
+                                                               if spec.payload == "image" else "the model's tokenizer, "
+                                                               "padded/truncated to its sequence length") + ")")
                     raise VerificationError(
                         f"{art.name}: outputs differ from the reference at batch {b} "
-                        f"(max abs err {err}, shape {got.shape} vs {exp.shape}, tolerance rtol={spec.rtol} atol={spec.atol})",
+                        f"(max abs err {err}, shape {got.shape} vs {exp.shape}, tolerance rtol={spec.rtol} atol={spec.atol})"
+                        f"{hint}",
                         {"model": art.name, "checks": checks},
                     )
                 if first_ok is None and self.servers:

@@ -26,7 +26,8 @@ class TargetPlan(_Plan):
     model: str
     model_name: str  #: zoo name: the generator rebuilds the ModelSpec from it and model_params
     model_params: dict[str, Any] = {}
-    model_spec: dict[str, Any] | None = None  #: a user model's meta.json (its spec); None for zoo models
+    #: the model's meta.json (its spec) for a user model, or a zoo model with a payload or another name; else None
+    model_spec: dict[str, Any] | None = None
     url: str
     method: str
     headers: dict[str, str]

@@ -44,7 +44,10 @@ def run_point(
         meta = art.metadata()
         targets.append({
             "model": name, "model_name": meta["name"], "model_params": meta.get("params", {}),
-            "model_spec": meta if meta.get("source") else None,
+            # the spec travels whole for a user model, and for a zoo model served under another name or with an
+            # image / text payload (the generator cannot rebuild those from the name and params alone)
+            "model_spec": meta if meta.get("source") or meta.get("arch", meta["name"]) != meta["name"]
+            or meta.get("payload", "tensor") != "tensor" else None,
             "bodies": bodies, "expected": str(exp_path),
             "weight": (w.weights or {}).get(name, 1.0), **info,
         })

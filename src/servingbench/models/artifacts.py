@@ -5,7 +5,10 @@
 * ``state_dict.pt``: the weights (``ModelSpec.build().state_dict()``);
 * ``model.ts``: TorchScript, ``torch.jit.trace`` of the module on CPU;
 * ``reference_inputs.npy`` / ``reference_outputs.npy``: ``REF_BATCH`` example inputs (seed 0) and the eager
-  outputs computed in-process on CPU with one thread, which every server's answers are verified against;
+  outputs computed in-process on CPU with one thread, which every server's answers are verified against; for an
+  ``image`` or ``text`` payload the inputs are JPEG files / strings and the outputs come from the same
+  preprocessing the servers run (``servingbench.models.preprocess``);
+* ``tokenizer.json`` (``text`` payload only): the tokenizer the servers load;
 * ``meta.json``: the spec (name, params, seed, key, tensor specs, rtol/atol), torch version and the sha256 of
   every other file.
 
@@ -129,7 +132,9 @@ def spec_from_meta(meta: dict[str, Any], art_dir: Path | None = None) -> ModelSp
         from servingbench.models.user import spec_from_meta as user_spec_from_meta
 
         return user_spec_from_meta(meta, art_dir)
-    return dataclasses.replace(get_model(meta["name"], **meta["params"]), seed=int(meta["seed"]))
+    arch = meta.get("arch") or meta["name"]
+    return dataclasses.replace(get_model(arch, payload=meta.get("payload", "tensor"), served_as=meta["name"],
+                                         **meta["params"]), seed=int(meta["seed"]))
 
 
 def load_artifacts(directory: str | os.PathLike[str]) -> ModelArtifacts:
@@ -214,21 +219,29 @@ def _export(spec: ModelSpec, d: Path) -> None:
     else:
         module = spec.build()
         torch.save(module.state_dict(), d / "state_dict.pt")
-    x = spec.example_inputs(REF_BATCH, seed=REF_SEED)
+    x = spec.example_inputs(REF_BATCH, seed=REF_SEED)  # an image or text payload: JPEG files or strings
+    xt = x
+    if spec.payload != "tensor":  # the reference runs the servers' preprocessing on the same bytes
+        from servingbench.models.preprocess import TOKENIZER_FILE, Preprocessor, build_tokenizer
+
+        cfg = spec.preprocess_config()
+        if spec.payload == "text":
+            build_tokenizer(cfg["vocab_size"], d / TOKENIZER_FILE)
+        xt = Preprocessor(cfg, d)(x)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            ref = module(torch.from_numpy(x)).float().numpy()
+            ref = module(torch.from_numpy(xt)).float().numpy()
         traced, trace_error = None, None
         if isinstance(module, torch.jit.ScriptModule):  # a TorchScript source is its own TorchScript form
             got = ref
         else:
             try:
                 with torch.no_grad():  # the same inference kernels eager uses (e.g. the Transformer fast path)
-                    traced = torch.jit.trace(module, torch.from_numpy(spec.example_inputs(2, seed=1)),
+                    traced = torch.jit.trace(module, torch.from_numpy(spec.tensor_inputs(2, seed=1)),
                                              check_trace=False)
-                    got = traced(torch.from_numpy(x)).float().numpy()
+                    got = traced(torch.from_numpy(xt)).float().numpy()
             except Exception as e:  # noqa: BLE001 - a user model that cannot be traced: eager only
                 if not user:
                     raise

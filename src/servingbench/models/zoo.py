@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ZOO_VERSION", "TensorSpec", "ModelSpec", "get_model", "list_models"]
+__all__ = ["ZOO_VERSION", "TensorSpec", "ModelSpec", "get_model", "list_models", "payload_models"]
 
 #: Bump when an architecture, its state_dict layout or the initialisation changes: it is part of every
 #: :meth:`ModelSpec.key`, so stale cached artifacts are never reused.  (2: torchvision-style names, calibration.)
@@ -61,6 +61,11 @@ class ModelSpec:
     seed: int
     rtol: float
     atol: float
+    #: what requests carry (``servingbench.models.preprocess``): ``tensor`` (the input tensor), ``image`` (JPEG files
+    #: the server decodes and transforms into ``input``) or ``text`` (strings the server tokenises into ``input``)
+    payload: str = "tensor"
+    #: the zoo entry this model is built from, when it is served under another name (default: ``name``)
+    arch: str = ""
 
     def build(self, *, init: bool = True) -> torch.nn.Module:
         """The module on CPU in eval mode, weights drawn from ``torch.Generator().manual_seed(seed)``.
@@ -75,14 +80,27 @@ class ModelSpec:
         from servingbench.models import nets
 
         with torch.random.fork_rng(devices=[]):  # the constructors' default init draws from the global RNG
-            module = _ENTRIES[self.name].factory(**self.params)
+            module = _ENTRIES[self.arch or self.name].factory(**self.params)
         if init:
             nets.init_weights(module, self.seed)
-            x = self.example_inputs(CALIBRATION_BATCH, seed=CALIBRATION_SEED + self.seed)
+            x = self.tensor_inputs(CALIBRATION_BATCH, seed=CALIBRATION_SEED + self.seed)
             nets.calibrate(module, torch.from_numpy(x))
         return module.eval()
 
     def example_inputs(self, batch: int, seed: int = 0) -> np.ndarray:
+        """What ``batch`` requests' samples carry, deterministic in ``seed``: the input tensor
+        (:meth:`tensor_inputs`) for a ``tensor`` payload; ``batch`` distinct JPEG files (``bytes_`` array) or
+        strings (``str_`` array) for an ``image`` or ``text`` payload (:func:`servingbench.models.preprocess.
+        example_payloads`), which the server turns into the input tensor."""
+        if self.payload != "tensor":
+            from servingbench.models.preprocess import example_payloads
+
+            if batch < 1:
+                raise ValueError(f"batch must be >= 1, got {batch}")
+            return example_payloads(self.payload, batch, seed)
+        return self.tensor_inputs(batch, seed)
+
+    def tensor_inputs(self, batch: int, seed: int = 0) -> np.ndarray:
         """``(batch, *input.shape)`` values of ``input.dtype`` in ``[low, high)``, deterministic in ``seed``."""
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -94,8 +112,10 @@ class ModelSpec:
 
     def key(self) -> str:
         """Short stable hash of (name, params, seed, zoo version): the artifact cache key."""
-        blob = json.dumps({"name": self.name, "params": dict(self.params), "seed": self.seed, "zoo": ZOO_VERSION},
-                          sort_keys=True)
+        key = {"name": self.name, "params": dict(self.params), "seed": self.seed, "zoo": ZOO_VERSION}
+        if self.payload != "tensor" or (self.arch and self.arch != self.name):  # tensor zoo keys stay as they were
+            key.update(payload=self.payload, arch=self.arch or self.name)
+        blob = json.dumps(key, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +123,22 @@ class ModelSpec:
         return {"name": self.name, "description": self.description, "cost": self.cost,
                 "input": self.input.to_dict(), "output": self.output.to_dict(), "params": dict(self.params),
                 "seed": self.seed, "rtol": self.rtol, "atol": self.atol, "key": self.key(), "zoo_version": ZOO_VERSION,
-                "generative": is_generative(self.name)}
+                "generative": is_generative(self.arch or self.name), "payload": self.payload,
+                "arch": self.arch or self.name, "preprocess": self.preprocess_config()}
+
+    def payloads(self) -> list[str]:
+        """The payloads this model can take (``tensor`` always; ``image`` or ``text`` by its input)."""
+        from servingbench.models.preprocess import PAYLOADS, payload_problem
+
+        arch = self.arch or self.name
+        return [p for p in PAYLOADS if p == "tensor" or not (
+            arch not in _ENTRIES or is_generative(arch) or payload_problem(p, arch, self.input.dtype, self.input.shape))]
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """What the server does to a request's items before the model (``servingbench.models.preprocess``)."""
+        from servingbench.models.preprocess import config_for
+
+        return config_for(self.payload, self.input.dtype, self.input.shape, self.input.high)
 
 
 # ---- the zoo ------------------------------------------------------------------------------------------------------
@@ -303,11 +338,13 @@ _ENTRIES: dict[str, _Entry] = {
 }
 
 
-def get_model(name: str, **params: Any) -> ModelSpec:
-    """The spec of zoo model ``name`` with ``params`` over its defaults (seed 0).
+def get_model(name: str, payload: str = "tensor", served_as: str | None = None, **params: Any) -> ModelSpec:
+    """The spec of zoo model ``name`` with ``params`` over its defaults (seed 0), whose requests carry ``payload``
+    (``tensor``, ``image`` or ``text``: :mod:`servingbench.models.preprocess`), served under ``served_as`` (default
+    ``name``; e.g. to serve ``cnn`` with tensors and with images side by side).
 
-    Raises ValueError for an unknown name (with a "did you mean"), an unknown parameter (naming the valid ones)
-    or an invalid value (every parameter is a positive int).
+    Raises ValueError for an unknown name (with a "did you mean"), an unknown parameter (naming the valid ones),
+    an invalid value (every parameter is a positive int) or a payload the model cannot take.
     """
     entry = _ENTRIES.get(name)
     if entry is None:
@@ -329,8 +366,17 @@ def get_model(name: str, **params: Any) -> ModelSpec:
     except ValueError as e:
         raise ValueError(f"model {name!r}: {e}") from None
     description, cost, inp, out = entry.describe(p)
-    return ModelSpec(name=name, description=description, cost=cost, input=inp, output=out, params=p, seed=0,
-                     rtol=entry.rtol, atol=entry.atol)
+    from servingbench.models.preprocess import payload_problem
+
+    problem = payload_problem(payload, name, inp.dtype, inp.shape) or (
+        f"payload {payload!r} does not apply to the generative model {name!r}" if entry.generative and
+        payload != "tensor" else None)
+    if problem:
+        raise ValueError(problem)
+    if payload != "tensor":
+        description += f"; requests carry {'JPEG images' if payload == 'image' else 'text'} preprocessed on the server"
+    return ModelSpec(name=served_as or name, description=description, cost=cost, input=inp, output=out, params=p,
+                     seed=0, rtol=entry.rtol, atol=entry.atol, payload=payload, arch=name)
 
 
 def list_models(real_size: bool = False, generative: bool = False) -> list[ModelSpec]:
@@ -339,6 +385,14 @@ def list_models(real_size: bool = False, generative: bool = False) -> list[Model
     ``generative`` also the next-token models served by streaming (``gpt``)."""
     return [get_model(n) for n, e in _ENTRIES.items()
             if (real_size or not e.real_size) and (generative or not e.generative)]
+
+
+def payload_models() -> list[ModelSpec]:
+    """The small zoo models with encoded payloads, served beside the tensor ones under their own names:
+    ``cnn_image`` (``cnn`` fed JPEG files) and ``encoder_text`` (``encoder`` fed strings).  The contract suite
+    serves them on every framework."""
+    return [get_model("cnn", payload="image", served_as="cnn_image"),
+            get_model("encoder", payload="text", served_as="encoder_text")]
 
 
 def is_generative(name: str) -> bool:

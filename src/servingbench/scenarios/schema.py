@@ -107,6 +107,23 @@ class ModelRef(_Strict):
     example: str | None = Field(None, description="user model: a .npy batch of example inputs (instead of input)")
     rtol: float | None = Field(None, ge=0, lt=1, description="user model: verification tolerance (default 1e-3)")
     atol: float | None = Field(None, ge=0, lt=1, description="user model: verification tolerance (default 1e-3)")
+    payload: str = Field("tensor", description="what requests carry: tensor (the input tensor), image (JPEG files "
+                         "the server decodes, resizes, crops and normalises: cnn, resnet50) or text (strings the "
+                         "server tokenises: encoder, bert_base)")
+
+    @field_validator("payload")
+    @classmethod
+    def _known_payload(cls, v: str) -> str:
+        from servingbench.models.preprocess import PAYLOADS
+
+        if v not in PAYLOADS:
+            import difflib
+
+            close = difflib.get_close_matches(str(v), PAYLOADS, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown payload {v!r}.{hint} Use one of: tensor (the input tensor, the default), "
+                             "image (JPEG files, for cnn or resnet50), text (strings, for encoder or bert_base)")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -126,7 +143,7 @@ class ModelRef(_Strict):
         return any(getattr(self, k) is not None for k in USER_SOURCES)
 
     def user_entry(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if v is not None and k != "params"}
+        return {k: v for k, v in self.model_dump().items() if v is not None and k not in ("params", "payload")}
 
     @model_validator(mode="after")
     def _known(self) -> "ModelRef":
@@ -137,8 +154,12 @@ class ModelRef(_Strict):
             if extra:
                 raise ValueError(f"{', '.join(extra)} only apply to a user model: add its source ("
                                  f"{', '.join(USER_SOURCES)}), or remove them for the zoo model {self.name!r}")
-            get_model(self.name, **self.params)  # raises ValueError with suggestions
+            get_model(self.name, payload=self.payload, **self.params)  # raises ValueError with suggestions
             return self
+        if self.payload != "tensor":
+            raise ValueError(f"payload {self.payload!r} applies to zoo models (cnn, resnet50: image; encoder, "
+                             "bert_base: text); a user model takes tensors: remove payload, or preprocess "
+                             "inside your model")
         from servingbench.models.user import parse_entry
 
         if self.name in {m.name for m in list_models(real_size=True, generative=True)}:
@@ -549,6 +570,10 @@ class Suite(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Suite":
         names = [m.name for m in self.models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"models lists {', '.join(map(repr, twice))} more than once (a model is served under "
+                             "its name): keep one entry per model (e.g. one payload per zoo model)")
         seen = set()
         for w in self.workloads:
             if w.name in seen:

@@ -10,10 +10,13 @@ An adapter passes when:
    encodes the same; ``decode`` raises :class:`~servingbench.contract.DecodeError` for a 500, for a body that is not
    an answer, for an empty object and for a ragged array;
 3. its server starts and becomes ready, and every zoo model answers with the reference outputs at batch 1 and 8
-   (cold start recorded, ready before the first correct answer);
+   (cold start recorded, ready before the first correct answer), the encoded-payload models too (``cnn_image``:
+   JPEG files, ``encoder_text``: strings; decoded, transformed or tokenised by the server with
+   ``servingbench.models.preprocess``);
 4. a request with the wrong input shape is answered with an error (non-2xx, or a body ``decode`` rejects) while the
    server survives and keeps answering correctly;
-5. a short closed-loop load through the real locust generator has no errors and no wrong sampled answers;
+5. a short closed-loop load through the real locust generator (tensor, image and text requests) has no errors and
+   no wrong sampled answers;
 6. the stop leaves no process, no held port and none of the spec's ``cleanup_globs``;
 7. a ``METRICS`` claim comes with ``metrics_request`` (and no request without the claim); ``overload_limits``, when
    given, are valid options.
@@ -51,8 +54,9 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def zoo_artifacts():
     from servingbench.models import build_artifacts, list_models
+    from servingbench.models.zoo import payload_models
 
-    return {m.name: build_artifacts(m) for m in list_models()}
+    return {m.name: build_artifacts(m) for m in [*list_models(), *payload_models()]}
 
 
 def _deployment(name: str, zoo: dict) -> Deployment:
@@ -160,8 +164,8 @@ def test_short_closed_loop_load(live, tmp_path):
 
     w = ClosedLoop(name="smoke", kind="closed_loop", concurrency=[2], input_pool=4)
     m = Measurement(warmup="0.5s", window="1s", windows=2, max_duration="2s", min_requests=10, sample_every=5)
-    point = run_point(live, PointPlan(w, {"concurrency": 2}, m, 0, ["mlp"]), InputPool(live), None, tmp_path,
-                      tmp_path)
+    models = ["mlp", "cnn_image", "encoder_text"]  # tensors, JPEG files, strings
+    point = run_point(live, PointPlan(w, {"concurrency": 2}, m, 0, models), InputPool(live), None, tmp_path, tmp_path)
     mt = point["metrics"]
     assert mt["requests"] > 10
     assert mt["errors"] == 0, point["error_examples"]

@@ -8,6 +8,10 @@ inline in the ``async`` endpoint, blocking the event loop (the common mistake th
 decoding (zoo ``gpt``) as newline-delimited JSON, one ``{"token": id}`` per step, through a ``StreamingResponse``
 whose async generator yields each token as soon as it is decided (each step in the thread pool, or inline when
 blocking).
+
+An image or text payload model (``servingbench.models.preprocess``) takes ``{"inputs": [base64 JPEG files or
+strings]}``; the shared ``Preprocessor`` turns them into the input tensor in the same place as inference (the
+thread pool, or inline when blocking).
 """
 
 import hmac
@@ -20,6 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from servingbench.models.generate import iter_greedy
+from servingbench.models.preprocess import PayloadError, load_preprocessor
 from servingbench.models.runtime import load_runtime
 
 with open(os.environ["SB_FASTAPI_CONFIG"]) as f:
@@ -29,6 +34,7 @@ app = FastAPI()
 RUNTIMES = {m["name"]: load_runtime(m["dir"], fmt=CFG["model_format"], device=CFG["device"], threads=CFG["threads"])
             for m in CFG["models"]}
 DTYPES = {name: np.dtype(rt.spec.input.dtype) for name, rt in RUNTIMES.items()}
+PREPROCESS = {m["name"]: load_preprocessor(m["dir"]) for m in CFG["models"]}  # None: a tensor payload
 
 
 @app.on_event("startup")
@@ -56,6 +62,10 @@ async def _inputs(model: str, request: Request) -> tuple:
         raise HTTPException(status_code=404, detail=f"no model {model!r}")
     try:
         body = await request.json()
+        if PREPROCESS[model] is not None:  # decoded with the model, in _run
+            if not isinstance(body["inputs"], list):
+                raise ValueError("inputs must be a list of items")
+            return rt, body["inputs"], body
         x = np.asarray(body["inputs"], dtype=DTYPES[model])
         if x.ndim != 1 + len(rt.spec.input.shape) or tuple(x.shape[1:]) != tuple(rt.spec.input.shape):
             raise ValueError(f"inputs have shape {list(x.shape)}, expected [batch, {', '.join(map(str, rt.spec.input.shape))}]")
@@ -83,7 +93,17 @@ async def generate(model: str, request: Request) -> StreamingResponse:
 async def predict(model: str, request: Request) -> dict:
     rt, x, _ = await _inputs(model, request)
     if CFG["blocking"]:
-        out = rt.predict(x)  # blocks the event loop: the baseline of the common mistake
+        out = _run(model, rt, x)  # blocks the event loop: the baseline of the common mistake
     else:
-        out = await anyio.to_thread.run_sync(rt.predict, x)
+        out = await anyio.to_thread.run_sync(_run, model, rt, x)
     return {"outputs": out.tolist()}
+
+
+def _run(model: str, rt, x):
+    """Preprocess (an image or text payload) and run the model."""
+    if PREPROCESS[model] is not None:
+        try:
+            x = PREPROCESS[model](x)
+        except PayloadError as e:
+            raise HTTPException(status_code=400, detail=f"bad request: {e}") from None
+    return rt.predict(x)

@@ -5,6 +5,9 @@ reproducible deployment).  One LitAPI per model at ``/predict/<model>``; auth co
 ``LIT_SERVER_API_KEY`` that LitServe reads at import time.  A generative model (zoo ``gpt``) also gets a streaming
 LitAPI (``stream=True``) at ``/generate/<model>``: ``{"inputs": [[token ids]], "max_tokens": n}`` in, one JSON line
 ``{"token": id}`` per greedy decoding step out, as each is decided.
+
+An image or text payload model (``servingbench.models.preprocess``) is decoded in ``decode_request``: base64 JPEG
+files or strings in, the model's input tensor out (the shared ``Preprocessor``).
 """
 
 import json
@@ -31,8 +34,13 @@ class ZooAPI(ls.LitAPI):
         self.rt = load_runtime(self.model_cfg["dir"], fmt=self.cfg["model_format"], device=device,
                                threads=self.cfg["threads"])
         self.dtype = np.dtype(self.model_cfg["input_dtype"])
+        from servingbench.models.preprocess import load_preprocessor
+
+        self.pre = load_preprocessor(self.model_cfg["dir"])  # None for a tensor payload
 
     def decode_request(self, request):
+        if self.pre is not None:  # JPEG decode + resize + crop + normalise, or tokenise
+            return self.pre(request["inputs"])
         return np.asarray(request["inputs"], dtype=self.dtype)
 
     # Requests carry their own batch dimension: concatenate, remember the sizes, split after predict.

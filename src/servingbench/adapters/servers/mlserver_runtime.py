@@ -8,6 +8,10 @@ on sys.path and its parallel inference workers (multiprocessing *spawn*) inherit
 ``predict_stream`` (``POST /v2/models/<model>/infer_stream``, server-sent events) decodes a generative model (zoo
 ``gpt``) greedily, ``parameters.max_tokens`` tokens, one ``InferenceResponse`` with output ``token`` per step, each
 step in a thread (MLServer streams only with ``parallel_workers: 0``: the model runs on the server's event loop).
+
+An image or text payload model (``servingbench.models.preprocess``) takes a ``BYTES`` input of shape ``[batch, 1]``
+(base64 JPEG files or strings); ``_inputs``, the runtime's decoding step, turns it into the model's input tensor
+with the shared ``Preprocessor``.
 """
 
 import asyncio
@@ -31,12 +35,25 @@ class ZooRuntime(MLModel):
         self._output = extra.get("output_name", "output")
         self._dtype = np.dtype(extra.get("input_dtype", "float32"))
         self._shape = tuple(extra.get("input_shape", ()))
+        from servingbench.models.preprocess import load_preprocessor
+
+        self._pre = load_preprocessor(params.uri)  # None: a tensor payload
         return True
 
     def _inputs(self, payload: InferenceRequest) -> np.ndarray:
         inp = next((i for i in payload.inputs if i.name == self._input), None)
         if inp is None:
             raise MLServerError(f"{self.name}: no input named {self._input!r}", status_code=400)
+        if self._pre is not None:
+            from servingbench.models.preprocess import PayloadError
+
+            if inp.datatype != "BYTES":
+                raise MLServerError(f"{self.name}: input {self._input!r} must be BYTES, not {inp.datatype}",
+                                    status_code=400)
+            try:
+                return self._pre(list(getattr(inp.data, "root", inp.data)))
+            except (PayloadError, TypeError) as e:
+                raise MLServerError(f"{self.name}: {e}", status_code=400) from e
         x = np.asarray(NumpyCodec.decode_input(inp), dtype=self._dtype)
         if x.ndim != 1 + len(self._shape) or tuple(x.shape[1:]) != self._shape:
             raise MLServerError(f"{self.name}: input shape {list(x.shape)} is not [batch, "

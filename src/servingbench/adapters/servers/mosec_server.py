@@ -10,6 +10,10 @@ per-worker environment (``append_worker(env=...)``), not through constructor arg
 
 A generative model (zoo ``gpt``) also gets ``/generate/<model>``: an ``SSEWorker`` that decodes greedily and sends
 one server-sent event ``{"token": id}`` per step (``send_stream_event``) as soon as it is decided.
+
+An image or text payload model (``servingbench.models.preprocess``) is decoded in ``to_array``, the deserialising
+step (its own ``Decode`` stage process with ``"pipeline": true``): JPEG files (base64 in JSON, raw bytes in msgpack)
+or strings in, the model's input tensor out (the shared ``Preprocessor``).
 """
 
 import json
@@ -28,8 +32,18 @@ class _Stage(Worker):
         self.m = json.loads(os.environ["SB_MODEL"])
         self.dtype = np.dtype(self.m["input"]["dtype"])
         self.shape = tuple(self.m["input"]["shape"])
+        from servingbench.models.preprocess import load_preprocessor
+
+        self.pre = load_preprocessor(self.m["dir"])  # None for a tensor payload
 
     def to_array(self, req) -> np.ndarray:
+        if self.pre is not None:
+            from servingbench.models.preprocess import PayloadError
+
+            try:
+                return self.pre(req["inputs"])
+            except (PayloadError, KeyError, TypeError) as e:
+                raise ValidationError(f"bad inputs: {e}") from e
         try:
             if self.m["serialization"] == "msgpack":
                 x = np.frombuffer(req["inputs"], dtype=np.dtype(req["dtype"])).reshape(req["shape"])

@@ -13,6 +13,9 @@ Two layouts:
 
 A generative model (zoo ``gpt``) streams at ``<route>/generate``: ``{"inputs": [[token ids]], "max_tokens": n}``
 in, a Starlette ``StreamingResponse`` of JSON lines ``{"token": id}`` out, one per greedy decoding step.
+
+An image or text payload model (``servingbench.models.preprocess``) is decoded in the deployment's ``__call__``
+before the (optionally batched) model call: base64 JPEG files or strings in, the shared ``Preprocessor``.
 """
 
 from __future__ import annotations
@@ -68,7 +71,14 @@ class BadInput(ValueError):
     pass
 
 
-def _to_array(body: dict, m: dict) -> np.ndarray:
+def _to_array(body: dict, m: dict, pre=None) -> np.ndarray:
+    if pre is not None:  # an image or text payload
+        from servingbench.models.preprocess import PayloadError
+
+        try:
+            return pre(body["inputs"])
+        except (PayloadError, KeyError, TypeError) as e:
+            raise BadInput(f"bad inputs: {e}") from e
     try:
         x = np.asarray(body["inputs"], dtype=np.dtype(m["input"]["dtype"]))
     except (KeyError, TypeError, ValueError) as e:
@@ -86,7 +96,10 @@ class ZooModel:
 
         bind_replica_grpc()  # before Ray starts the replica's gRPC server (after this constructor returns)
 
+        from servingbench.models.preprocess import load_preprocessor
+
         self.models = {m["name"]: m for m in models}
+        self.pre = {m["name"]: load_preprocessor(m["dir"]) for m in models}  # None: a tensor payload
         self.settings = settings
         self._load = lambda m: load_runtime(m["dir"], fmt=settings["model_format"], device=settings["device"],
                                             threads=settings["threads"])
@@ -125,7 +138,7 @@ class ZooModel:
         try:
             m, rt = await self.runtime()
             body = await request.json()
-            x = _to_array(body, m)
+            x = _to_array(body, m, self.pre[m["name"]])
         except (BadInput, ValueError) as e:
             return JSONResponse({"error": str(e)}, status_code=400)
         if request.url.path.rstrip("/").endswith("/generate"):

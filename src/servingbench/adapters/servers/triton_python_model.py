@@ -12,6 +12,11 @@ With the parameter ``stream: "true"`` (a generative model's ``<model>_stream`` t
 decoupled: true }``) each request is decoded greedily from the ``prompt`` request parameter (space-separated token
 ids), ``max_tokens`` tokens, and every token is sent as its own response through the request's response sender,
 then the final flag.
+
+An image or text payload model (``servingbench.models.preprocess``; parameter ``payload`` not ``tensor``) takes a
+``TYPE_UINT8`` input of dims ``[-1]``: each row is one JPEG file or UTF-8 text padded with NUL bytes (this stub
+cannot read ``TYPE_STRING`` inputs with numpy 2.x); the rows become the model's input tensor through the shared
+``Preprocessor`` before the requests are concatenated.
 """
 
 import json
@@ -42,6 +47,9 @@ class TritonPythonModel:
         self.input_name = cfg["input"][0]["name"]
         self.output_name = cfg["output"][0]["name"]
         self.stream = params.get("stream") == "true"
+        from servingbench.models.preprocess import load_preprocessor
+
+        self.pre = load_preprocessor(params["artifact_dir"])  # None: a tensor payload
 
     def execute(self, requests):
         if self.stream:
@@ -50,8 +58,7 @@ class TritonPythonModel:
             return None  # decoupled: the answers went through the response senders
         torch, dlpack = self.torch, self.dlpack
         try:
-            xs = [dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())
-                  for r in requests]
+            xs = [self._input(r) for r in requests]
             sizes = [int(x.shape[0]) for x in xs]
             x = xs[0] if len(xs) == 1 else torch.cat(xs)
             with torch.inference_mode():
@@ -66,6 +73,14 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - report per request instead of killing the stub
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))
                     for _ in requests]
+
+    def _input(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+        x = self.dlpack.from_dlpack(tensor.to_dlpack())
+        if self.pre is not None:  # uint8 rows: each item's bytes, NUL-padded
+            rows = x.to("cpu").numpy()
+            return self.torch.from_numpy(self.pre([r.tobytes().rstrip(b"\0") for r in rows]))
+        return x
 
     def _stream(self, request):
         from servingbench.models.generate import iter_greedy
