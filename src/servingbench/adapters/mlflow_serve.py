@@ -90,8 +90,10 @@ class MLflowAdapter(Adapter):
         sig = infer_signature(x, rt.predict(x))
         fmt = self.options_of(deployment).serialization_format
         fmt = fmt or ("pickle" if deployment.model_format == "torchscript" else "pt2")
+        reqs = _pip_requirements()
         try:
-            mlflow.pytorch.save_model(rt.module, str(path), signature=sig, input_example=x, serialization_format=fmt)
+            mlflow.pytorch.save_model(rt.module, str(path), signature=sig, input_example=x, serialization_format=fmt,
+                                      pip_requirements=reqs)
         except Exception:
             if fmt != "pt2" or self.options_of(deployment).serialization_format:
                 raise
@@ -99,7 +101,8 @@ class MLflowAdapter(Adapter):
 
             shutil.rmtree(path, ignore_errors=True)  # torch.export could not trace this model
             fmt = "pickle"
-            mlflow.pytorch.save_model(rt.module, str(path), signature=sig, input_example=x, serialization_format=fmt)
+            mlflow.pytorch.save_model(rt.module, str(path), signature=sig, input_example=x, serialization_format=fmt,
+                                      pip_requirements=reqs)
         return fmt
 
     @staticmethod
@@ -112,7 +115,7 @@ class MLflowAdapter(Adapter):
 
         mlflow.pyfunc.save_model(str(path), python_model=PayloadModel(), model_config={
             "artifact_dir": str(Path(art.dir).resolve()), "model_format": deployment.model_format,
-            "threads": deployment.threads})
+            "threads": deployment.threads}, pip_requirements=_pip_requirements("pillow", "tokenizers"))
         return "pyfunc"
 
     # ---- processes ---------------------------------------------------------------------------------------------
@@ -159,3 +162,18 @@ class MLflowAdapter(Adapter):
 
 
 _SHOWN_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "__pyfunc_model_path__")
+
+
+def _pip_requirements(*extra: str) -> list[str]:
+    """The saved model's requirements, stated instead of inferred: MLflow infers them by loading the model in a
+    subprocess (~4 s a model on 2 cores), and `mlflow models serve --env-manager local` never installs them.
+    The versions are this environment's (torch without its local label, e.g. ``+cpu``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("torch", "numpy", *extra):
+        try:
+            out.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
