@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 import psutil
 import pytest
@@ -58,6 +59,11 @@ def _listening(procs) -> dict[tuple[str, int], str]:
     return out
 
 
+def _replica_grpc(listening: dict[tuple[str, int], str], ours: set[int]) -> set[tuple[str, int]]:
+    """Listeners of Serve replicas on ports we did not hand out: each replica's inter-deployment gRPC server."""
+    return {a for a, who in listening.items() if who.startswith("ray::ServeReplica") and a[1] not in ours}
+
+
 @pytest.mark.server
 @pytest.mark.parametrize("multiplex", [False, True], ids=["applications-tls", "multiplex-batched"])
 def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, multiplex):
@@ -78,15 +84,23 @@ def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, m
             req = live.codec.request(get_model("encoder"), get_model("encoder").example_inputs(1))
             assert req.headers["serve_multiplexed_model_id"] == "encoder"
         ours = set(live.ctx.ports.assigned().values())
-        listening = _listening(live.processes())
+        want = 1 if multiplex else 2
+        # A replica opens its gRPC server in _on_initialized, which may finish after the proxy already routes to
+        # it: take the census once every replica's listener is up (or 60 s have passed, then assert on that one).
+        deadline = time.monotonic() + 60
+        while True:
+            listening = _listening(live.processes())
+            if len(_replica_grpc(listening, ours)) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert listening, "no listening sockets found"
         # Every listener of the private head is loopback-only.  Every port is one we handed out, except each Serve
         # replica's inter-deployment gRPC server: Ray binds it to [::]:0 (hard-coded in
         # ray/serve/_private/replica.py, _on_initialized); rayserve_app rebinds it to 127.0.0.1:0.
         wild = {a: who for a, who in listening.items() if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1")}
         assert not wild, wild
-        replica_grpc = {a for a, who in listening.items() if who.startswith("ray::ServeReplica") and a[1] not in ours}
-        assert len(replica_grpc) == (1 if multiplex else 2), replica_grpc
+        replica_grpc = _replica_grpc(listening, ours)
+        assert len(replica_grpc) == want, (replica_grpc, listening)
         unpinned = {a: who for a, who in listening.items() if a[1] not in ours and a not in replica_grpc}
         assert not unpinned, unpinned
         temp_dir = live.servers[0].spec.cleanup_globs[0]
