@@ -1,5 +1,5 @@
-"""Issue 16: a user's own model (a TorchScript file the user saved) served by a real framework through
-``servingbench run``: artifacts built from the file, the server verified against outputs computed in-process from
+"""Issue 16: a user's own model (a TorchScript file the user saved) served by every framework and both baselines
+through ``servingbench run``: artifacts built from the file, the server verified against outputs computed in-process from
 the same file, then measured."""
 
 from __future__ import annotations
@@ -24,28 +24,44 @@ class UserNet(torch.nn.Module):
         return self.body(x)
 
 
-@pytest.mark.parametrize("framework", ["mosec"])  # one framework: the artifacts path is the same for all
-def test_a_user_torchscript_model_is_verified_and_measured(tmp_path, no_leftovers, monkeypatch, framework):
+FRAMEWORKS = ["litserve", "mosec", "mlserver", "triton", "rayserve", "mlflow", "fastapi", "fastapi-blocking"]
+
+
+def test_user_torchscript_and_export_files_are_verified_and_measured_everywhere(tmp_path, no_leftovers, monkeypatch):
+    """Issue 16's done-when: a TorchScript file and a ``.pt2`` file written here (outside the zoo) go through
+    verification and a short suite on all six frameworks and both baselines, in one ``servingbench run``."""
     monkeypatch.setenv("SERVINGBENCH_CACHE", str(tmp_path / "cache"))
-    torch.jit.save(torch.jit.script(UserNet().eval()), tmp_path / "usernet.pt")
+    net = UserNet().eval()
+    torch.jit.save(torch.jit.script(net), tmp_path / "usernet.pt")
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(net, (torch.randn(2, 24),), dynamic_shapes={"x": {0: batch}}),
+                      tmp_path / "usernet.pt2")
     (tmp_path / "suite.yaml").write_text(f"""\
 name: byo
-frameworks: [{framework}]
+frameworks: [{", ".join(FRAMEWORKS)}]
 models:
-  - name: usernet
+  - name: user_ts
     torchscript: usernet.pt
     input: {{shape: [24], dtype: float32, low: -1, high: 1}}
-measurement: {{warmup: 0.5s, window: 1s, windows: 2, max_duration: 4s, min_requests: 20, tolerance: 0.5}}
+  - name: user_pt2
+    export: usernet.pt2
+    input: {{shape: [24], dtype: float32, low: -1, high: 1}}
+measurement: {{warmup: 0.3s, window: 0.5s, windows: 2, max_duration: 3s, min_requests: 10, tolerance: 0.5}}
 workloads:
   - {{name: closed, kind: closed_loop, concurrency: [2]}}
 """)
     r = subprocess.run([sys.executable, "-m", "servingbench.cli", "run", str(tmp_path / "suite.yaml"), "--out",
-                        str(tmp_path / "results"), "--plain"], capture_output=True, text=True, timeout=600,
+                        str(tmp_path / "results"), "--plain"], capture_output=True, text=True, timeout=900,
                        stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, r.stderr[-3000:]
     run = next((tmp_path / "results").iterdir())
     recs = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
-    cell = next(x for x in recs if x["type"] == "cell")
-    assert cell["status"] == "ok" and cell["verification"]["usernet"]["ok"], cell.get("verification")
-    point = next(x for x in recs if x["type"] == "point")
-    assert point["model"] == "usernet" and point["metrics"]["errors"] == 0 and point["metrics"]["requests"] > 0
+    cells = {x["framework"]: x for x in recs if x["type"] == "cell"}
+    assert set(cells) == set(FRAMEWORKS), (sorted(cells), r.stderr[-3000:])
+    for fw, cell in cells.items():
+        assert cell["status"] == "ok", (fw, cell.get("error"), r.stderr[-2000:])
+        assert {m: v["ok"] for m, v in cell["verification"].items()} == {"user_ts": True, "user_pt2": True}, fw
+    points = [x for x in recs if x["type"] == "point"]
+    measured = {(x["framework"], x["model"]) for x in points
+                if x["metrics"]["errors"] == 0 and x["metrics"]["requests"] > 0}
+    assert measured == {(fw, m) for fw in FRAMEWORKS for m in ("user_ts", "user_pt2")}, measured
+    assert r.returncode == 0, r.stderr[-3000:]
