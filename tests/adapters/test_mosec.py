@@ -159,3 +159,20 @@ def test_batched_deployments_verify(zoo_artifacts, tmp_path, options):
     assert not marked_processes(live.marker), "server processes survived the stop"
     for r in live.stop_reports:
         assert not r.survivors and not r.ports_held
+
+
+@pytest.mark.server
+def test_a_body_over_the_request_size_limit_fails_verification_at_once(zoo_artifacts, tmp_path):
+    """MOSEC answers 413 above --max-request-size: verification stops with that status instead of retrying until
+    the start-up timeout (a JSON batch of four ResNet-50 224 px tensors is over MOSEC's own 10 MiB)."""
+    from servingbench.deploy.live import VerificationError
+
+    dep = _deployment(zoo_artifacts, models=["mlp"], options={"mosec": {"max_request_size": 1024}})
+    adapter = registry.get("mosec")
+    adapter.validate(dep)
+    live = LiveDeployment(adapter, dep, tmp_path / "deploy", tmp_path / "logs", Secrets(), startup_timeout=600)
+    with pytest.raises(VerificationError, match=r"mlp: the server rejected a batch-1 request as too large \(HTTP 413\)"):
+        with live:
+            pass
+    assert "--max-request-size 1024" in (tmp_path / "deploy" / "command.txt").read_text()
+    assert not marked_processes(live.marker), "server processes survived the failed verification"

@@ -258,6 +258,12 @@ class LiveDeployment:
                         if status in (401, 403):  # retrying cannot help: the credentials are wrong
                             raise VerificationError(f"{art.name}: authentication rejected (HTTP {status}): "
                                                     f"{body[:200]!r}", {"model": art.name, "status": status})
+                        if status == 413:  # nor here: the server's request-size limit is below this request
+                            raise VerificationError(
+                                f"{art.name}: the server rejected a batch-{b} request as too large (HTTP 413): "
+                                f"{body[:200]!r}; raise the framework's request-size limit in the deployment's "
+                                "options (docs/frameworks.md lists it per framework)",
+                                {"model": art.name, "status": status, "batch": b})
                         got = self.codec.decode(spec, status, body)
                         break
                     except (requests.RequestException, DecodeError) as e:
