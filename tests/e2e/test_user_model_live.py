@@ -27,6 +27,7 @@ class UserNet(torch.nn.Module):
 FRAMEWORKS = ["litserve", "mosec", "mlserver", "triton", "rayserve", "mlflow", "fastapi", "fastapi-blocking"]
 
 
+@pytest.mark.timeout(1200)  # eight servers in one run: 171 s on an idle 2-core VM
 def test_user_torchscript_and_export_files_are_verified_and_measured_everywhere(tmp_path, no_leftovers, monkeypatch):
     """Issue 16's done-when: a TorchScript file and a ``.pt2`` file written here (outside the zoo) go through
     verification and a short suite on all six frameworks and both baselines, in one ``servingbench run``."""
