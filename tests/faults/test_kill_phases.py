@@ -13,7 +13,6 @@ runs on the machine may be using theirs).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -340,6 +340,27 @@ def test_slo_answers_the_machine_decided_are_marked(tmp_path: Path):
         "litserve": True, "mosec": False, "mlserver": True}
 
 
+def test_a_search_that_met_no_rate_says_below_its_lowest_probe(tmp_path: Path):
+    """No rate met the SLO: the answer is "< the lowest rate probed", not only "none" (a min_rate of 50 rps)."""
+    run = _copy(tmp_path)
+    lines = []
+    for line in (run / "records.jsonl").read_text().splitlines():
+        r = json.loads(line) if line.strip() else None
+        if r and r.get("type") == "slo" and r["framework"] == "mosec":
+            r["max_rate"], r["confirmed"], r["generator_limited"] = None, None, False
+            r["reason"] = "no rate met the SLO (none at or above 50 rps: the search's min_rate is 50 rps)"
+            r["points"] = [{**p, "verdict": "fail", "rate": rate, "confirm": False, "flags": []}
+                           for p, rate in zip(r["points"], [200.0, 100.0, 50.0])]
+            line = json.dumps(r)
+        lines.append(line)
+    (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+    index = write_report(run, tmp_path / "reports")
+    html = index.read_text()
+    assert re.search(r"&lt; 50(\.0)? rps \(none met the SLO\)", html), re.findall(r".{80}none met the SLO.{20}", html)
+    slo = pd.read_csv(index.parent / "tables" / "slo.csv").set_index("framework")
+    assert slo.loc["mosec", "lowest_rate_rps"] == 50.0 and pd.isna(slo.loc["mosec", "max_rate_rps"])
+
+
 def test_two_deployments_and_gpu(tmp_path: Path):
     """A framework with two deployments is named framework/label everywhere; GPU numbers get their figures."""
     run = _copy(tmp_path)

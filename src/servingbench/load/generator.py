@@ -813,11 +813,18 @@ def _window_metric(w: dict, mode: str) -> float:
     return h.percentile(50) if h.count else float("inf")
 
 
+def _preload() -> None:
+    """Import what a point's load imports (the adapters and the zoo) before its plan arrives: no stall once it comes.
+    Used by locust workers and by the warm spare (``--await-plan``)."""
+    import importlib
+
+    for module in ("servingbench.adapters.registry", "servingbench.models"):
+        importlib.import_module(module)
+
+
 def worker_main(master_host: str, master_port: int, connect_timeout: float = 60.0) -> int:
     """A locust worker: connect to the controller's master, take its plan, send load until the master quits."""
-    from servingbench.adapters import registry  # noqa: F401  (imported before the plan arrives: no stall later)
-    from servingbench.models import get_model  # noqa: F401
-
+    _preload()
     env = Environment(user_classes=[BenchUser])
     connected, last_error = False, ""
 
@@ -859,9 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         # A warm spare (servingbench.load.point.WarmGenerator): everything imported, it waits for one line on stdin,
         # "<plan path>\t<log path>", then runs as if started with that plan.  End of input (the harness no longer
         # needs it, or is gone) ends it.
-        from servingbench.adapters import registry  # noqa: F401  (what _Load imports: no stall once the plan comes)
-        from servingbench.models import get_model  # noqa: F401
-
+        _preload()
         line = sys.stdin.readline().rstrip("\n")
         if not line:
             return 0

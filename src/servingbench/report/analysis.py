@@ -66,12 +66,16 @@ def slo_table(d: RunData) -> pd.DataFrame:
             "slo_max_error_rate": dig(s, "slo", "max_error_rate"),
             "max_rate_rps": METRICS["slo_max_rate_rps"].extract(s), "reason": s.get("reason"),
             "steps": len(s.get("points") or []), "record_id": s.get("id"),
+            # the lowest rate probed: a search that met no rate says "< this" (the server's rate is below it)
+            "lowest_rate_rps": min((p["rate"] for p in s.get("points") or [] if isinstance(p.get("rate"), (int, float))),
+                                   default=None),
             "generator_limited": bool(s.get("generator_limited")), "confirmed": s.get("confirmed"),
             # computed from the probes (records before it was recorded get it too)
             "machine_limited": slo_machine_limited(s),
         })
     cols = ["name", "framework", "deployment", "model", "workload", "batch", "slo_p99_s", "slo_max_error_rate",
-            "max_rate_rps", "reason", "steps", "record_id", "generator_limited", "confirmed", "machine_limited"]
+            "max_rate_rps", "reason", "steps", "lowest_rate_rps", "record_id", "generator_limited", "confirmed",
+            "machine_limited"]
     df = pd.DataFrame(rows, columns=cols)
     if not df.empty:
         df["fw_order"] = [framework_sort_key(f)[0] for f in df["framework"]]

@@ -395,7 +395,10 @@ def _slo_rate_text(r: Any) -> str:
     if _nan(r.max_rate_rps):
         if r.generator_limited:
             return "generator-limited before any rate passed"
-        return "unmeasured (the machine limited the probes)" if machine else "none met the SLO"
+        if machine:
+            return "unmeasured (the machine limited the probes)"
+        low = getattr(r, "lowest_rate_rps", None)
+        return "none met the SLO" if _nan(low) else f"< {_fmt(low, 'rps')} (none met the SLO)"
     text = _fmt(r.max_rate_rps, "rps")
     if r.generator_limited:
         return f"≥ {text} (generator-limited)"
