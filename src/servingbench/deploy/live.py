@@ -262,7 +262,8 @@ class LiveDeployment:
                             raise VerificationError(
                                 f"{art.name}: the server rejected a batch-{b} request as too large (HTTP 413): "
                                 f"{body[:200]!r}; raise the framework's request-size limit in the deployment's "
-                                "options (docs/frameworks.md lists it per framework)",
+                                f"options (for {self.adapter.name}: see its options in docs/frameworks.md; "
+                                "MOSEC: max_request_size)",
                                 {"model": art.name, "status": status, "batch": b})
                         got = self.codec.decode(spec, status, body)
                         break
