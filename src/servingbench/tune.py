@@ -16,8 +16,9 @@ trials apart before the bisection that decides the answer.
 Every study starts with two enqueued trials, the **profiles**: ``framework-default`` (the framework's own
 defaults: :attr:`Adapter.framework_defaults` and each option's ``framework_default``) and ``servingbench-default``
 (the suite's deployment as written).  Every study's profiles run first, then the sampler's trials, one study after
-the other in turn, until ``budget`` (machine time of the whole tuning) is spent: a hard limit, checked before each
-trial (a trial that started within it runs to its end; profiles that did not fit read "not run").
+the other in turn, within ``budget`` (machine time of the whole tuning): a trial starts only when the time spent
+plus its study's median trial time (every study's median before the study's first trial ends) fits in the budget,
+so the tuning ends within it unless a trial runs longer than usual; profiles that did not fit read "not run".
 ``tuned`` is the best trial by throughput at the SLO (ties: lower p99), reported with its knobs and the trial that
 found it.  A trial is a complete ``servingbench run`` of a one-cell suite (verification, canary, validity flags
 included) in ``trials/<framework>-<model>/<n>/``; its record (knobs, objectives, memory, the run's path) is kept in
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 import typing
 from dataclasses import dataclass
@@ -297,13 +299,25 @@ class _Tuning:
     def _spent(self, name: str) -> float:
         return float(self.meta["studies"].get(name, {}).get("spent_s") or 0.0)
 
-    def _add_spent(self, name: str, seconds: float) -> None:
+    def _add_spent(self, name: str, seconds: float, finished: bool) -> None:
         self.meta["studies"][name]["spent_s"] = self._spent(name) + seconds
+        if finished:  # a trial that ran to its end (not one Ctrl-C stopped): what the next one is expected to take
+            self.meta["studies"][name].setdefault("trial_s", []).append(round(seconds, 1))
         self.meta["spent_s"] = sum(float(v.get("spent_s") or 0.0) for v in self.meta["studies"].values())
         _write_meta(self.path, self.meta)
 
-    def over_budget(self) -> bool:
-        return float(self.meta.get("spent_s") or 0.0) >= self.budget_s
+    def expected_s(self, name: str) -> float:
+        """How long the next trial of study ``name`` is expected to take: the median of its finished trials, else of
+        every study's (a study's first trial when nothing has run yet: 0, it starts)."""
+        own = self.meta["studies"].get(name, {}).get("trial_s") or []
+        every = [s for v in self.meta["studies"].values() for s in (v.get("trial_s") or [])]
+        pool = own or every
+        return float(statistics.median(pool)) if pool else 0.0
+
+    def fits(self, name: str) -> bool:
+        """Whether a trial of ``name`` may start: the time spent plus its expected duration stays within the budget,
+        so that the tuning ends within it unless a trial runs longer than the study's median."""
+        return float(self.meta.get("spent_s") or 0.0) + self.expected_s(name) <= self.budget_s
 
     def study(self, fw: str, model: Any, dep: DeploymentConfig, knobs: list[Knob]) -> Any:
         import optuna
@@ -385,10 +399,12 @@ class _Tuning:
 
     def one_trial(self, name: str, study: Any, objective: Callable[[Any], tuple[float, float]]) -> None:
         t0 = time.monotonic()
+        finished = False
         try:
             study.optimize(objective, n_trials=1)
+            finished = True
         finally:
-            self._add_spent(name, time.monotonic() - t0)
+            self._add_spent(name, time.monotonic() - t0, finished)
 
     def finished(self, study: Any) -> int:
         from optuna.trial import TrialState
@@ -440,26 +456,25 @@ def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str]
                  "study first, then the sampler's trials round-robin until the budget is spent")
         # 1. every study's profiles (framework-default, servingbench-default), so that each framework has them
         for name, (study, objective, _, _) in opened.items():
-            while tuning.profile_waiting(study) and not tuning.capped(study) and not tuning.over_budget():
+            while tuning.profile_waiting(study) and not tuning.capped(study) and tuning.fits(name):
                 tuning.one_trial(name, study, objective)
-        # 2. the sampler's trials, one per study in turn, until the budget (or --max-trials) is reached
-        while not tuning.over_budget():
-            active = [(n, st, ob) for n, (st, ob, _, _) in opened.items() if not tuning.capped(st)]
+        # 2. the sampler's trials, one per study in turn, while one is expected to fit (or until --max-trials)
+        while True:
+            active = [(n, st, ob) for n, (st, ob, _, _) in opened.items() if not tuning.capped(st) and tuning.fits(n)]
             if not active:
                 break
             for name, study, objective in active:
-                if tuning.over_budget():
-                    break
-                tuning.one_trial(name, study, objective)
+                if tuning.fits(name):
+                    tuning.one_trial(name, study, objective)
     except KeyboardInterrupt:
         meta["interrupted"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         _write_meta(path, meta)
         progress(f"interrupted: finished trials are kept; continue with "
                  f"`servingbench tune {suite_path} --resume {path}`")
         return TuneOutcome(path, _summaries(opened), interrupted=True)
-    if tuning.over_budget():
-        progress(f"budget spent: {float(meta['spent_s']):.0f} s of {budget_s:.0f} s (a trial that started within "
-                 "the budget runs to its end)")
+    if not all(tuning.capped(st) for st, _, _, _ in opened.values()):
+        progress(f"budget spent: {float(meta['spent_s']):.0f} s of {budget_s:.0f} s (no study's next trial was "
+                 "expected to fit in what was left)")
     meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _write_meta(path, meta)
     studies = _summaries(opened)
