@@ -453,7 +453,7 @@ def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str]
                 opened[_study_name(fw, model.name)] = (*got, fw, model.name)
         left = max(0.0, budget_s - float(meta.get("spent_s") or 0.0))
         progress(f"{len(opened)} studies, {left:.0f} s of the {budget_s:.0f} s budget left: the profiles of every "
-                 "study first, then the sampler's trials round-robin until the budget is spent")
+                 "study first, then the sampler's trials round-robin while one is expected to fit in the budget")
         # 1. every study's profiles (framework-default, servingbench-default), so that each framework has them
         for name, (study, objective, _, _) in opened.items():
             while tuning.profile_waiting(study) and not tuning.capped(study) and tuning.fits(name):

@@ -47,21 +47,35 @@ def test_config_file_is_the_manifest(zoo_artifacts, tmp_path):
     assert "serve_multiplexed_model_id" not in adapter.codec(dep).request(mlp, mlp.example_inputs(1)).headers
 
 
-def _listening(procs) -> dict[tuple[str, int], str]:
+def _census(procs) -> dict[int, tuple[str, list[tuple[str, int]]]]:
+    """pid -> (its title, its listening addresses) for every process of the deployment."""
     out = {}
     for p in procs:
         try:
-            for c in p.net_connections("inet"):
-                if c.status == psutil.CONN_LISTEN:
-                    out[(c.laddr.ip, c.laddr.port)] = " ".join(p.cmdline())[:70]
+            title = " ".join(p.cmdline())
+            out[p.pid] = (title, [(c.laddr.ip, c.laddr.port) for c in p.net_connections("inet")
+                                  if c.status == psutil.CONN_LISTEN])
         except psutil.Error:
             continue
     return out
 
 
-def _replica_grpc(listening: dict[tuple[str, int], str], ours: set[int]) -> set[tuple[str, int]]:
+def _listening(census) -> dict[tuple[str, int], str]:
+    return {a: title[:70] for title, addrs in census.values() for a in addrs}
+
+
+def _replicas(census) -> dict[int, tuple[str, list[tuple[str, int]]]]:
+    """The Serve replicas (``ray::ServeReplica:<app>:<deployment>`` while idle, ``...<method>`` while serving)."""
+    return {pid: v for pid, v in census.items() if "ServeReplica" in v[0]}
+
+
+def _replica_grpc(census, ours: set[int]) -> set[tuple[str, int]]:
     """Listeners of Serve replicas on ports we did not hand out: each replica's inter-deployment gRPC server."""
-    return {a for a, who in listening.items() if who.startswith("ray::ServeReplica") and a[1] not in ours}
+    return {a for _, addrs in _replicas(census).values() for a in addrs if a[1] not in ours}
+
+
+def _show(census) -> str:
+    return "\n".join(f"  pid {pid}: {title[:90]} listens on {addrs}" for pid, (title, addrs) in sorted(census.items()))
 
 
 @pytest.mark.server
@@ -89,20 +103,25 @@ def test_two_models_verify_on_loopback_and_stop_clean(zoo_artifacts, tmp_path, m
         # it: take the census once every replica's listener is up (or 60 s have passed, then assert on that one).
         deadline = time.monotonic() + 60
         while True:
-            listening = _listening(live.processes())
-            if len(_replica_grpc(listening, ours)) >= want or time.monotonic() > deadline:
+            census = _census(live.processes())
+            replicas = _replicas(census)
+            up = [pid for pid, (_, addrs) in replicas.items() if any(a[1] not in ours for a in addrs)]
+            if (len(replicas) >= want and len(up) == len(replicas)) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+        listening = _listening(census)
         assert listening, "no listening sockets found"
         # Every listener of the private head is loopback-only.  Every port is one we handed out, except each Serve
         # replica's inter-deployment gRPC server: Ray binds it to [::]:0 (hard-coded in
         # ray/serve/_private/replica.py, _on_initialized); rayserve_app rebinds it to 127.0.0.1:0.
         wild = {a: who for a, who in listening.items() if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1")}
-        assert not wild, wild
-        replica_grpc = _replica_grpc(listening, ours)
-        assert len(replica_grpc) == want, (replica_grpc, listening)
+        assert not wild, f"listeners on other interfaces: {wild}\n{_show(census)}"
+        replica_grpc = _replica_grpc(census, ours)
+        assert len(replicas) == want and len(replica_grpc) == want, (
+            f"{len(replicas)} replica process(es) and {len(replica_grpc)} replica gRPC listener(s), {want} expected;"
+            f" ports we handed out: {sorted(ours)}\n{_show(census)}")
         unpinned = {a: who for a, who in listening.items() if a[1] not in ours and a not in replica_grpc}
-        assert not unpinned, unpinned
+        assert not unpinned, f"listeners on ports we did not hand out: {unpinned}\n{_show(census)}"
         temp_dir = live.servers[0].spec.cleanup_globs[0]
         assert glob.glob(os.path.join(temp_dir, "session_*"))
     assert not marked_processes(live.marker), "Ray processes survived the stop"

@@ -749,3 +749,33 @@ def test_open_loop_throughput_tolerance_allows_for_poisson_noise():
     assert stable_tail(tput, p50, 3, 0.10, counts=[39, 27, 42]) == 0
     # at 4000 requests a window the allowance (3.3 / sqrt(N) ~ 5 %) is below the tolerance: a real drift still fails
     assert stable_tail([4000.0, 3000.0, 4100.0], p50, 3, 0.10, counts=[4000, 3000, 4100]) is None
+
+
+def test_a_failed_confirmation_at_the_first_rate_halves_below_it():
+    """Session 11's tune: Ray Serve's defaults passed 100 rps (the start rate), failed everything above, and the
+    confirmation of 100 rps was flagged; with no lower rate probed the answer was "none".  The search now halves below
+    the failed confirmation until a rate passes, bisects back up, and confirms."""
+    target = 0.100
+    capacity = 145.0
+    truth = capacity - math.log(100) / target  # ~ 99 rps: 100 passes only by luck, never twice
+
+    class LuckyOnce:
+        def __init__(self):
+            self.inner, self.seen = exact(lambda r: mm1_p99(r, capacity=capacity), target), 0
+
+        def __call__(self, rate):
+            self.seen += 1
+            out = self.inner(rate)
+            if rate == 100 and self.seen == 1:  # the first probe passes, just under the target
+                out.p99_s, out.over_target = 0.9 * target, 0
+            return out
+
+    res = slo_search(LuckyOnce(), target, start_rate=100, rel_precision=0.25, max_steps=6, min_rate=12.5)
+    search = [(p.rate, p.confirm, p.verdict) for p in res.points]
+    assert search[0] == (100, False, "pass") and (100, True, "fail") in search
+    assert (50, False, "pass") in search  # the step down below the failed confirmation
+    assert res.confirmed and res.max_rate is not None and 50 <= res.max_rate <= truth, search
+    assert "confirmation of 100 rps failed" in res.reason and len(res.points) <= 6 + 2
+    # the step down stops at min_rate: nothing below it is probed
+    res = slo_search(LuckyOnce(), target, start_rate=100, rel_precision=0.25, max_steps=6, min_rate=60)
+    assert res.max_rate is None and all(p.rate >= 60 for p in res.points)

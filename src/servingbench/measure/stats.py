@@ -836,6 +836,25 @@ class _Search:
                  and not any(c.confirm and not c.ok and c.rate == p.rate for c in pts)]
         return max(below) if below else None
 
+    def _step_down(self, top: float) -> float | None:
+        """No lower rate passed: halve below ``top`` (not below ``min_rate``, one probe kept to confirm) until a rate
+        passes.  A confirmation that fails at the search's first rate is not evidence that nothing lower holds
+        (session 11: Ray Serve's defaults passed 100 rps, its confirmation was flagged unstable, and the answer was
+        "none" without a probe below it)."""
+        rate = top / 2
+        while len(self.res.points) < self.max_steps + 1:
+            if self.min_rate is not None and rate < self.min_rate * (1 - 1e-9):
+                return None
+            if any(p.rate == rate and not p.ok for p in self.res.points):
+                return None  # already failed there: nothing lower was tried above it
+            v = self.probe(rate).verdict
+            if v == "pass":
+                return rate
+            if v == "generator_limited":
+                return None
+            rate /= 2
+        return None
+
     def _rebisect(self, cand: float | None, top: float) -> float | None:
         """Bisect up from ``cand`` towards the failed ``top`` while probes are left (one kept to confirm)."""
         while (cand is not None and (top - cand) / cand > self.rel_precision
@@ -868,9 +887,10 @@ class _Search:
                 break
             notes.append(f"confirmation of {cand:g} rps failed ({pt.reason})")
             # The failed rate is the new upper bound: step down to the next lower rate that passed (and whose
-            # confirmation has not failed), and bisect up from it again while probes are left (one is kept for
-            # the confirmation).
-            cand = self._rebisect(self._next_below(cand), cand)
+            # confirmation has not failed; none: halve until one passes), and bisect up from it again while probes
+            # are left (one is kept for the confirmation).
+            below = self._next_below(cand)
+            cand = self._rebisect(below if below is not None else self._step_down(cand), cand)
         res.max_rate, res.confirmed = answer, answer is not None
         if answer is None:
             res.reason += "; not confirmed: " + "; ".join(notes or ["no passing rate left"])
