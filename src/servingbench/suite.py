@@ -198,7 +198,7 @@ def run_cell(cell: Cell, suite: Suite, artifacts: dict[str, Any], results: RunRe
                   repeat=cell.repeat)
     try:
         before = canary.measure(f"{cid} before") if canary is not None else None
-        if remote is None:  # the model alone on the server's cores, now: the limit this cell's points face
+        if remote is None and suite.inprocess_limit:  # the model alone on the server's cores, now: the limit
             run.limits = _cell_limits(cell, suite, deployment, cpus[0], scratch, log_dir, results)
         status = _measure_cell(live, run, cell_rec, cpus)
         if before is not None:

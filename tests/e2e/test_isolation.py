@@ -99,6 +99,7 @@ models: [mlp]
 interpreters:
   litserve: {python}
   mosec: {python}
+inprocess_limit: false
 measurement: {{warmup: 0.5s, window: 1s, windows: 2, max_duration: 3s, min_requests: 20}}
 workloads:
   - name: closed

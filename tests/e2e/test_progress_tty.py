@@ -25,6 +25,7 @@ models: [mlp]
 deployments:
   - label: s2ms
     options: {calibration: {service_ms: 2}}
+inprocess_limit: false
 measurement: {warmup: 0.5s, window: 1s, windows: 2, max_duration: 4s, min_requests: 20, tolerance: 0.3}
 workloads:
   - {name: closed, kind: closed_loop, concurrency: [2, 4]}

@@ -64,6 +64,7 @@ def test_run_records_points(tmp_path, no_leftovers):
     assert run["environment"]["frameworks"]["litserve"]
     recs = [json.loads(l) for l in (rd / "records.jsonl").read_text().splitlines()]
     points = [r for r in recs if r["type"] == "point"]
+    assert {r["model"] for r in recs if r["type"] == "inprocess"} == {"mlp"}  # inprocess_limit: true (default)
     assert sorted(r["load"]["concurrency"] for r in points) == [1, 4]
     for r in points:
         assert r["metrics"]["requests"] > 20 and r["metrics"]["errors"] == 0

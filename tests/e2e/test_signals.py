@@ -21,6 +21,7 @@ SUITE = """\
 name: signals
 frameworks: [litserve]
 models: [mlp]
+inprocess_limit: false
 measurement:
   warmup: 0.5s
   window: 1s

@@ -24,6 +24,7 @@ name: tune-calibration
 frameworks: [calibration]
 models: [mlp]
 deployments: [{label: default, options: {calibration: {service_ms: 2.0}}}]
+inprocess_limit: false
 measurement: {warmup: 0.5s, window: 1s, windows: 2, tolerance: 0.3, max_duration: 4s, min_requests: 50}
 workloads:
   - name: slo

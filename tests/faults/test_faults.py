@@ -32,6 +32,7 @@ frameworks: [litserve]
 models: [mlp]
 cpu_sets: none
 startup_timeout: {startup}
+inprocess_limit: false
 deployments:
   - label: a
   - label: b

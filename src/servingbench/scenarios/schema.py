@@ -501,6 +501,9 @@ class Suite(_Strict):
     cpu_sets: Union[Literal["auto", "none"], CpuSets] = "auto"
     generator: Generator = Field(default_factory=Generator, description="locust processes (master/worker mode)")
     startup_timeout: Duration = Field(180.0, gt=0)
+    inprocess_limit: bool = Field(True, description="measure each cell's models in-process on the server's cores "
+                                  "before it starts (the limit and overhead beside every point); false skips it "
+                                  "(smoke runs: ~5 s a cell)")
     features: list[str] = Field(default_factory=list, description="feature probes to run (servingbench probes)")
     targets: dict[str, RemoteTarget] = Field(
         default_factory=dict, description="framework -> remote server to measure instead of starting one"
