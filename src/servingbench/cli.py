@@ -520,7 +520,7 @@ def tune(
     framework-default, servingbench-default and tuned side by side (summary.md) and a Pareto plot per framework x
     model.  Ctrl-C keeps finished trials; --resume continues without repeating them.  Exit 130 when interrupted."""
     from servingbench.scenarios.loader import ScenarioError, load_suite
-    from servingbench.tune import TuneError, pct_of_tuned, run_tune
+    from servingbench.tune import TuneError, pct_of_tuned, pct_text, run_tune
 
     if frameworks:
         frameworks = [f for item in frameworks for f in item.split(",") if f]
@@ -549,7 +549,7 @@ def tune(
         out.print(f"{name}: tuned {best['max_rate']:.0f} rps at the SLO (trial {s['found_at']} of {s['n_trials']})"
                   if best else f"{name}: no trial measured ({states or 'none run'})", highlight=False, markup=False)
         if pct is not None:
-            out.print(f"  framework-default: {pct:.0f} % of tuned", highlight=False, markup=False)
+            out.print(f"  framework-default: {pct_text(s)} of tuned", highlight=False, markup=False)
     out.print(f"summary: {Path(outcome.path).absolute() / 'summary.md'}", highlight=False, markup=False)
 
 

@@ -534,12 +534,34 @@ def _tuned_text(s: dict[str, Any]) -> str:
     return "nothing measured (" + ", ".join(sorted({t["status"] for t in s["trials"]})) + ")"
 
 
+def lower_bound(t: dict | None) -> str | None:
+    """Why a trial's throughput at the SLO is only a lower bound (None: it is the search's answer): the generator
+    limited it, or the search ran out of steps (or reached max_rate) while every rate still passed."""
+    if not t or t.get("status", "ok") != "ok":
+        return None
+    if t.get("generator_limited"):
+        return "generator-limited"
+    reason = t.get("reason") or ""
+    if reason.startswith("upper bound not reached"):
+        return "max_rate passed" if "max_rate" in reason.split(";")[0] else "step limit while growing"
+    return None
+
+
 def _profile_text(t: dict | None) -> str:
     if not t:
         return "not run"
     if t["status"] != "ok":
         return t["status"]  # failed (the deployment) or unmeasured (the machine)
-    return f"{t['max_rate']:.0f} rps" + (" (≥, generator-limited)" if t.get("generator_limited") else "")
+    why = lower_bound(t)
+    return (f"≥ {t['max_rate']:.0f} rps ({why})" if why else f"{t['max_rate']:.0f} rps")
+
+
+def pct_text(s: dict[str, Any]) -> str:
+    pct = pct_of_tuned(s, "framework-default")
+    if pct is None:
+        return "-"
+    bounds = [lower_bound(s["profiles"].get("framework-default")), lower_bound(s["tuned"])]
+    return f"{pct:.0f} %" + (" (a rate is a lower bound)" if any(bounds) else "")
 
 
 def summary_rows(studies: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -548,10 +570,9 @@ def summary_rows(studies: dict[str, dict[str, Any]]) -> list[list[str]]:
         best = s["tuned"]
         knobs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in (best or {}).get("params", {}).items())
-        pct = pct_of_tuned(s, "framework-default")
         rows.append([name, _profile_text(s["profiles"].get("framework-default")),
                      _profile_text(s["profiles"].get("servingbench-default")), _tuned_text(s), knobs,
-                     f"{s['found_at'] or '-'} of {s['n_trials']}", "-" if pct is None else f"{pct:.0f} %"])
+                     f"{s['found_at'] or '-'} of {s['n_trials']}", pct_text(s)])
     return rows
 
 
@@ -569,10 +590,10 @@ def rankings(studies: dict[str, dict[str, Any]]) -> list[str]:
             for n, s in mine.items():
                 fw, t = s.get("framework") or n.rsplit("-", 1)[0], pick(s)
                 if t and t.get("status", "ok") == "ok":
-                    ranked.append((t.get("max_rate") or 0.0, fw))
+                    ranked.append((t.get("max_rate") or 0.0, fw, "≥ " if lower_bound(t) else ""))
                 else:
                     missing.append(f"{fw} {_tuned_text(s) if label == 'tuned' else _profile_text(t)}")
-            text = " > ".join(f"{fw} ({rate:.0f})" for rate, fw in sorted(ranked, reverse=True)) or "nothing measured"
+            text = " > ".join(f"{fw} ({ge}{rate:.0f})" for rate, fw, ge in sorted(ranked, reverse=True)) or "nothing measured"
             out.append(f"{model}, {label}: {text}" + (f"; not ranked: {', '.join(sorted(missing))}" if missing else ""))
     return out
 

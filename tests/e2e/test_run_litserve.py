@@ -78,7 +78,8 @@ def test_run_records_points(tmp_path, no_leftovers):
 
 def test_sigint_keeps_finished_cells_and_resume_finishes(tmp_path, no_leftovers):
     suite = tmp_path / "suite.yaml"
-    suite.write_text(SUITE.format(deployments="  - label: a\n  - label: b"))
+    suite.write_text(SUITE.format(deployments="  - label: a\n  - label: b").replace(
+        "measurement:", "inprocess_limit: false\nmeasurement:", 1))
     p = cli("run", str(suite), "--out", str(tmp_path / "results"), start_new_session=True)
     # Wait until cell a is finished and cell b is running, then Ctrl-C the harness.
     deadline = time.time() + 240

@@ -173,3 +173,20 @@ def test_a_trial_starts_only_when_its_study_longest_trial_fits_in_the_budget():
     assert not t.fits("a-mlp") and not t.fits("b-mlp")  # 250 + 70 and 250 + 100 > 300
     t.budget_s = 330.0
     assert t.fits("a-mlp") and not t.fits("b-mlp")  # the short study still fits, the long one does not
+
+
+def test_a_rate_the_search_could_not_bound_reads_as_a_lower_bound():
+    """Session 11: MOSEC's and Triton's mlp searches ran out of steps while every rate passed (3,200 rps); the
+    summary showed "3200 rps" and "100 % of tuned" as if measured.  Now they read "≥" and say so."""
+    from servingbench.tune import lower_bound, pct_text, summary_rows
+
+    s = summarize_study(_study([("framework-default", 3200.0, 0.003), ("servingbench-default", 1600.0, 0.003)]))
+    for t in s["trials"]:
+        t["reason"] = ("upper bound not reached: step limit (6) hit while growing; confirmed at 3200 rps"
+                       if t["max_rate"] == 3200.0 else "bisection converged to 25%; confirmed at 1600 rps")
+    s["tuned"] = s["trials"][0]
+    assert lower_bound(s["trials"][0]) == "step limit while growing" and lower_bound(s["trials"][1]) is None
+    assert lower_bound({"status": "ok", "generator_limited": True}) == "generator-limited"
+    row = summary_rows({"mosec-mlp": s})[0]
+    assert row[1] == "≥ 3200 rps (step limit while growing)" and row[2] == "1600 rps"
+    assert pct_text(s) == "100 % (a rate is a lower bound)"
