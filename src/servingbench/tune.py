@@ -244,7 +244,7 @@ def _open_dir(suite: Suite, suite_path: Path, out: Path, resume: Path | None) ->
         if not meta_file.is_file():
             raise TuneError(f"{path}: not a tuning directory (no {TUNE_FILE}); start a new one without --resume")
         meta = json.loads(meta_file.read_text())
-        if meta.get("suite") != suite.model_dump(mode="json"):
+        if _as_current(meta.get("suite")) != suite.model_dump(mode="json"):
             raise TuneError(f"{path}: the suite differs from the one this tuning started with ({meta.get('suite_file')})"
                             "; resume with that suite, or start a new tuning directory")
         return path, meta
@@ -254,6 +254,15 @@ def _open_dir(suite: Suite, suite_path: Path, out: Path, resume: Path | None) ->
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": None, "spent_s": 0.0, "studies": {}}
     _write_meta(path, meta)
     return path, meta
+
+
+def _as_current(stored: Any) -> Any:
+    """A suite kept in tune.json, read through today's schema (a field added since then takes its default), so that
+    a tuning started by an older servingbench resumes; what no longer validates is returned as it was."""
+    try:
+        return Suite.model_validate(stored).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - compared as stored: the resume is refused with the usual message
+        return stored
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:

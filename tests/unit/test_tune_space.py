@@ -190,3 +190,22 @@ def test_a_rate_the_search_could_not_bound_reads_as_a_lower_bound():
     row = summary_rows({"mosec-mlp": s})[0]
     assert row[1] == "≥ 3200 rps (step limit while growing)" and row[2] == "1600 rps"
     assert pct_text(s) == "100 % (a rate is a lower bound)"
+
+
+def test_a_tuning_kept_by_an_older_servingbench_resumes(tmp_path):
+    """A suite field added since a tuning started (session 11: inprocess_limit) takes its default when the stored
+    suite is compared on --resume; a different suite is still refused."""
+    import json as _json
+
+    from servingbench.scenarios.schema import Suite
+    from servingbench.tune import TUNE_FILE, TuneError, _open_dir
+
+    suite = Suite.model_validate({"name": "t", "frameworks": ["litserve"], "models": ["mlp"]})
+    stored = suite.model_dump(mode="json")
+    stored.pop("inprocess_limit")  # as an older servingbench wrote it
+    (tmp_path / TUNE_FILE).write_text(_json.dumps({"suite": stored, "studies": {}, "spent_s": 0.0}))
+    path, meta = _open_dir(suite, tmp_path / "s.yaml", tmp_path, tmp_path)
+    assert path == tmp_path
+    other = suite.model_copy(update={"name": "u"})
+    with pytest.raises(TuneError, match="the suite differs"):
+        _open_dir(other, tmp_path / "s.yaml", tmp_path, tmp_path)
