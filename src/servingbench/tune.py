@@ -257,12 +257,12 @@ def _open_dir(suite: Suite, suite_path: Path, out: Path, resume: Path | None) ->
 
 
 def _as_current(stored: Any) -> Any:
-    """A suite kept in tune.json, read through today's schema (a field added since then takes its default), so that
-    a tuning started by an older servingbench resumes; what no longer validates is returned as it was."""
-    try:
-        return Suite.model_validate(stored).model_dump(mode="json")
-    except Exception:  # noqa: BLE001 - compared as stored: the resume is refused with the usual message
+    """A suite kept in tune.json with every top-level field added to the schema since then set to its default (what
+    the older servingbench did without it), so that such a tuning resumes (session 11: ``inprocess_limit``)."""
+    if not isinstance(stored, dict):
         return stored
+    added = {k: f.get_default(call_default_factory=True) for k, f in Suite.model_fields.items() if k not in stored}
+    return {**stored, **{k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in added.items()}}
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:

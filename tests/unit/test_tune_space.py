@@ -200,7 +200,8 @@ def test_a_tuning_kept_by_an_older_servingbench_resumes(tmp_path):
     from servingbench.scenarios.schema import Suite
     from servingbench.tune import TUNE_FILE, TuneError, _open_dir
 
-    suite = Suite.model_validate({"name": "t", "frameworks": ["litserve"], "models": ["mlp"]})
+    suite = Suite.model_validate({"name": "t", "frameworks": ["litserve"], "models": ["mlp"],
+                                  "workloads": [{"name": "c", "kind": "closed_loop", "concurrency": [1]}]})
     stored = suite.model_dump(mode="json")
     stored.pop("inprocess_limit")  # as an older servingbench wrote it
     (tmp_path / TUNE_FILE).write_text(_json.dumps({"suite": stored, "studies": {}, "spent_s": 0.0}))
