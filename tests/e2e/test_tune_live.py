@@ -7,6 +7,8 @@ reach a lower rate than the one at 2 ms (probes at 200 and 400 rps: at 3 ms, 400
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import subprocess
@@ -86,6 +88,6 @@ def test_tune_profiles_interrupt_and_resume(tmp_path, no_leftovers, interrupted_
         odd = [t for t in trials if t["status"] != "ok"]
         assert odd and all(t["status"] == "unmeasured" and "machine" in t["reason"] for t in odd), trials
     md = (path / "summary.md").read_text()
-    assert "| calibration-mlp |" in md and "% |" in md
+    assert "| calibration-mlp |" in md and re.search(r"\| \d+ %( \(a rate is a lower bound\))? \|", md), md
     assert (path / "pareto-calibration-mlp.png").is_file()
-    assert "framework-default:" in r.stdout and "% of tuned" in r.stdout
+    assert re.search(r"framework-default: \d+ %( \(a rate is a lower bound\))? of tuned", r.stdout), r.stdout
