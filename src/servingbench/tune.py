@@ -18,7 +18,8 @@ defaults: :attr:`Adapter.framework_defaults` and each option's ``framework_defau
 (the suite's deployment as written).  Every study's profiles run first, then the sampler's trials, one study after
 the other in turn, within ``budget`` (machine time of the whole tuning): a trial starts only when the time spent
 plus its study's longest trial so far (every study's median before the study's first trial ends) fits in the
-budget, so the tuning ends within it unless a trial runs longer than any before it in its study; profiles that did not fit read "not run".
+budget, so the tuning ends within it unless a trial runs longer than any before it in its study; profiles that
+did not fit read "not run".
 ``tuned`` is the best trial by throughput at the SLO (ties: lower p99), reported with its knobs and the trial that
 found it.  A trial is a complete ``servingbench run`` of a one-cell suite (verification, canary, validity flags
 included) in ``trials/<framework>-<model>/<n>/``; its record (knobs, objectives, memory, the run's path) is kept in
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from servingbench.measure.stats import slo_machine_limited as machine_limited
+from servingbench.measure.stats import slo_unbounded
 from servingbench.scenarios.schema import DeploymentConfig, SloSearch, Suite
 
 TUNE_FILE = "tune.json"
@@ -216,7 +218,7 @@ def read_trial(run_dir: Path) -> dict[str, Any]:
         return out
     out.update(max_rate=float(s.get("max_rate") or 0.0), p99_at_start_s=first.get("p99_s"),
                start_rate=first.get("rate"), generator_limited=bool(s.get("generator_limited")),
-               confirmed=s.get("confirmed"), reason=s.get("reason"),
+               confirmed=s.get("confirmed"), reason=s.get("reason"), unbounded=slo_unbounded(s),
                pss_bytes=(cell.get("memory_idle") or {}).get("pss_bytes"), cold_start_s=cell.get("cold_start_s"))
     return out
 
@@ -513,6 +515,7 @@ def summarize_study(study: Any) -> dict[str, Any]:
                            "unmeasured" if a.get("status") == "unmeasured" else "failed"),
                        "max_rate": a.get("max_rate"), "p99_at_start_s": a.get("p99_at_start_s"),
                        "start_rate": a.get("start_rate"), "generator_limited": a.get("generator_limited"),
+                       "unbounded": a.get("unbounded"),
                        "pss_bytes": a.get("pss_bytes"), "reason": a.get("reason"), "run": a.get("run"),
                        "seconds": a.get("seconds")})
     ok = [t for t in trials if t["status"] == "ok"]
@@ -545,15 +548,15 @@ def _tuned_text(s: dict[str, Any]) -> str:
 
 def lower_bound(t: dict | None) -> str | None:
     """Why a trial's throughput at the SLO is only a lower bound (None: it is the search's answer): the generator
-    limited it, or the search ran out of steps (or reached max_rate) while every rate still passed."""
+    limited it, or no probe above its answer failed (it stopped growing at its step limit or max_rate)."""
     if not t or t.get("status", "ok") != "ok":
         return None
     if t.get("generator_limited"):
         return "generator-limited"
-    reason = t.get("reason") or ""
-    if reason.startswith("upper bound not reached"):
-        return "max_rate passed" if "max_rate" in reason.split(";")[0] else "step limit while growing"
-    return None
+    if t.get("unbounded") is not None:  # recorded by read_trial from the search's probes (stats.slo_unbounded)
+        return "no rate above it failed" if t["unbounded"] else None
+    # trials recorded before session 11 kept only the search's reason
+    return "no rate above it failed" if (t.get("reason") or "").startswith("upper bound not reached") else None
 
 
 def _profile_text(t: dict | None) -> str:
@@ -602,7 +605,8 @@ def rankings(studies: dict[str, dict[str, Any]]) -> list[str]:
                     ranked.append((t.get("max_rate") or 0.0, fw, "≥ " if lower_bound(t) else ""))
                 else:
                     missing.append(f"{fw} {_tuned_text(s) if label == 'tuned' else _profile_text(t)}")
-            text = " > ".join(f"{fw} ({ge}{rate:.0f})" for rate, fw, ge in sorted(ranked, reverse=True)) or "nothing measured"
+            text = (" > ".join(f"{fw} ({ge}{rate:.0f})" for rate, fw, ge in sorted(ranked, reverse=True))
+                    or "nothing measured")
             out.append(f"{model}, {label}: {text}" + (f"; not ranked: {', '.join(sorted(missing))}" if missing else ""))
     return out
 

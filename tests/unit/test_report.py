@@ -340,20 +340,29 @@ def test_slo_answers_the_machine_decided_are_marked(tmp_path: Path):
         "litserve": True, "mosec": False, "mlserver": True}
 
 
-def test_a_search_that_met_no_rate_says_below_its_lowest_probe(tmp_path: Path):
-    """No rate met the SLO: the answer is "< the lowest rate probed", not only "none" (a min_rate of 50 rps)."""
-    run = _copy(tmp_path)
+def _rewrite_slo(run: Path, framework: str, change) -> None:
+    """Apply ``change`` to ``framework``'s slo record in the run's records.jsonl."""
     lines = []
     for line in (run / "records.jsonl").read_text().splitlines():
         r = json.loads(line) if line.strip() else None
-        if r and r.get("type") == "slo" and r["framework"] == "mosec":
-            r["max_rate"], r["confirmed"], r["generator_limited"] = None, None, False
-            r["reason"] = "no rate met the SLO (none at or above 50 rps: the search's min_rate is 50 rps)"
-            r["points"] = [{**p, "verdict": "fail", "rate": rate, "confirm": False, "flags": []}
-                           for p, rate in zip(r["points"], [200.0, 100.0, 50.0])]
+        if r and r.get("type") == "slo" and r["framework"] == framework:
+            change(r)
             line = json.dumps(r)
         lines.append(line)
     (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_search_that_met_no_rate_says_below_its_lowest_probe(tmp_path: Path):
+    """No rate met the SLO: the answer is "< the lowest rate probed", not only "none" (a min_rate of 50 rps)."""
+    run = _copy(tmp_path)
+
+    def none_met(r):
+        r["max_rate"], r["confirmed"], r["generator_limited"] = None, None, False
+        r["reason"] = "no rate met the SLO (none at or above 50 rps: the search's min_rate is 50 rps)"
+        r["points"] = [{**p, "verdict": "fail", "rate": rate, "confirm": False, "flags": []}
+                       for p, rate in zip(r["points"], [200.0, 100.0, 50.0])]
+
+    _rewrite_slo(run, "mosec", none_met)
     index = write_report(run, tmp_path / "reports")
     html = index.read_text()
     assert re.search(r"&lt; 50(\.0)? rps \(none met the SLO\)", html), re.findall(r".{80}none met the SLO.{20}", html)
@@ -467,3 +476,22 @@ def test_published_results_are_shown_beside_ours(tmp_path: Path):
     html = write_report(run, tmp_path / "reports").read_text()
     assert "Published results, reproduced" in html and "a paper, table 3" in html and "differs (outside the range)" in html
     assert (tmp_path / "reports" / meta["run_id"] / "tables" / "published.csv").exists()
+
+
+def test_a_search_no_failed_probe_bounds_reads_as_a_lower_bound(tmp_path: Path):
+    """Every rate probed passed (the search stopped growing at its step limit): the report says "≥ X (no rate above
+    it failed)" and slo.csv marks it ``unbounded``; a search with a failure above its answer is unchanged."""
+    run = _copy(tmp_path)
+
+    def every_rate_passed(r):
+        r["max_rate"], r["confirmed"], r["generator_limited"] = 400.0, True, False
+        r["reason"] = "upper bound not reached: step limit (3) hit while growing; confirmed at 400 rps"
+        r["points"] = [{**r["points"][0], "verdict": "pass", "rate": rate, "confirm": False, "flags": []}
+                       for rate in (100.0, 200.0, 400.0)]
+
+    _rewrite_slo(run, "mosec", every_rate_passed)
+    index = write_report(run, tmp_path / "reports")
+    html = index.read_text()
+    assert re.search(r"≥ 400(\.0)? rps \(no rate above it failed\)", html), re.findall(r".{60}no rate above.{20}", html)
+    slo = pd.read_csv(index.parent / "tables" / "slo.csv").set_index("framework")
+    assert bool(slo.loc["mosec", "unbounded"]) and not slo.drop(index="mosec")["unbounded"].astype(bool).any()

@@ -779,3 +779,20 @@ def test_a_failed_confirmation_at_the_first_rate_halves_below_it():
     # the step down stops at min_rate: nothing below it is probed
     res = slo_search(LuckyOnce(), target, start_rate=100, rel_precision=0.25, max_steps=6, min_rate=60)
     assert res.max_rate is None and all(p.rate >= 60 for p in res.points)
+
+
+def test_an_answer_no_failed_probe_bounds_is_a_lower_bound():
+    """Session 11: MOSEC's and Triton's mlp searches grew 100 ... 3,200 rps in their six steps and every rate passed;
+    the answer is a lower bound, read from the probes (the report and the tune summary show "≥")."""
+    from servingbench.measure.stats import slo_unbounded
+
+    grew = {"max_rate": 3200.0, "points": [{"rate": 100 * 2**i, "verdict": "pass"} for i in range(6)]}
+    assert slo_unbounded(grew)
+    bounded = {**grew, "points": [*grew["points"], {"rate": 6400.0, "verdict": "fail"}]}
+    assert not slo_unbounded(bounded)
+    assert not slo_unbounded({**grew, "points": [*grew["points"], {"rate": 4800.0, "verdict": "insufficient"}]})
+    assert not slo_unbounded({"max_rate": None, "points": []}) and not slo_unbounded({"max_rate": float("nan")})
+    res = slo_search(exact(lambda r: 0.001, 0.005), 0.005, start_rate=10, max_steps=3)  # grows, never fails
+    assert slo_unbounded({"max_rate": res.max_rate, "points": [p.__dict__ for p in res.points]})
+    res = slo_search(exact(mm1_p99, 0.020), 0.020, start_rate=10)
+    assert not slo_unbounded({"max_rate": res.max_rate, "points": [p.__dict__ for p in res.points]})

@@ -185,11 +185,14 @@ def test_a_rate_the_search_could_not_bound_reads_as_a_lower_bound():
         t["reason"] = ("upper bound not reached: step limit (6) hit while growing; confirmed at 3200 rps"
                        if t["max_rate"] == 3200.0 else "bisection converged to 25%; confirmed at 1600 rps")
     s["tuned"] = s["trials"][0]
-    assert lower_bound(s["trials"][0]) == "step limit while growing" and lower_bound(s["trials"][1]) is None
+    assert lower_bound(s["trials"][0]) == "no rate above it failed" and lower_bound(s["trials"][1]) is None
     assert lower_bound({"status": "ok", "generator_limited": True}) == "generator-limited"
     row = summary_rows({"mosec-mlp": s})[0]
-    assert row[1] == "≥ 3200 rps (step limit while growing)" and row[2] == "1600 rps"
+    assert row[1] == "≥ 3200 rps (no rate above it failed)" and row[2] == "1600 rps"
     assert pct_text(s) == "100 % (a rate is a lower bound)"
+    # trials recorded now carry it from the probes (read_trial: stats.slo_unbounded), whatever the reason says
+    assert lower_bound({"status": "ok", "unbounded": False, "reason": "upper bound not reached"}) is None
+    assert lower_bound({"status": "ok", "unbounded": True, "reason": ""}) == "no rate above it failed"
 
 
 def test_a_tuning_kept_by_an_older_servingbench_resumes(tmp_path):

@@ -990,6 +990,17 @@ def slo_search(
 MACHINE_FLAGS = frozenset({"interference", "machine_speed_changed", "generator_bound"})
 
 
+def slo_unbounded(slo: dict[str, Any]) -> bool:
+    """Whether an SLO search's answer (an ``slo`` record: ``max_rate`` and ``points`` with ``rate`` and ``verdict``) is
+    only a lower bound because no probe above it failed: the search stopped growing at its step limit or at
+    ``max_rate`` while every rate still passed.  Computed from the probes, so older records get it too."""
+    rate = slo.get("max_rate")
+    if not isinstance(rate, (int, float)) or math.isnan(rate):
+        return False
+    return not any(p.get("verdict") in ("fail", "insufficient") and isinstance(p.get("rate"), (int, float))
+                   and p["rate"] > rate for p in slo.get("points") or [])
+
+
 def slo_machine_limited(slo: dict[str, Any]) -> str | None:
     """Why an SLO search's answer (an ``slo`` record: ``max_rate``, ``generator_limited``, ``reason``, ``points``
     with ``rate``, ``verdict`` and ``flags``) says more about the machine than about the server, or None when it is

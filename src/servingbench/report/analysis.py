@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from servingbench.contract.features import FEATURES as CONTRACT_FEATURES
-from servingbench.measure.stats import slo_machine_limited
+from servingbench.measure.stats import slo_machine_limited, slo_unbounded
 from servingbench.report.data import RunData, aggregate_repeats, framework_sort_key, point_names
 from servingbench.report.metrics import METRICS, dig, histogram, load_value, relative_advantage
 
@@ -72,10 +72,12 @@ def slo_table(d: RunData) -> pd.DataFrame:
             "generator_limited": bool(s.get("generator_limited")), "confirmed": s.get("confirmed"),
             # computed from the probes (records before it was recorded get it too)
             "machine_limited": slo_machine_limited(s),
+            # no probe above the answer failed (step limit or max_rate while growing): a lower bound
+            "unbounded": slo_unbounded(s),
         })
     cols = ["name", "framework", "deployment", "model", "workload", "batch", "slo_p99_s", "slo_max_error_rate",
             "max_rate_rps", "reason", "steps", "lowest_rate_rps", "record_id", "generator_limited", "confirmed",
-            "machine_limited"]
+            "machine_limited", "unbounded"]
     df = pd.DataFrame(rows, columns=cols)
     if not df.empty:
         df["fw_order"] = [framework_sort_key(f)[0] for f in df["framework"]]

@@ -402,7 +402,9 @@ def _slo_rate_text(r: Any) -> str:
     text = _fmt(r.max_rate_rps, "rps")
     if r.generator_limited:
         return f"≥ {text} (generator-limited)"
-    return f"≥ {text} (machine-limited)" if machine else text
+    if machine:
+        return f"≥ {text} (machine-limited)"
+    return f"≥ {text} (no rate above it failed)" if getattr(r, "unbounded", False) is True else text
 
 
 def _machine(r: Any) -> str | None:
