@@ -75,22 +75,81 @@ IMAGE_OPTION = typer.Option(None, "--image", help="image for --runtime docker "
                                                   "(default servingbench/<framework>:cpu or :cuda)")
 
 
+SUITE_MODELS_OPTION = typer.Option(None, "--suite", help="also serve every model of this suite (zoo entries with "
+                                   "their params and payloads, and your own models)")
+INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help="with a model file in --model: the per-sample input "
+                                  "shape, e.g. 3,224,224")
+DTYPE_OPTION = typer.Option("float32", "--dtype", help="with a model file in --model: the input dtype")
+MODEL_FILE_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit")
+
+
+def _is_model_path(value: str) -> bool:
+    """A ``--model`` value naming a user's model file or Hugging Face directory rather than a zoo model."""
+    return value.endswith(MODEL_FILE_SUFFIXES) or "/" in value or Path(value).is_dir()
+
+
+def _file_model(path: Path, input_shape: Optional[str], dtype: str, option: str):
+    """A user model from one file (TorchScript, or ``torch.export`` ``.pt2``) or a Hugging Face directory, loaded and
+    called once (errors name the option and the fix)."""
+    from servingbench.models.user import UserModelError, check_user_model, parse_entry
+
+    try:
+        spec, _ = check_user_model(parse_entry(_file_entry(path, input_shape, dtype, option), Path.cwd()))
+    except UserModelError as e:
+        _fail(f"{option} {path}: {e}", 2)
+    return spec
+
+
+def _file_entry(path: Path, input_shape: Optional[str], dtype: str, option: str) -> dict:
+    """The suite entry a model file stands for (its kind from the path: a directory is a Hugging Face model, .pt2 a
+    ``torch.export`` program, anything else TorchScript)."""
+    if not input_shape:
+        _fail(f"{option} {path}: give --input-shape (e.g. 3,224,224) for a model file, or use a suite")
+    try:
+        shape = [int(s) for s in input_shape.split(",")]
+    except ValueError:
+        _fail(f"--input-shape {input_shape!r}: give comma-separated positive ints, e.g. 3,224,224")
+    kind = "hf" if path.is_dir() else "export" if path.suffix == ".pt2" else "torchscript"
+    return {"name": path.stem if not path.is_dir() else path.name, kind: str(path),
+            "input": {"shape": shape, "dtype": dtype}}
+
+
 def _one_deployment(framework: str, models: list[str], device: str, python: Optional[Path], runtime: str,
-                    image: Optional[str], **cfg):
-    """(adapter, deployment, interpreter, docker runtime) of a single deployment for ``verify`` and ``serve``."""
+                    image: Optional[str], *, suite: Optional[Path] = None, input_shape: Optional[str] = None,
+                    dtype: str = "float32", **cfg):
+    """(adapter, deployment, interpreter, docker runtime) of a single deployment for ``verify`` and ``serve``: zoo
+    models by name, user model files (``--input-shape``), and every model of a suite."""
     from servingbench.deploy.live import make_deployment
     from servingbench.models import build_artifacts, get_model
     from servingbench.scenarios.schema import DeploymentConfig
 
     adapter, interpreter, docker = _server_setup(framework, python, runtime, image, device)
     arts = []
-    for n in models:  # NAME, or NAME:PAYLOAD (served as NAME_PAYLOAD, e.g. cnn:image -> cnn_image)
+    for n in models:  # NAME, NAME:PAYLOAD (served as NAME_PAYLOAD, e.g. cnn:image -> cnn_image), or a model file
+        if _is_model_path(n):
+            arts.append(build_artifacts(_file_model(Path(n), input_shape, dtype, "--model")))
+            continue
         name, _, payload = n.partition(":")
         try:
             spec = get_model(name, payload=payload or "tensor", served_as=f"{name}_{payload}" if payload else None)
         except ValueError as e:
             _fail(f"--model {n}: {e}", 2)
         arts.append(build_artifacts(spec))
+    if suite is not None:
+        from servingbench.models.user import UserModelError
+        from servingbench.scenarios.loader import ScenarioError, load_suite
+        from servingbench.suite import build_artifacts_for
+
+        try:
+            arts += list(build_artifacts_for(load_suite(suite)).values())
+        except (ScenarioError, UserModelError) as e:
+            _fail(str(e), 2)
+    if not arts:
+        _fail("no model to serve: give --model NAME (or a model file) or --suite FILE", 2)
+    names = [a.name for a in arts]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        _fail(f"two models named {', '.join(twice)}: a model file is served under its file name, so rename one "
+              "file, or name the models in a suite (--suite)", 2)
     dep = make_deployment(framework, DeploymentConfig(**cfg), arts, device)
     adapter.validate(dep)
     return adapter, dep, interpreter, docker
@@ -262,15 +321,8 @@ def _check_models(paths: List[Path], input_shape: Optional[str], dtype: str) -> 
                 if not entries:
                     out.print(f"{path}: no user models (only zoo models: {', '.join(m.name for m in suite.models)})")
             else:
-                if not input_shape:
-                    _fail(f"--check {path}: give --input-shape (e.g. 3,224,224) for a model file, or check a suite")
-                try:
-                    shape = [int(s) for s in input_shape.split(",")]
-                except ValueError:
-                    _fail(f"--input-shape {input_shape!r}: give comma-separated positive ints, e.g. 3,224,224")
-                kind = ("hf" if path.is_dir() else "export" if path.suffix == ".pt2" else "torchscript")
-                entries = [(path.stem, {"name": path.stem, kind: str(path), "input": {"shape": shape,
-                                                                                     "dtype": dtype}})]
+                entry = _file_entry(path, input_shape, dtype, "--check")
+                entries = [(entry["name"], entry)]
             for name, entry in entries:
                 spec, info = check_user_model(parse_entry(entry, Path.cwd()))
                 t.add_row(name, f"{info['source']}", str(info["path"]), info["input"], info["output"],
@@ -586,9 +638,14 @@ def compare(
 @app.command()
 def verify(
     framework: str = typer.Argument(..., help="framework to check"),
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo); "
-                                              "NAME:PAYLOAD sends image or text payloads (e.g. cnn:image, "
-                                              "encoder:text), served as NAME_PAYLOAD"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: the whole zoo, or "
+                                              "only --suite's); NAME:PAYLOAD sends image or text payloads (e.g. "
+                                              "cnn:image, encoder:text), served as NAME_PAYLOAD; a file (.pt "
+                                              "TorchScript, .pt2 torch.export) or a Hugging Face directory is your "
+                                              "own model (with --input-shape)"),
+    suite: Optional[Path] = SUITE_MODELS_OPTION,
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
+    dtype: str = DTYPE_OPTION,
     device: str = typer.Option("cpu", help="cpu or cuda"),
     python: Optional[Path] = PYTHON_OPTION,
     runtime: str = RUNTIME_OPTION,
@@ -601,8 +658,9 @@ def verify(
     from servingbench.models import list_models
     from servingbench.runtime.secrets import SecretStore
 
-    adapter, dep, interpreter, docker = _one_deployment(framework, model or [m.name for m in list_models()], device,
-                                                        python, runtime, image)
+    models = model or ([] if suite else [m.name for m in list_models()])
+    adapter, dep, interpreter, docker = _one_deployment(framework, models, device, python, runtime, image,
+                                                        suite=suite, input_shape=input_shape, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="servingbench-verify-") as tmp, SecretStore() as store, _stop_signals():
         live = LiveDeployment(adapter, dep, Path(tmp) / "deploy", Path(tmp) / "logs", store.make(False, False),
                               python=interpreter, runtime=docker)
@@ -767,7 +825,12 @@ def _print_crosscheck(cc, result: dict, rounds: int, json_out: Optional[Path], r
 @app.command()
 def serve(
     framework: str = typer.Argument(...),
-    model: List[str] = typer.Option(["mlp"], "--model", "-m"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="models (default: mlp, or only "
+                                              "--suite's): zoo names, NAME:PAYLOAD, or your own model file / "
+                                              "Hugging Face directory (with --input-shape)"),
+    suite: Optional[Path] = SUITE_MODELS_OPTION,
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
+    dtype: str = DTYPE_OPTION,
     device: str = typer.Option("cpu"),
     auth: bool = typer.Option(False, help="require a per-run token (printed)"),
     python: Optional[Path] = PYTHON_OPTION,
@@ -781,7 +844,9 @@ def serve(
     from servingbench.runtime.secrets import SecretStore
     from servingbench.runtime.supervisor import terminate_on_signals
 
-    adapter, dep, interpreter, docker = _one_deployment(framework, model, device, python, runtime, image, auth=auth)
+    adapter, dep, interpreter, docker = _one_deployment(framework, model or ([] if suite else ["mlp"]), device,
+                                                        python, runtime, image, suite=suite,
+                                                        input_shape=input_shape, dtype=dtype, auth=auth)
     arts = dep.models
     with tempfile.TemporaryDirectory(prefix="servingbench-serve-") as tmp, SecretStore() as store, _stop_signals(), \
             terminate_on_signals():

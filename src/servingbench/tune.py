@@ -216,6 +216,10 @@ def read_trial(run_dir: Path) -> dict[str, Any]:
     if unmeasured:
         out.update(status="unmeasured", reason=unmeasured)
         return out
+    if s.get("max_rate") is None and s.get("confirmed") is False:  # rates passed once, none held on confirmation
+        once = [p.get("rate") for p in s.get("points") or [] if p.get("ok") and isinstance(p.get("rate"), (int, float))]
+        if once:
+            out["passed_unconfirmed"] = max(once)
     out.update(max_rate=float(s.get("max_rate") or 0.0), p99_at_start_s=first.get("p99_s"),
                start_rate=first.get("rate"), generator_limited=bool(s.get("generator_limited")),
                confirmed=s.get("confirmed"), reason=s.get("reason"), unbounded=slo_unbounded(s),
@@ -515,7 +519,7 @@ def summarize_study(study: Any) -> dict[str, Any]:
                            "unmeasured" if a.get("status") == "unmeasured" else "failed"),
                        "max_rate": a.get("max_rate"), "p99_at_start_s": a.get("p99_at_start_s"),
                        "start_rate": a.get("start_rate"), "generator_limited": a.get("generator_limited"),
-                       "unbounded": a.get("unbounded"),
+                       "unbounded": a.get("unbounded"), "passed_unconfirmed": a.get("passed_unconfirmed"),
                        "pss_bytes": a.get("pss_bytes"), "reason": a.get("reason"), "run": a.get("run"),
                        "seconds": a.get("seconds")})
     ok = [t for t in trials if t["status"] == "ok"]
@@ -565,6 +569,8 @@ def _profile_text(t: dict | None) -> str:
     if t["status"] != "ok":
         return t["status"]  # failed (the deployment) or unmeasured (the machine)
     why = lower_bound(t)
+    if not t["max_rate"] and t.get("passed_unconfirmed"):
+        return f"0 rps ({t['passed_unconfirmed']:g} rps passed once, not confirmed)"
     return (f"≥ {t['max_rate']:.0f} rps ({why})" if why else f"{t['max_rate']:.0f} rps")
 
 

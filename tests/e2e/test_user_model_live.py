@@ -5,8 +5,10 @@ against outputs computed in-process from the same file, then measured."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,14 @@ class UserNet(torch.nn.Module):
         return self.body(x)
 
 
+def _save_user_files(ts: Path, pt2: Path) -> None:
+    """The user's model saved as a TorchScript file and as a ``torch.export`` program with a dynamic batch."""
+    net = UserNet().eval()
+    torch.jit.save(torch.jit.script(net), ts)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(net, (torch.randn(2, 24),), dynamic_shapes={"x": {0: batch}}), pt2)
+
+
 FRAMEWORKS = ["litserve", "mosec", "mlserver", "triton", "rayserve", "mlflow", "fastapi", "fastapi-blocking"]
 
 
@@ -32,11 +42,7 @@ def test_user_torchscript_and_export_files_are_verified_and_measured_everywhere(
     """Issue 16's done-when: a TorchScript file and a ``.pt2`` file written here (outside the zoo) go through
     verification and a short suite on all six frameworks and both baselines, in one ``servingbench run``."""
     monkeypatch.setenv("SERVINGBENCH_CACHE", str(tmp_path / "cache"))
-    net = UserNet().eval()
-    torch.jit.save(torch.jit.script(net), tmp_path / "usernet.pt")
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.export.save(torch.export.export(net, (torch.randn(2, 24),), dynamic_shapes={"x": {0: batch}}),
-                      tmp_path / "usernet.pt2")
+    _save_user_files(tmp_path / "usernet.pt", tmp_path / "usernet.pt2")
     (tmp_path / "suite.yaml").write_text(f"""\
 name: byo
 frameworks: [{", ".join(FRAMEWORKS)}]
@@ -70,3 +76,18 @@ workloads:
     for x in points:  # the mixed point reached both files' models
         assert set(x["metrics"]["per_model_latency_s"]) == {"user_ts", "user_pt2"}, x["framework"]
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_servingbench_verify_takes_user_model_files(tmp_path, no_leftovers, monkeypatch):
+    """``servingbench verify FW -m FILE --input-shape ...``: a user's TorchScript and ``.pt2`` files served (under
+    their file names) and checked against outputs computed in-process from the same files."""
+    monkeypatch.setenv("SERVINGBENCH_CACHE", str(tmp_path / "cache"))
+    _save_user_files(tmp_path / "user_ts.pt", tmp_path / "user_pt2.pt2")
+    r = subprocess.run([sys.executable, "-m", "servingbench.cli", "verify", "litserve", "-m", "user_ts.pt",
+                        "-m", "user_pt2.pt2", "--input-shape", "24"], capture_output=True, text=True, timeout=240,
+                       stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for name in ("user_ts", "user_pt2"):  # the table's row: model, ok, max abs err, tolerance
+        assert re.search(rf"\b{name}\b\W+yes\W", r.stdout), r.stdout
+    assert "litserve: verify passed" in r.stdout

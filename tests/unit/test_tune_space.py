@@ -213,3 +213,14 @@ def test_a_tuning_kept_by_an_older_servingbench_resumes(tmp_path):
     other = suite.model_copy(update={"name": "u"})
     with pytest.raises(TuneError, match="the suite differs"):
         _open_dir(other, tmp_path / "s.yaml", tmp_path, tmp_path)
+
+
+def test_a_search_whose_passing_rates_failed_confirmation_says_so():
+    """Session 12: Ray Serve with max_ongoing_requests 5 passed 100 and 125 rps once, then collapsed in both
+    confirmations; the summary said "0 rps" as if no rate had ever passed."""
+    from servingbench.tune import summary_rows
+
+    s = summarize_study(_study([("framework-default", 0.0, 0.12), ("servingbench-default", 137.5, 0.06)]))
+    s["trials"][0]["passed_unconfirmed"] = 125.0
+    row = summary_rows({"rayserve-mlp": s})[0]
+    assert row[1] == "0 rps (125 rps passed once, not confirmed)" and row[2] == "138 rps"

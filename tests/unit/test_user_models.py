@@ -5,6 +5,7 @@ model, the field and the fix.  (Servers serving such a model: tests/e2e/test_use
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -229,3 +230,24 @@ def test_a_factory_without_weights_is_served_with_the_weights_drawn_at_build(tmp
     x, expected = art.reference()
     for _ in range(2):  # each load calls the factory again (new random init): the saved weights win
         assert np.allclose(load_runtime(art.dir, fmt="eager").predict(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["-m", "nope.pt", "--input-shape", "16"], r"--model nope\.pt: model 'nope': torchscript: .*nope\.pt does not exist"),
+    (["-m", "net.pt"], r"--model net\.pt: give --input-shape"),
+    (["-m", "net.pt", "--input-shape", "3"], r"--model net\.pt: model 'net': the first call with input float32\[2, 3\]"),
+    (["-m", "net.pt", "-m", "sub/net.pt", "--input-shape", "16"], r"two models named net: .*rename one file"),
+    (["--suite", "missing.yaml"], r"missing\.yaml"),
+])
+def test_verify_refuses_bad_model_files_before_any_server(tmp_path, cache, monkeypatch, args, match):
+    from typer.testing import CliRunner
+
+    from servingbench.cli import app
+
+    torch.jit.save(torch.jit.script(Net()), tmp_path / "net.pt")
+    (tmp_path / "sub").mkdir()
+    torch.jit.save(torch.jit.script(Net()), tmp_path / "sub" / "net.pt")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["verify", "litserve", *args])
+    assert r.exit_code == 2, r.output
+    assert re.search(match, " ".join(r.output.split())), r.output
