@@ -85,7 +85,8 @@ MODEL_FILE_SUFFIXES = (".pt", ".pt2", ".pth", ".ts", ".jit")
 
 def _is_model_path(value: str) -> bool:
     """A ``--model`` value naming a user's model file or Hugging Face directory rather than a zoo model."""
-    return value.endswith(MODEL_FILE_SUFFIXES) or "/" in value or Path(value).is_dir()
+    return (value.endswith(MODEL_FILE_SUFFIXES) or "/" in value
+            or (Path(value).is_dir() and (Path(value) / "config.json").is_file()))
 
 
 def _file_model(path: Path, input_shape: Optional[str], dtype: str, option: str):

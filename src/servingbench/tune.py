@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping
 
 from servingbench.measure.stats import slo_machine_limited as machine_limited
 from servingbench.measure.stats import slo_unbounded
-from servingbench.scenarios.schema import DeploymentConfig, SloSearch, Suite
+from servingbench.scenarios.schema import DeploymentConfig, SloSearch, Suite, duration_text, raw
 
 TUNE_FILE = "tune.json"
 STORAGE = "optuna.db"
@@ -170,12 +170,12 @@ def deployment_for(dep: DeploymentConfig, framework: str, params: Mapping[str, A
             else:
                 opts[name] = value
         elif target == "batch_timeout_ms":
-            update["batch_timeout"] = f"{float(value)!r}ms"
+            update["batch_timeout"] = duration_text(value, "ms")
         else:
             update[target] = value
     update["options"] = {framework: opts} if opts else {}
-    raw = {**dep.model_dump(), "batch_timeout": f"{dep.batch_timeout!r}s", **update}  # durations need a unit
-    return DeploymentConfig.model_validate(raw)
+    data = {**dep.model_dump(), "batch_timeout": duration_text(dep.batch_timeout), **update}  # durations need a unit
+    return DeploymentConfig.model_validate(data)
 
 
 # ---- one trial -------------------------------------------------------------------------------------------------------
@@ -495,7 +495,10 @@ def run_tune(suite: Suite, *, suite_path: Path, out: Path, frameworks: list[str]
     meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _write_meta(path, meta)
     studies = _summaries(opened)
-    write_summary(path, studies)
+    confirm = write_confirm_suites(path, suite, studies)
+    write_summary(path, studies, confirm)
+    for f in confirm:
+        progress(f"framework-default vs tuned, {CONFIRM_REPEATS} interleaved repeats: servingbench run {f} --report")
     return TuneOutcome(path, studies)
 
 
@@ -617,9 +620,63 @@ def rankings(studies: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-def write_summary(path: Path, studies: dict[str, dict[str, Any]]) -> Path:
+#: repeats of the confirmation suites :func:`write_confirm_suites` writes
+CONFIRM_REPEATS = 3
+
+
+def confirm_suite(suite: Suite, studies: dict[str, dict[str, Any]], model: str,
+                  repeats: int = CONFIRM_REPEATS) -> Suite | None:
+    """For ``model``, each framework's framework-default and tuned profiles as two deployments of one suite, the SLO
+    search with ``repeats`` interleaved repeats (a fresh server each, A B A B): the tuned profile is the best of a
+    few single searches, so its margin over the default is decision-grade only when re-measured this way (session
+    12: Ray Serve's default was 0 % of tuned in its one search, 67-89 % in three interleaved pairs).  A framework
+    whose tuned profile is its framework default gets the one deployment.  None: no study of ``model`` has both."""
+    ref = next((m for m in suite.models if m.name == model), None)
+    workload = next((w for w in suite.workloads if w.kind == "slo_search"), None)
+    deployments, fws = [], []
+    for s in studies.values():
+        fw, fdef, best = s.get("framework"), s["profiles"].get("framework-default"), s.get("tuned")
+        base = next((d for d in suite.deployments if d.frameworks is None or fw in d.frameworks), None)
+        if s.get("model") != model or base is None or not best or not fdef or fdef.get("status") != "ok":
+            continue
+        for label, t in (("framework-default", fdef), ("tuned", best)):
+            if label == "tuned" and t["params"] == fdef["params"]:
+                continue
+            deployments.append(deployment_for(base, fw, t["params"], f"{fw}-{label}").model_copy(
+                update={"frameworks": [fw]}))
+        fws.append(fw)
+    if ref is None or workload is None or not fws:
+        return None
+    update: dict[str, Any] = {"models": [model]}
+    if getattr(workload, "measurement", None) is not None:
+        update["measurement"] = workload.measurement.model_copy(update={"repeats": repeats})
+    out = suite.model_copy(update={
+        "name": f"{suite.name}-confirm-{model}",
+        "description": f"framework-default vs tuned ({suite.name}), {repeats} interleaved repeats",
+        "frameworks": fws, "models": [ref], "deployments": deployments, "inprocess_limit": False,
+        "workloads": [workload.model_copy(update=update)], "features": [], "published": [],
+        "measurement": suite.measurement.model_copy(update={"repeats": repeats})})
+    return Suite.model_validate(raw(out))  # checked as a suite file would be
+
+
+def write_confirm_suites(path: Path, suite: Suite, studies: dict[str, dict[str, Any]]) -> list[Path]:
+    """``confirm-<model>.yaml`` per tuned model (:func:`confirm_suite`); the files written."""
+    import yaml
+
+    out = []
+    for model in dict.fromkeys(s.get("model") for s in studies.values()):
+        found = confirm_suite(suite, studies, model) if model else None
+        if found is not None:
+            f = path / f"confirm-{model}.yaml"
+            f.write_text(f"# Written by servingbench tune ({path.name}): run it with `servingbench run {f.name}`.\n"
+                         + yaml.safe_dump(raw(found, compact=True), sort_keys=False))
+            out.append(f)
+    return out
+
+
+def write_summary(path: Path, studies: dict[str, dict[str, Any]], confirm: list[Path] = ()) -> Path:
     """``summary.json``, ``summary.md`` and ``index.html`` (profiles side by side, rankings like with like) and one
-    Pareto plot per study."""
+    Pareto plot per study; ``confirm``: the confirmation suites to name."""
     import base64
     import html
 
@@ -628,6 +685,10 @@ def write_summary(path: Path, studies: dict[str, dict[str, Any]]) -> Path:
     md = [SUMMARY_NOTE, "", "| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += ["", "Rankings (throughput at the SLO, rps):", ""] + [f"- {r}" for r in ranks]
+    if confirm:
+        md += ["", f"Each tuned profile is the best of a few single searches. To compare it with the framework "
+               f"default on equal terms ({CONFIRM_REPEATS} interleaved repeats, fresh servers):", ""]
+        md += [f"- `servingbench run {f.name} --report`" for f in confirm]
     plots = {name: pareto_plot(s, path / f"pareto-{name}.png", title=name) for name, s in studies.items()}
     md += [""] + [f"![{n}]({p.name})" for n, p in plots.items() if p]
     (path / "summary.md").write_text("\n".join(md) + "\n")
@@ -637,7 +698,11 @@ def write_summary(path: Path, studies: dict[str, dict[str, Any]]) -> Path:
             "table{border-collapse:collapse}</style>", "<h1>servingbench tune</h1>", f"<p>{esc(SUMMARY_NOTE)}</p>",
             "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in SUMMARY_HEAD) + "</tr>"]
     page += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
-    page += ["</table><h2>Rankings</h2><ul>"] + [f"<li>{esc(r)}</li>" for r in ranks] + ["</ul><h2>Trials</h2>"]
+    page += ["</table><h2>Rankings</h2><ul>"] + [f"<li>{esc(r)}</li>" for r in ranks] + ["</ul>"]
+    if confirm:
+        page += [f"<h2>Confirm</h2><p>Framework-default vs tuned, {CONFIRM_REPEATS} interleaved repeats:</p><ul>"]
+        page += [f"<li><code>servingbench run {esc(f.name)} --report</code></li>" for f in confirm] + ["</ul>"]
+    page += ["<h2>Trials</h2>"]
     for n, p in plots.items():
         if p:
             data = base64.b64encode(p.read_bytes()).decode()

@@ -36,7 +36,12 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("**/*.yaml")), ids=lambda p: p.name)
 def test_shipped_scenarios_are_valid(path):
-    load_suite(path)
+    suite = load_suite(path)
+    # what servingbench writes back as a suite file (tune's confirm-<model>.yaml) reads as the same suite
+    from servingbench.scenarios.schema import Suite, duration_text, raw
+
+    assert Suite.model_validate(raw(suite)) == suite == Suite.model_validate(raw(suite, compact=True))
+    assert duration_text(3.2e-08) == "0.000000032s" and duration_text(0.0) == "0s" and duration_text(30.0) == "30s"
 
 
 def test_good_suite_defaults(tmp_path):

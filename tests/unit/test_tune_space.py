@@ -4,6 +4,7 @@ live tuning run is tests/e2e/test_tune_live.py)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -224,3 +225,35 @@ def test_a_search_whose_passing_rates_failed_confirmation_says_so():
     s["trials"][0]["passed_unconfirmed"] = 125.0
     row = summary_rows({"rayserve-mlp": s})[0]
     assert row[1] == "0 rps (125 rps passed once, not confirmed)" and row[2] == "138 rps"
+
+
+def test_the_tuning_writes_a_suite_that_remeasures_default_and_tuned_interleaved(tmp_path):
+    """The tuned profile is the best of a few single searches: ``confirm-<model>.yaml`` re-measures each framework's
+    framework-default and tuned profiles with interleaved repeats, and loads as a suite file."""
+    from servingbench.scenarios.loader import load_suite
+    from servingbench.suite import plan_cells
+    from servingbench.tune import CONFIRM_REPEATS, write_confirm_suites, write_summary
+
+    suite = load_suite(Path(__file__).parents[2] / "scenarios" / "tune_throughput.yaml")
+    ray = summarize_study(_study([("framework-default", 100.0, 0.12), ("servingbench-default", 137.5, 0.06)]))
+    ray["trials"][0]["params"] = {"workers": 1, "options.max_ongoing_requests": 5}
+    ray["trials"][1]["params"] = {"workers": 2, "batch_timeout_ms": 3.2e-05, "options.max_ongoing_requests": 100}
+    same = summarize_study(_study([("framework-default", 800.0, 0.003)]))  # tuned is the framework default
+    studies = {"rayserve-mlp": {"framework": "rayserve", "model": "mlp", **ray},
+               "litserve-mlp": {"framework": "litserve", "model": "mlp", **same}}
+    files = write_confirm_suites(tmp_path, suite, studies)
+    assert [f.name for f in files] == ["confirm-mlp.yaml"]
+    confirm = load_suite(files[0])
+    deps = {d.label: d for d in confirm.deployments}
+    assert set(deps) == {"rayserve-framework-default", "rayserve-tuned", "litserve-framework-default"}
+    assert deps["rayserve-framework-default"].options["rayserve"]["max_ongoing_requests"] == 5
+    tuned = deps["rayserve-tuned"]
+    assert tuned.workers == 2 and tuned.options["rayserve"]["max_ongoing_requests"] == 100
+    assert tuned.batch_timeout == pytest.approx(3.2e-08)  # a tiny value is written without an exponent
+    assert confirm.measurement.repeats == CONFIRM_REPEATS and not confirm.inprocess_limit
+    assert [w.kind for w in confirm.workloads] == ["slo_search"] and confirm.slo == suite.slo
+    cells = [c.id for c in plan_cells(confirm)]
+    assert cells[:3] == ["rayserve/rayserve-framework-default#r0", "rayserve/rayserve-tuned#r0",
+                         "litserve/litserve-framework-default#r0"] and len(cells) == 3 * CONFIRM_REPEATS
+    md = write_summary(tmp_path, studies, files).read_text()
+    assert "servingbench run confirm-mlp.yaml --report" in md

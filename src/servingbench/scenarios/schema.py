@@ -36,6 +36,35 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written in YAML with a unit."""
 
 
+def duration_text(seconds: float, unit: str = "s") -> str:
+    """``0.25`` -> ``"0.25s"``: a duration as the schema reads it back (never in exponent notation, which
+    :func:`parse_duration` refuses); ``unit="ms"`` when ``seconds`` is already in milliseconds."""
+    return (f"{float(seconds):.9f}".rstrip("0").rstrip(".") or "0") + unit
+
+
+def raw(obj: Any, compact: bool = False) -> Any:
+    """A validated suite (or any part of it) as the plain data its YAML would hold, durations with their unit, so
+    that ``Suite.model_validate(raw(suite)) == suite`` (for suites written by servingbench, e.g. ``tune``'s
+    confirmation suite).  ``compact``: fields left at their default are left out, as a person would write it."""
+    if isinstance(obj, BaseModel):
+        out = {}
+        for name, field in type(obj).model_fields.items():
+            value = getattr(obj, name)
+            if compact and not field.is_required() and value == field.get_default(call_default_factory=True):
+                continue
+            is_duration = any(getattr(m, "func", None) is parse_duration for m in field.metadata)
+            out[name] = (duration_text(value) if is_duration and isinstance(value, (int, float))
+                         else raw(value, compact))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [raw(x, compact) for x in obj]
+    if isinstance(obj, dict):
+        return {k: raw(v, compact) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 MAX_IN_FLIGHT = 100_000
 """Largest generator pool (``max_in_flight``): each in-flight request is a locust user with its own connection."""
 MAX_CPU_ID = 8191
