@@ -495,3 +495,25 @@ def test_a_search_no_failed_probe_bounds_reads_as_a_lower_bound(tmp_path: Path):
     assert re.search(r"≥ 400(\.0)? rps \(no rate above it failed\)", html), re.findall(r".{60}no rate above.{20}", html)
     slo = pd.read_csv(index.parent / "tables" / "slo.csv").set_index("framework")
     assert bool(slo.loc["mosec", "unbounded"]) and not slo.drop(index="mosec")["unbounded"].astype(bool).any()
+
+
+def test_slo_verdict_takes_each_deployments_repeats_as_its_samples():
+    """Session 12: with repeats, every search was its own candidate, so the runner-up of triton/tuned was another
+    repeat of triton/tuned ("0.0 % higher than triton/triton-tuned", "single run: noise unknown")."""
+    from servingbench.report.analysis import _throughput_verdicts
+
+    rows = []
+    for name, rates in (("triton/tuned", [500.0, 600.0, 600.0]), ("triton/default", [125.0, 100.0, 100.0]),
+                        ("litserve/default", [None, None, None]), ("mlflow/default", [80.0, 90.0, 85.0])):
+        for i, r in enumerate(rates):
+            rows.append({"name": name, "model": "cnn", "max_rate_rps": r, "record_id": f"slo:{name}#r{i}",
+                         "slo_p99_s": 0.1, "generator_limited": False,
+                         "machine_limited": "interference" if name == "mlflow/default" and i else None})
+    v = _throughput_verdicts("cnn", pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), 0.05)[0]
+    assert [c.name for c in v.candidates] == ["triton/tuned", "triton/default", "mlflow/default"]
+    best, second = v.candidates[0], v.candidates[1]
+    assert best.value == 600.0 and best.samples == [500.0, 600.0, 600.0] and second.value == 100.0
+    assert v.margin_text().startswith("500.0 % higher than triton/default (100 rps)")
+    assert v.significant is not None  # three searches a side: a noise test, not "noise unknown"
+    assert "no rate met the SLO: litserve/default" in v.note
+    assert "mlflow/default (2 of 3 searches)" in v.note and v.candidates[2].samples == [80.0]

@@ -180,12 +180,20 @@ def _throughput_verdicts(model: str, slo: pd.DataFrame, levels: pd.DataFrame, pd
     if not s.empty:
         # a search the machine decided (its probes failed for other work, steal or the generator) is no candidate:
         # its rate is only a lower bound, or nothing was measured
-        machine = [r.name for r in s.itertuples() if isinstance(r.machine_limited, str) and not r.generator_limited]
-        cands = [Candidate(r.name, r.max_rate_rps, [r.max_rate_rps], record_ids=[r.record_id])
-                 for r in s.itertuples() if r.max_rate_rps is not None and not pd.isna(r.max_rate_rps)
-                 and r.name not in machine]
-        missed = [r.name for r in s.itertuples() if (r.max_rate_rps is None or pd.isna(r.max_rate_rps))
-                  and r.name not in machine]
+        # One candidate per deployment: its repeats' searches are its samples (median as the value), so the runner-up
+        # is another deployment, not another repeat of the winner.  A search that met no rate counts as 0 rps.
+        cands, missed, machine = [], [], []
+        for name, g in s.groupby("name", sort=False):
+            rows = [r for r in g.itertuples() if not (isinstance(r.machine_limited, str) and not r.generator_limited)]
+            if len(rows) < len(g):
+                machine.append(name if not rows else f"{name} ({len(g) - len(rows)} of {len(g)} searches)")
+            if not rows:
+                continue
+            vals = [0.0 if r.max_rate_rps is None or pd.isna(r.max_rate_rps) else float(r.max_rate_rps) for r in rows]
+            if not any(vals):
+                missed.append(name)
+                continue
+            cands.append(Candidate(name, float(np.median(vals)), vals, record_ids=[r.record_id for r in rows]))
         note = "; ".join(x for x in (f"no rate met the SLO: {', '.join(missed)}" if missed else "",
                                      f"left out, the machine limited their probes: {', '.join(machine)}"
                                      if machine else "") if x)
