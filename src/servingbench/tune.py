@@ -174,8 +174,7 @@ def deployment_for(dep: DeploymentConfig, framework: str, params: Mapping[str, A
         else:
             update[target] = value
     update["options"] = {framework: opts} if opts else {}
-    data = {**dep.model_dump(), "batch_timeout": duration_text(dep.batch_timeout), **update}  # durations need a unit
-    return DeploymentConfig.model_validate(data)
+    return DeploymentConfig.model_validate({**raw(dep), **update})
 
 
 # ---- one trial -------------------------------------------------------------------------------------------------------
@@ -250,21 +249,33 @@ def _open_dir(suite: Suite, suite_path: Path, out: Path, resume: Path | None) ->
         if not meta_file.is_file():
             raise TuneError(f"{path}: not a tuning directory (no {TUNE_FILE}); start a new one without --resume")
         meta = json.loads(meta_file.read_text())
-        if _as_current(meta.get("suite")) != suite.model_dump(mode="json"):
+        if not _same_suite(meta.get("suite"), suite):
             raise TuneError(f"{path}: the suite differs from the one this tuning started with ({meta.get('suite_file')})"
                             "; resume with that suite, or start a new tuning directory")
         return path, meta
     path = Path(out) / f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
     path.mkdir(parents=True, exist_ok=False)
-    meta = {"schema": 1, "suite_file": str(suite_path), "suite": suite.model_dump(mode="json"),
+    meta = {"schema": 2, "suite_file": str(suite_path), "suite": raw(suite),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": None, "spent_s": 0.0, "studies": {}}
     _write_meta(path, meta)
     return path, meta
 
 
+def _same_suite(stored: Any, suite: Suite) -> bool:
+    """Whether the suite a tuning started with (``tune.json``) is ``suite``.  Since session 12 it is kept as a suite
+    file's data (:func:`servingbench.scenarios.schema.raw`) and read through today's schema, so any field added since,
+    nested or not, takes its default; an older ``tune.json`` kept durations as bare seconds, which the schema refuses
+    (:func:`_as_current`)."""
+    try:
+        return Suite.model_validate(stored) == suite
+    except ValueError:  # pydantic's ValidationError
+        return _as_current(stored) == suite.model_dump(mode="json")
+
+
 def _as_current(stored: Any) -> Any:
-    """A suite kept in tune.json with every top-level field added to the schema since then set to its default (what
-    the older servingbench did without it), so that such a tuning resumes (session 11: ``inprocess_limit``)."""
+    """A suite kept in an older tune.json with every top-level field added to the schema since then set to its
+    default (what the older servingbench did without it), so that such a tuning resumes (session 11:
+    ``inprocess_limit``)."""
     if not isinstance(stored, dict):
         return stored
     added = {k: f.get_default(call_default_factory=True) for k, f in Suite.model_fields.items() if k not in stored}

@@ -216,6 +216,27 @@ def test_a_tuning_kept_by_an_older_servingbench_resumes(tmp_path):
         _open_dir(other, tmp_path / "s.yaml", tmp_path, tmp_path)
 
 
+def test_a_tuning_resumes_when_a_nested_field_was_added_since(tmp_path):
+    """tune.json keeps the suite as a suite file's data (schema.raw) and reads it through today's schema: a field
+    added since inside a section (here measurement.sample_every) takes its default; a different suite is refused."""
+    import json as _json
+
+    from servingbench.scenarios.schema import Suite, raw
+    from servingbench.tune import TUNE_FILE, TuneError, _open_dir
+
+    suite = Suite.model_validate({"name": "t", "frameworks": ["litserve"], "models": ["mlp"],
+                                  "workloads": [{"name": "c", "kind": "closed_loop", "concurrency": [1]}]})
+    first, _ = _open_dir(suite, tmp_path / "s.yaml", tmp_path, None)  # a new tuning stores raw(suite)
+    assert _json.loads((first / TUNE_FILE).read_text())["suite"] == raw(suite)
+    stored = raw(suite)
+    stored["measurement"].pop("sample_every")
+    (tmp_path / TUNE_FILE).write_text(_json.dumps({"suite": stored, "studies": {}, "spent_s": 0.0}))
+    assert _open_dir(suite, tmp_path / "s.yaml", tmp_path, tmp_path)[0] == tmp_path
+    longer = suite.model_copy(update={"measurement": suite.measurement.model_copy(update={"windows": 9})})
+    with pytest.raises(TuneError, match="the suite differs"):
+        _open_dir(longer, tmp_path / "s.yaml", tmp_path, tmp_path)
+
+
 def test_a_search_whose_passing_rates_failed_confirmation_says_so():
     """Session 12: Ray Serve with max_ongoing_requests 5 passed 100 and 125 rps once, then collapsed in both
     confirmations; the summary said "0 rps" as if no rate had ever passed."""
