@@ -7,10 +7,9 @@ reach a lower rate than the one at 2 ms (probes at 200 and 400 rps: at 3 ms, 400
 
 from __future__ import annotations
 
-import re
-
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
